@@ -1,0 +1,36 @@
+"""radi_fast: fast, faithful RADI ranking distillation (Liang et al., CVPR 2024).
+
+Public API (the contract later work builds on):
+
+* :func:`classification_loss` (eq. 2)
+* :func:`pairwise_uncertainty` (eq. 5), :func:`sinkhorn_margin_weights` (Algorithm 1)
+* :func:`radi_pairwise_loss` / :class:`RadiPairwiseLoss` (RADI-P, eq. 4 with OT soft margins)
+* :func:`radi_listwise_loss` / :class:`RadiListwiseLoss` (RADI-L, sec. 3.3)
+* :mod:`radi_fast.metrics` (Acc@1, Hit@k, nDCG@k, iVQA accuracy)
+* :func:`backend_info` (which fast paths are available in this process)
+"""
+from . import metrics, reference
+from ._backend import backend_info
+from .classification import classification_loss
+from .listwise import RadiListwiseLoss, radi_listwise_loss
+from .pairwise import (
+    RadiPairwiseLoss,
+    pairwise_uncertainty,
+    radi_pairwise_loss,
+    sinkhorn_margin_weights,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RadiListwiseLoss",
+    "RadiPairwiseLoss",
+    "backend_info",
+    "classification_loss",
+    "metrics",
+    "pairwise_uncertainty",
+    "radi_listwise_loss",
+    "radi_pairwise_loss",
+    "reference",
+    "sinkhorn_margin_weights",
+]

@@ -1,0 +1,94 @@
+"""Argument checks shared by every public entry point.
+
+Each check raises ``ValueError`` naming the offending argument, so bad input never turns into a
+silent NaN deep inside a kernel.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(x, name: str, ndim: int, *, floating: bool = True, finite: bool = True) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+    if floating and x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating tensor (fp16, bf16, fp32 or fp64), got {x.dtype}")
+    if finite and floating and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return x
+
+
+def check_same_dim(a: torch.Tensor, a_name: str, a_dim: int, b: torch.Tensor, b_name: str, b_dim: int) -> None:
+    if a.shape[a_dim] != b.shape[b_dim]:
+        raise ValueError(
+            f"shape mismatch: {a_name} has size {a.shape[a_dim]} in dim {a_dim} but {b_name} has "
+            f"size {b.shape[b_dim]} in dim {b_dim} (shapes {tuple(a.shape)} and {tuple(b.shape)})"
+        )
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_positive(value, name: str, *, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not (v == v) or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def check_int(value, name: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_lam(lam) -> Optional[float]:
+    """``"auto"`` -> None (per-sample scale), else a positive float."""
+    if isinstance(lam, str):
+        if lam != "auto":
+            raise ValueError(f"lam must be a positive float or 'auto', got {lam!r}")
+        return None
+    return check_positive(lam, "lam")
+
+
+def check_reduction(reduction: str) -> str:
+    return check_choice(reduction, "reduction", ("mean", "sum", "none"))
+
+
+def check_lengths(lengths, batch: int, n: int, name: str = "lengths") -> Optional[torch.Tensor]:
+    """Per-row numbers of valid answers (answers at positions >= length are padding)."""
+    if lengths is None:
+        return None
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"{name} must be 1-D with one entry per row ({batch}), got shape {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got {lengths.dtype}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > n):
+        raise ValueError(f"{name} must lie in [1, {n}], got min {int(lengths.min())} and max {int(lengths.max())}")
+    return lengths.to(torch.int64)
+
+
+def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample

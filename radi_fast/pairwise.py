@@ -1,0 +1,423 @@
+"""RADI-P (sec. 3.2): pairwise uncertainty, log-domain Sinkhorn margins and the soft-margin
+ranking loss, with a CPU path that never builds the [B, T, K, K] tensor of eq. 5.
+
+Math choices (also in the README):
+
+* ``U_ij = Var_t(P_ti - P_tj)`` with the 1/T (population) variance of eq. 5. With the centred
+  points ``z_i = P[:, i] - mean_t P[:, i]`` it is ``||z_i - z_j||^2 / T``, computed from
+  ``[B, K, T]`` (design notes).
+* Sinkhorn (Algorithm 1) runs to ones marginals, so W is doubly stochastic over the off-diagonal
+  pairs: rows and columns of W sum to 1 and the average margin is ``m / (K - 1)``.
+* ``lam="auto"`` is the per-sample mean off-diagonal uncertainty (the paper gives no value);
+  at that scale Algorithm 1 converges in a handful of iterations. A float is absolute.
+* Stopping: ``max |log v_t - log v_{t-1}| <= tol`` (the log-marginal error; scale free), not the
+  paper's ``mean(v_t - v_{t-1}) > 1e-8``, which fp32 cannot meet. ``tol=0`` runs ``max_iter``.
+* Each sample is truncated to the teacher's top ``top_k`` answers (teacher ranking by
+  ``teacher_logits``, default the mean of the MC passes; ties broken by lower index); U,
+  Sinkhorn and the pairs all live on those answers.
+* Eq. 4 per sample is divided by ``|R_p|`` (pairs the teacher orders strictly); a sample with
+  no such pair (all teacher scores tied, K = 1) has loss 0. Batch mean over all samples.
+* The teacher is frozen: no gradient flows to ``teacher_mc_logits`` or ``teacher_logits``.
+* margin modes (Table 3): "ot" ``W`` from Sinkhorn; "uniform" ``W = 1``; "random"
+  ``W ~ U[0, 1]`` from a counter-based hash of (seed, row, answer i, answer j), so every path
+  draws the same weights; "uncertainty" ``W = 1 / (U + 1e-6)``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ._random import draw_seed, pair_uniform
+from ._validation import (
+    check_choice,
+    check_int,
+    check_lam,
+    check_lengths,
+    check_positive,
+    check_reduction,
+    check_same_dim,
+    check_tensor,
+    reduce,
+)
+from .reference import UNCERTAINTY_EPS
+
+MARGIN_MODES = ("ot", "uniform", "random", "uncertainty")
+BACKENDS = ("auto", "torch", "triton")
+DEFAULT_TOP_K = 2500
+DEFAULT_MAX_ITER = 100
+DEFAULT_TOL = 1e-5
+# Elements of one materialised per-chunk K x K matrix on the CPU path (32 MB in fp32): samples
+# are processed in chunks that fit, and row blocks of the hinge stay within it too.
+CPU_BLOCK_ELEMENTS = 1 << 23
+# Largest cost U/lam for which the plain-domain Sinkhorn (matrix-vector products with a
+# materialised exp(-U/lam)) is exact to rounding; beyond it the log domain takes over.
+PLAIN_DOMAIN_MAX_COST = {torch.float32: 30.0, torch.float64: 300.0}
+
+
+# ----------------------------------------------------------------------------- preparation
+@dataclass
+class PairwiseProblem:
+    """One batch of teacher-side quantities on the top-k answers, padded to ``K = max_b K_b``.
+
+    points: centred MC logits ``z`` [B, K, T] (0 on padding); sq: ``||z_i||^2`` [B, K];
+    teacher: teacher scores [B, K]; valid: [B, K] bool; answer_ids: [B, K] column ids in the
+    student's [B, N]; n_valid: [B] K_b; lam: [B]; inv_scale: ``1 / lam_b`` [B].
+    """
+
+    points: torch.Tensor
+    sq: torch.Tensor
+    teacher: torch.Tensor
+    valid: torch.Tensor
+    answer_ids: torch.Tensor
+    n_valid: torch.Tensor
+    lam: torch.Tensor
+    inv_scale: torch.Tensor
+
+    @property
+    def T(self) -> int:
+        return self.points.shape[2]
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """fp64 stays fp64; everything else accumulates in fp32."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, lengths: Optional[torch.Tensor]):
+    """Answer ids of each row's top ``top_k`` valid answers in teacher order, their validity and K_b."""
+    B, N = teacher_logits.shape
+    keys = teacher_logits.float() if teacher_logits.dtype in (torch.float16, torch.bfloat16) else teacher_logits
+    n_valid = torch.full((B,), N, dtype=torch.int64, device=keys.device) if lengths is None else lengths.to(keys.device)
+    if lengths is not None:  # padding sorts last
+        col = torch.arange(N, device=keys.device)
+        keys = keys.masked_fill(col[None, :] >= n_valid[:, None], float("-inf"))
+    K = min(top_k, int(n_valid.max())) if B else 0
+    order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :K]
+    k_b = n_valid.clamp(max=top_k)
+    valid = torch.arange(K, device=keys.device)[None, :] < k_b[:, None]
+    return order, valid, k_b
+
+
+def auto_lam_from_points(points: torch.Tensor, sq: torch.Tensor, n_valid: torch.Tensor,
+                         logit_scale: torch.Tensor) -> torch.Tensor:
+    """Mean off-diagonal U per sample in O(K T): ``sum_ij U_ij = (2 K sum_i s_i - 2 ||sum_i z_i||^2) / T``.
+
+    A mean at the level of rounding noise (identical MC passes) counts as no uncertainty: lam = 1.
+    """
+    T = points.shape[2]
+    k = n_valid.to(points.dtype)
+    total = (2 * k * sq.sum(1) - 2 * (points.sum(1) ** 2).sum(1)) / T
+    mean_off = total / (k * (k - 1)).clamp(min=1)
+    meaningful = (n_valid >= 2) & (mean_off > negligible_uncertainty(logit_scale, points.dtype))
+    return torch.where(meaningful, mean_off, torch.ones_like(mean_off))
+
+
+def negligible_uncertainty(logit_scale, dtype: torch.dtype):
+    """Variances below this are rounding noise of logits of magnitude ``logit_scale``."""
+    return 64 * (torch.finfo(dtype).eps * logit_scale) ** 2
+
+
+def prepare_pairwise(teacher_mc_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], top_k: int,
+                     lam: Optional[float], lengths: Optional[torch.Tensor]) -> PairwiseProblem:
+    """Top-k gather, centring and the per-sample scale: everything O(B K T) before the K x K work."""
+    dtype = compute_dtype(teacher_mc_logits, teacher_logits)
+    mc = teacher_mc_logits.detach().to(dtype)
+    teacher = mc.mean(dim=1) if teacher_logits is None else teacher_logits.detach().to(dtype)
+    order, valid, n_valid = teacher_top_k(teacher, top_k, lengths)
+    B, T, _ = mc.shape
+    gathered = mc.gather(2, order[:, None, :].expand(B, T, order.shape[1]))  # [B, T, K]
+    points = (gathered - gathered.mean(dim=1, keepdim=True)).transpose(1, 2).contiguous()
+    points = points * valid[:, :, None]
+    sq = (points * points).sum(-1)
+    logit_scale = (gathered * valid[:, None, :]).abs().amax(dim=(1, 2)) if gathered.numel() else sq.new_zeros(B)
+    lam_b = auto_lam_from_points(points, sq, n_valid, logit_scale) if lam is None else torch.full((B,), lam, dtype=dtype, device=mc.device)
+    return PairwiseProblem(points=points, sq=sq, teacher=teacher.gather(1, order), valid=valid, answer_ids=order,
+                           n_valid=n_valid, lam=lam_b, inv_scale=1.0 / lam_b)
+
+
+# ----------------------------------------------------------------------------- CPU K x K blocks
+def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice) -> torch.Tensor:
+    """``U[b, i, j] = (s_i + s_j - 2 <z_i, z_j>) / T`` for samples ``s``, rows ``rows``: [b, r, K].
+
+    Clamped at 0: the expansion can go slightly negative by rounding for close answers.
+    """
+    dots = torch.bmm(p.points[s, rows], p.points[s].transpose(1, 2))
+    return (p.sq[s, rows, None] + p.sq[s, None, :] - 2 * dots).clamp_min_(0) / p.T
+
+
+def pair_allowed_block(p: PairwiseProblem, s: slice, rows: slice) -> torch.Tensor:
+    """Valid row, valid column, not the diagonal: [b, r, K] bool."""
+    K = p.valid.shape[1]
+    r = torch.arange(K, device=p.valid.device)[rows]
+    off_diag = r[:, None] != torch.arange(K, device=p.valid.device)[None, :]
+    return p.valid[s, rows, None] & p.valid[s, None, :] & off_diag[None]
+
+
+def chunks(total: int, size: int):
+    for start in range(0, total, max(1, size)):
+        yield slice(start, min(total, start + max(1, size)))
+
+
+def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s: slice):
+    """Algorithm 1 for the samples ``s``, returning the log potentials f = log u, g = log v [b, K].
+
+    The chunk's cost ``C = U / lam`` (+inf off the allowed pairs) is materialised once: when
+    ``max C`` is small enough the plain-domain iteration (two mat-vecs per step, no exp) is
+    exact to rounding; otherwise the log-domain iteration (logsumexp rows) avoids underflow.
+    Converged samples are frozen, so each sample stops on its own test like the reference.
+    """
+    C = uncertainty_block(p, s, slice(None)) * p.inv_scale[s, None, None]
+    allowed = pair_allowed_block(p, s, slice(None))
+    C.masked_fill_(~allowed, float("inf"))
+    b, K = C.shape[0], C.shape[1]
+    has_partner = p.n_valid[s] >= 2
+    row_ok = p.valid[s] & has_partner[:, None]
+    f = C.new_zeros(b, K)
+    g = C.new_zeros(b, K)
+    active = has_partner.clone()
+    finite_max = float(C[allowed].max()) if bool(allowed.any()) else 0.0
+    plain = finite_max <= PLAIN_DOMAIN_MAX_COST[C.dtype]
+    C.neg_()  # C now holds -U/lam, -inf off the allowed pairs
+    E = torch.exp(C) if plain else None  # exp(-U/lam), 0 off the allowed pairs
+    if plain:
+        del C
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        # rows without a partner (padding, K_b < 2) would give log(0): pin them to 0 before use
+        if plain:
+            f_new = -torch.log(torch.bmm(E, torch.exp(g)[:, :, None]).squeeze(2))
+            f_new = torch.where(row_ok, f_new, torch.zeros_like(f_new))
+            g_new = -torch.log(torch.bmm(E.transpose(1, 2), torch.exp(f_new)[:, :, None]).squeeze(2))
+        else:  # C holds -U/lam: f_i = -logsumexp_j(g_j - U_ij/lam)
+            f_new = -torch.logsumexp(C + g[:, None, :], dim=2)
+            f_new = torch.where(row_ok, f_new, torch.zeros_like(f_new))
+            g_new = -torch.logsumexp(C + f_new[:, :, None], dim=1)
+        g_new = torch.where(row_ok, g_new, torch.zeros_like(g_new))
+        delta = (g_new - g).abs().amax(dim=1)
+        f = torch.where(active[:, None], f_new, f)
+        g = torch.where(active[:, None], g_new, g)
+        active = active & (delta > tol)
+    return f, g
+
+
+def margin_weights_block(p: PairwiseProblem, mode: str, s: slice, rows: slice, f, g, seed: int) -> torch.Tensor:
+    """W for samples ``s`` and rows ``rows`` ([b, r, K]; arbitrary off the allowed pairs)."""
+    dtype = p.points.dtype
+    if mode == "uniform":
+        return torch.ones(1, 1, 1, dtype=dtype, device=p.points.device)
+    if mode == "random":
+        sample_rows = torch.arange(p.points.shape[0], device=p.points.device)[s]
+        ids = p.answer_ids[s]
+        return pair_uniform(seed, sample_rows[:, None, None], ids[:, rows, None], ids[:, None, :]).to(dtype)
+    U = uncertainty_block(p, s, rows)
+    if mode == "uncertainty":
+        return 1.0 / (U + UNCERTAINTY_EPS)
+    # "ot": W_ij = exp(f_i + g_j - U_ij / lam)
+    return torch.exp(f[:, rows, None] + g[:, None, :] - U * p.inv_scale[s, None, None])
+
+
+def pairwise_hinge_cpu(student: torch.Tensor, p: PairwiseProblem, margin: float, mode: str, max_iter: int,
+                       tol: float, seed: int):
+    """Per-sample eq. 4 losses [B] and their gradient w.r.t. the gathered student scores [B, K].
+
+    Forward and backward share one blockwise pass: ``dL/ds_i = (1/|R_p|) (#{j: j≻i active}
+    - #{j: i≻j active})`` (design notes), so nothing K x K outlives a block.
+    """
+    B, K = student.shape
+    loss = student.new_zeros(B)
+    grad = torch.zeros_like(student)
+    n_pairs = student.new_zeros(B)
+    sample_chunk = max(1, CPU_BLOCK_ELEMENTS // max(1, K * K))
+    for s in chunks(B, sample_chunk):
+        f = g = None
+        if mode == "ot":
+            f, g = sinkhorn_log_potentials_cpu(p, max_iter, tol, s)
+        row_block = max(1, CPU_BLOCK_ELEMENTS // max(1, (s.stop - s.start) * K))
+        for rows in chunks(K, row_block):
+            M = margin * margin_weights_block(p, mode, s, rows, f, g, seed)
+            t = p.teacher[s]
+            ordered = (t[:, rows, None] > t[:, None, :]) & p.valid[s, rows, None] & p.valid[s, None, :]
+            hinge = (M - (student[s, rows, None] - student[s, None, :])).clamp_min_(0)
+            hinge = torch.where(ordered, hinge, torch.zeros((), dtype=hinge.dtype))  # W is arbitrary off the pairs
+            active = (hinge > 0).to(student.dtype)
+            loss[s] += hinge.sum(dim=(1, 2))
+            n_pairs[s] += ordered.sum(dim=(1, 2)).to(student.dtype)
+            grad[s, rows] -= active.sum(dim=2)
+            grad[s] += active.sum(dim=1)
+    scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))
+    return loss * scale, grad * scale[:, None]
+
+
+class _PairwiseHingeCPU(torch.autograd.Function):
+    """Per-sample losses whose backward is the gradient computed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, student_logits, problem, margin, mode, max_iter, tol, seed):
+        dtype = problem.points.dtype
+        student = student_logits.detach().to(dtype).gather(1, problem.answer_ids)
+        loss, grad_k = pairwise_hinge_cpu(student, problem, margin, mode, max_iter, tol, seed)
+        grad = torch.zeros(student_logits.shape, dtype=dtype, device=student_logits.device)
+        grad.scatter_add_(1, problem.answer_ids, grad_k * problem.valid)
+        ctx.save_for_backward(grad)
+        ctx.input_dtype = student_logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss[:, None].to(grad.dtype)).to(ctx.input_dtype), None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- validation
+def validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths, name_mc="teacher_mc_logits"):
+    check_tensor(teacher_mc_logits, name_mc, 3)
+    if teacher_mc_logits.shape[1] < 2:
+        raise ValueError(f"{name_mc} needs T >= 2 MC-dropout passes in dim 1 to estimate a variance, "
+                         f"got T = {teacher_mc_logits.shape[1]}")
+    if student_logits is not None:
+        check_tensor(student_logits, "student_logits", 2)
+        check_same_dim(student_logits, "student_logits", 0, teacher_mc_logits, name_mc, 0)
+        check_same_dim(student_logits, "student_logits", 1, teacher_mc_logits, name_mc, 2)
+        if student_logits.device != teacher_mc_logits.device:
+            raise ValueError(f"student_logits is on {student_logits.device} but {name_mc} on {teacher_mc_logits.device}")
+    if teacher_logits is not None:
+        check_tensor(teacher_logits, "teacher_logits", 2)
+        check_same_dim(teacher_logits, "teacher_logits", 0, teacher_mc_logits, name_mc, 0)
+        check_same_dim(teacher_logits, "teacher_logits", 1, teacher_mc_logits, name_mc, 2)
+    return check_lengths(lengths, teacher_mc_logits.shape[0], teacher_mc_logits.shape[2])
+
+
+def validate_sinkhorn_args(lam, max_iter, tol):
+    lam_value = check_lam(lam)
+    check_int(max_iter, "max_iter", minimum=1)
+    check_positive(tol, "tol", allow_zero=True)
+    return lam_value
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    """``backend`` argument, else ``RADI_FAST_BACKEND``, else "auto" (Triton on CUDA, torch on CPU)."""
+    choice = backend if backend is not None else os.environ.get("RADI_FAST_BACKEND", "auto")
+    check_choice(choice, "backend (or RADI_FAST_BACKEND)", BACKENDS)
+    if choice == "auto":
+        from ._backend import triton_available
+
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    return choice
+
+
+# ----------------------------------------------------------------------------- public API
+def pairwise_uncertainty(mc_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: the teacher's pairwise uncertainty ``U_ij = Var_t(P_ti - P_tj)``, [B, T, K] -> [B, K, K].
+
+    Dense, for inspection and small K. Computed from the centred [B, K, T] points
+    (``U_ij = ||z_i - z_j||^2 / T``), never from the [B, T, K, K] differences; the diagonal is 0.
+    """
+    validate_pairwise_inputs(None, mc_logits, None, None, name_mc="mc_logits")
+    dtype = compute_dtype(mc_logits)
+    mc = mc_logits.to(dtype)
+    z = (mc - mc.mean(dim=1, keepdim=True)).transpose(1, 2)
+    sq = (z * z).sum(-1)
+    U = (sq[:, :, None] + sq[:, None, :] - 2 * torch.bmm(z, z.transpose(1, 2))).clamp_min(0) / mc.shape[1]
+    return U * (1 - torch.eye(U.shape[1], dtype=dtype, device=U.device))
+
+
+def sinkhorn_margin_weights(mc_logits: torch.Tensor, lam="auto", max_iter: int = DEFAULT_MAX_ITER,
+                            tol: float = DEFAULT_TOL) -> torch.Tensor:
+    """Algorithm 1 on the uncertainty of ``mc_logits`` [B, T, K] -> W [B, K, K] (dense).
+
+    ``W = diag(u) exp(-U/lam) diag(v)`` with the diagonal excluded, scaled to ones marginals
+    (rows and columns sum to 1). Iterated in the log domain when ``U/lam`` is large, so a small
+    ``lam`` does not underflow. ``lam``: a positive float (absolute) or "auto" (per sample, the
+    mean off-diagonal U). Stops when ``max |log v_t - log v_{t-1}| <= tol`` or after ``max_iter``.
+    """
+    validate_pairwise_inputs(None, mc_logits, None, None, name_mc="mc_logits")
+    lam_value = validate_sinkhorn_args(lam, max_iter, tol)
+    p = prepare_pairwise_unsorted(mc_logits, lam_value)
+    f, g = sinkhorn_log_potentials_cpu(p, max_iter, tol, slice(None))
+    B = mc_logits.shape[0]
+    W = margin_weights_block(p, "ot", slice(None), slice(None), f, g, 0)
+    allowed = pair_allowed_block(p, slice(None), slice(None))
+    return torch.where(allowed, W, torch.zeros((), dtype=W.dtype)) if B else W
+
+
+def prepare_pairwise_unsorted(mc_logits: torch.Tensor, lam: Optional[float]) -> PairwiseProblem:
+    """The problem on all K answers in their original order (for the dense public helpers)."""
+    B, _, K = mc_logits.shape
+    p = prepare_pairwise(mc_logits, torch.zeros(B, K, dtype=mc_logits.dtype, device=mc_logits.device), K, lam, None)
+    return p  # all-tied teacher keeps the original order (stable sort)
+
+
+def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
+                       teacher_logits: Optional[torch.Tensor] = None, margin: float = 1.0, margin_mode: str = "ot",
+                       lam="auto", top_k: int = DEFAULT_TOP_K, max_iter: int = DEFAULT_MAX_ITER,
+                       tol: float = DEFAULT_TOL, reduction: str = "mean", *,
+                       generator: Optional[torch.Generator] = None, lengths: Optional[torch.Tensor] = None,
+                       backend: Optional[str] = None) -> torch.Tensor:
+    """RADI-P: the adaptive pairwise ranking distillation loss (eq. 4 with ``M = margin * W``).
+
+    Args:
+        student_logits: [B, N] student scores ``p_S`` (gradients flow here only).
+        teacher_mc_logits: [B, T, N] teacher scores from T >= 2 MC-dropout passes (constant).
+        teacher_logits: [B, N] teacher scores defining the ranking ``R_p``; default the mean of
+            the MC passes.
+        margin: the scalar m (the paper searches {0.1, 1, 10}); >= 0.
+        margin_mode: "ot" (Uncertainty + OT, the paper's method), "uniform", "random" or
+            "uncertainty" (Table 3).
+        lam: Sinkhorn smoothing factor, a positive float or "auto" (per-sample mean
+            off-diagonal U).
+        top_k: each sample keeps the teacher's top ``top_k`` answers (the paper: 2500).
+        max_iter, tol: Sinkhorn budget and stopping test (``max |Δ log v| <= tol``).
+        reduction: "mean" (default), "sum" or "none" ([B]).
+        generator: seeds the "random" mode (the global RNG when None).
+        lengths: optional [B] number of valid answers per row (the rest is padding).
+        backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton"; the
+            default comes from ``RADI_FAST_BACKEND``.
+
+    Rows of W sum to 1, so the average OT margin is ``margin / (K - 1)``. See the module
+    docstring for the remaining conventions.
+    """
+    lengths = validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths)
+    margin = check_positive(margin, "margin", allow_zero=True)
+    check_choice(margin_mode, "margin_mode", MARGIN_MODES)
+    lam_value = validate_sinkhorn_args(lam, max_iter, tol)
+    check_int(top_k, "top_k", minimum=1)
+    check_reduction(reduction)
+    seed = draw_seed(generator) if margin_mode == "random" else 0
+    if resolve_backend(backend, student_logits.device) == "triton":
+        from .ops.pairwise_triton import radi_pairwise_loss_triton
+
+        per_sample = radi_pairwise_loss_triton(student_logits, teacher_mc_logits, teacher_logits, margin,
+                                               margin_mode, lam_value, top_k, max_iter, tol, seed, lengths)
+    else:
+        problem = prepare_pairwise(teacher_mc_logits, teacher_logits, top_k, lam_value, lengths)
+        per_sample = _PairwiseHingeCPU.apply(student_logits, problem, margin, margin_mode, max_iter, tol, seed)
+    return reduce(per_sample, reduction)
+
+
+class RadiPairwiseLoss(nn.Module):
+    """``nn.Module`` form of :func:`radi_pairwise_loss` (same arguments, stored at construction)."""
+
+    def __init__(self, margin: float = 1.0, margin_mode: str = "ot", lam="auto", top_k: int = DEFAULT_TOP_K,
+                 max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL, reduction: str = "mean",
+                 backend: Optional[str] = None):
+        super().__init__()
+        check_choice(margin_mode, "margin_mode", MARGIN_MODES)
+        check_reduction(reduction)
+        validate_sinkhorn_args(lam, max_iter, tol)
+        self.margin, self.margin_mode, self.lam, self.top_k = margin, margin_mode, lam, top_k
+        self.max_iter, self.tol, self.reduction, self.backend = max_iter, tol, reduction, backend
+
+    def forward(self, student_logits, teacher_mc_logits, teacher_logits=None, *, generator=None, lengths=None):
+        return radi_pairwise_loss(student_logits, teacher_mc_logits, teacher_logits, self.margin, self.margin_mode,
+                                  self.lam, self.top_k, self.max_iter, self.tol, self.reduction,
+                                  generator=generator, lengths=lengths, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"margin={self.margin}, margin_mode={self.margin_mode!r}, lam={self.lam!r}, top_k={self.top_k}, "
+                f"max_iter={self.max_iter}, tol={self.tol}, reduction={self.reduction!r}")
+
