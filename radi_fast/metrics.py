@@ -1,0 +1,139 @@
+"""Evaluation metrics of sec. 4.1: Acc@1, Hit@k and nDCG@k against the full set of correct
+answers, and iVQA's graded accuracy.
+
+Conventions:
+
+* **Ranking.** Answers sorted by score, descending, ties broken by the lower answer index (a
+  stable sort), so a metric never depends on how ``topk`` happens to order ties. ``k`` larger
+  than the number of answers N is clipped to N.
+* **Targets.** Either a multi-hot / bool ``[B, N]`` tensor (nonzero = correct) or a list of B
+  lists of correct answer indices. Relevance is binary; every row needs >= 1 correct answer.
+* **nDCG@k.** ``DCG = sum_{p=1..k} rel_p / log2(p + 1)`` over the predicted ranking, divided by
+  the ideal DCG, which puts the row's correct answers first: ``sum_{p=1..min(k, #correct)}
+  1 / log2(p + 1)``. So a row with 3 correct answers all in the top 3 scores 1.
+* **iVQA accuracy.** iVQA has 5 annotators per question; an answer given by ``c`` of them is
+  worth ``min(1, c / 2)``; the metric is that worth for the top-1 answer.
+* **Reduction.** ``"mean"`` (default): a 0-dim tensor, the mean over rows; ``"none"``: ``[B]``.
+  Float64 when ``scores`` is float64, else float32.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+from ._validation import check_choice, check_int, check_tensor
+
+__all__ = ["acc_at_1", "hit_at_k", "ivqa_accuracy", "ivqa_target_weights", "ndcg_at_k"]
+
+Targets = Union[torch.Tensor, Sequence[Sequence[int]]]
+
+
+def _check_scores(scores) -> torch.Tensor:
+    check_tensor(scores, "scores", 2, finite=False)  # -inf is a legitimate "never predict" score
+    if scores.shape[1] == 0:
+        raise ValueError("scores must have at least one answer column, got shape (B, 0)")
+    if bool(torch.isnan(scores).any()):
+        raise ValueError("scores contains NaN")
+    return scores
+
+
+def _out_dtype(scores: torch.Tensor) -> torch.dtype:
+    return torch.float64 if scores.dtype == torch.float64 else torch.float32
+
+
+def _finish(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
+    check_choice(reduction, "reduction", ("mean", "none"))
+    return per_row.mean() if reduction == "mean" else per_row
+
+
+def _correct_mask(targets: Targets, scores: torch.Tensor) -> torch.Tensor:
+    """Targets as a bool ``[B, N]`` mask of correct answers (validated; every row non-empty)."""
+    B, N = scores.shape
+    if isinstance(targets, torch.Tensor):
+        if targets.shape != scores.shape:
+            raise ValueError(f"targets must have the shape of scores {tuple(scores.shape)}, "
+                             f"got {tuple(targets.shape)}")
+        if targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+            raise ValueError("targets contains non-finite values")
+        mask = (targets != 0).to(scores.device)
+    else:
+        try:
+            rows = [list(row) for row in targets]
+        except TypeError:
+            raise ValueError("targets must be a [B, N] tensor or a list of lists of answer indices") from None
+        if len(rows) != B:
+            raise ValueError(f"targets has {len(rows)} rows but scores has {B}")
+        mask = torch.zeros(B, N, dtype=torch.bool)
+        for b, row in enumerate(rows):
+            for a in row:
+                if isinstance(a, bool) or not isinstance(a, (int, torch.Tensor)) or not 0 <= int(a) < N:
+                    raise ValueError(f"targets[{b}] holds {a!r}, not an answer index in [0, {N})")
+                mask[b, int(a)] = True
+        mask = mask.to(scores.device)
+    empty = ~mask.any(dim=1)
+    if bool(empty.any()):
+        rows = torch.nonzero(empty).flatten().tolist()
+        raise ValueError(f"targets has rows with no correct answer (rows {rows[:10]}): the metrics are undefined there")
+    return mask
+
+
+def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, min(k, N)]`` answer indices of the top k, ties by lower index."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : min(k, scores.shape[1])]
+
+
+def acc_at_1(scores: torch.Tensor, targets: Targets, *, reduction: str = "mean") -> torch.Tensor:
+    """Acc@1: 1 when the top-scored answer (ties by lower index) is one of the correct answers."""
+    _check_scores(scores)
+    correct = _correct_mask(targets, scores)
+    hit = correct.gather(1, _top_k(scores, 1))[:, 0]
+    return _finish(hit.to(_out_dtype(scores)), reduction)
+
+
+def hit_at_k(scores: torch.Tensor, targets: Targets, k: int = 5, *, reduction: str = "mean") -> torch.Tensor:
+    """Hit@k: 1 when at least one correct answer is among the top k predictions."""
+    _check_scores(scores)
+    k = check_int(k, "k", minimum=1)
+    correct = _correct_mask(targets, scores)
+    hit = correct.gather(1, _top_k(scores, k)).any(dim=1)
+    return _finish(hit.to(_out_dtype(scores)), reduction)
+
+
+def ndcg_at_k(scores: torch.Tensor, targets: Targets, k: int = 5, *, reduction: str = "mean") -> torch.Tensor:
+    """nDCG@k with binary relevance; ideal DCG over ``min(k, #correct)`` positions."""
+    _check_scores(scores)
+    k = check_int(k, "k", minimum=1)
+    correct = _correct_mask(targets, scores)
+    dtype = _out_dtype(scores)
+    top = _top_k(scores, k)
+    discounts = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=dtype, device=scores.device))
+    dcg = (correct.gather(1, top).to(dtype) * discounts).sum(1)
+    n_ideal = correct.sum(1).clamp(max=top.shape[1])  # >= 1: rows without a correct answer were refused
+    ideal_dcg = torch.cumsum(discounts, 0)[n_ideal - 1]
+    return _finish(dcg / ideal_dcg, reduction)
+
+
+def ivqa_target_weights(answer_counts: torch.Tensor) -> torch.Tensor:
+    """iVQA's worth of each answer, ``min(1, count / 2)`` (``count`` = annotators out of 5 who
+    gave it); also usable as soft targets for the classification loss. Float, same shape."""
+    check_tensor(answer_counts, "answer_counts", 2, floating=False)
+    if answer_counts.dtype == torch.bool:
+        raise ValueError("answer_counts must hold counts (ints or floats), got a bool tensor")
+    if answer_counts.is_floating_point() and not bool(torch.isfinite(answer_counts).all()):
+        raise ValueError("answer_counts contains non-finite values")
+    if answer_counts.numel() and bool((answer_counts < 0).any()):
+        raise ValueError("answer_counts must be >= 0")
+    counts = answer_counts if answer_counts.is_floating_point() else answer_counts.to(torch.float32)
+    return (counts / 2).clamp(max=1)
+
+
+def ivqa_accuracy(scores: torch.Tensor, answer_counts: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+    """iVQA's graded accuracy: ``min(1, count / 2)`` of the top-1 answer (ties by lower index)."""
+    _check_scores(scores)
+    weights = ivqa_target_weights(answer_counts)
+    if weights.shape != scores.shape:
+        raise ValueError(f"answer_counts must have the shape of scores {tuple(scores.shape)}, "
+                         f"got {tuple(weights.shape)}")
+    top1 = _top_k(scores, 1).to(weights.device)
+    return _finish(weights.gather(1, top1)[:, 0].to(_out_dtype(scores)), reduction)
