@@ -3,6 +3,7 @@
 The C++/CUDA sampler in csrc/ is optional: when torch cannot be imported at build time, or the
 compile fails, the package installs without it and falls back to the pure-PyTorch sampler.
 """
+import glob
 import os
 import sys
 
@@ -14,9 +15,114 @@ PACKAGES = ["radi_fast", "radi_fast.ops", "radi_fast.kernels"]
 PACKAGE_DIR = {"radi_fast.kernels": "kernels"}
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _say(message):
+    print(f"radi_fast setup: {message}", file=sys.stderr, flush=True)
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _sources(pattern):
+    # setuptools wants paths relative to the project root
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
 def extension_modules():
-    """The compiled sampler op, or nothing when torch is not importable here."""
-    return [], {}
+    """The compiled sampler op ``radi_fast._C`` (csrc/), or nothing when it cannot be built here.
+
+    * ``RADI_FAST_NO_EXT=1``: skip the extension (pure-PyTorch sampler only).
+    * torch not importable (pip's build isolation hides the installed torch, and torch is
+      deliberately not a build requirement, so nothing big is downloaded): skip with a message;
+      ``pip install --no-build-isolation -e .`` builds it against the installed torch.
+    * A CPU build of torch gives a CppExtension (csrc/*.cpp); a CUDA build of torch with a CUDA
+      toolkit (CUDA_HOME / nvcc found) gives a CUDAExtension that adds csrc/cuda/*.cpp and
+      csrc/cuda/*.cu (``RADI_FAST_NO_CUDA=1`` forces the CPU-only extension). No GPU is needed
+      to build; TORCH_CUDA_ARCH_LIST picks the architectures as usual.
+    * A failed compile also falls back (with a message), unless ``RADI_FAST_REQUIRE_EXT=1``,
+      which turns every skip or failure into an error (use it in CI).
+    """
+    require = _env_flag("RADI_FAST_REQUIRE_EXT")
+    if _env_flag("RADI_FAST_NO_EXT"):
+        if require:
+            raise RuntimeError("RADI_FAST_NO_EXT and RADI_FAST_REQUIRE_EXT are both set")
+        _say("RADI_FAST_NO_EXT is set: installing without the compiled sampler (radi_fast._C)")
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except Exception as exc:  # ImportError under build isolation, or a broken torch
+        message = (
+            f"torch is not importable at build time ({type(exc).__name__}: {exc}); installing "
+            "without the compiled sampler (radi_fast._C), radi_fast will use its pure-PyTorch "
+            "fallback. To build it, install torch first and run: "
+            "pip install --no-build-isolation -e ."
+        )
+        if require:
+            raise RuntimeError(message) from exc
+        _say(message)
+        return [], {}
+
+    use_cuda = (
+        torch.version.cuda is not None
+        and CUDA_HOME is not None
+        and not _env_flag("RADI_FAST_NO_CUDA")
+    )
+    sources = _sources("csrc/*.cpp")
+    # -ffp-contract=off: no FMA contraction, so the CPU keys equal the CUDA keys bit for bit
+    cxx = ["-O3", "-ffp-contract=off"]
+    link = []
+    macros = []
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        # at::parallel_for's OpenMP backend is a header template: without -fopenmp it runs serially
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
+    if use_cuda:
+        sources += _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu")
+        macros.append(("RADI_WITH_CUDA", "1"))
+        extension = CUDAExtension(
+            "radi_fast._C",
+            sources,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-fmad=false"]},
+            extra_link_args=link,
+        )
+        _say(f"building radi_fast._C with CUDA kernels (torch {torch.__version__}, CUDA_HOME={CUDA_HOME})")
+    else:
+        extension = CppExtension(
+            "radi_fast._C",
+            sources,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
+        )
+        _say(f"building radi_fast._C for the CPU (torch {torch.__version__})")
+
+    base = BuildExtension.with_options(no_python_abi_suffix=True)
+
+    class OptionalBuildExtension(base):
+        """Falls back to a pure-Python install when the compile fails (unless required)."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:
+                if require:
+                    raise
+                _say(
+                    f"building radi_fast._C failed ({type(exc).__name__}: {exc}); installing without "
+                    "it, radi_fast will use its pure-PyTorch sampler. Set RADI_FAST_REQUIRE_EXT=1 to "
+                    "make this an error."
+                )
+                self.extensions = []
+
+        def get_outputs(self):
+            return [path for path in super().get_outputs() if os.path.exists(path)]
+
+    return [extension], {"build_ext": OptionalBuildExtension}
 
 
 ext_modules, cmdclass = extension_modules()

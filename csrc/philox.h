@@ -1,0 +1,223 @@
+// Counter-based random numbers and the cold-list sampling keys of radi_fast::partial_list.
+//
+// This header is shared, unchanged, by the C++ CPU kernel and the CUDA kernel, so that both
+// compute *bit-identical* keys for the same (seed, offset, row, rank):
+//   * Philox4x32-10 (Salmon et al., SC'11; checked against Random123's known-answer vectors),
+//   * a portable natural logarithm built from + - * / only (no libm, so the CPU and the GPU
+//     cannot round differently),
+//   * no fused multiply-add: device code uses the explicitly rounded __d*_rn intrinsics, host
+//     code is compiled with -ffp-contract=off (see setup.py / .ci/compile_cuda.sh).
+// It depends on nothing but <stdint.h>/<string.h> and compiles with plain g++ or plain nvcc.
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define RADI_HD __host__ __device__ __forceinline__
+#else
+#define RADI_HD inline
+#endif
+
+namespace radi {
+
+// ---------------------------------------------------------------------------------------------
+// Explicitly rounded double arithmetic (never contracted into an FMA).
+RADI_HD double dadd(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+RADI_HD double dsub(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+RADI_HD double dmul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+RADI_HD double ddiv(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+RADI_HD uint64_t double_bits(double x) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint64_t>(__double_as_longlong(x));
+#else
+  uint64_t b;
+  memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
+RADI_HD double bits_double(uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(b));
+#else
+  double x;
+  memcpy(&x, &b, sizeof x);
+  return x;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Philox4x32-10.
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+RADI_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+#endif
+}
+
+// out = Philox4x32-10(counter ctr, key key); ctr/out may alias.
+RADI_HD void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
+  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+  uint32_t k0 = key[0], k1 = key[1];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t lo0 = kPhiloxM0 * c0, hi0 = mulhi32(kPhiloxM0, c0);
+    const uint32_t lo1 = kPhiloxM1 * c2, hi1 = mulhi32(kPhiloxM1, c2);
+    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+// The 52 random bits of the draw for (seed, offset, row, pos):
+//   key = (seed low 32 bits, seed high 32 bits),
+//   counter = (pos, row, offset low 32 bits, offset high 32 bits),
+//   bits = (out[1] << 20) | (out[0] >> 12).
+RADI_HD uint64_t philox_bits52(uint64_t seed, uint64_t offset, uint32_t row, uint32_t pos) {
+  const uint32_t key[2] = {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
+  const uint32_t ctr[4] = {pos, row, static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)};
+  uint32_t out[4];
+  philox4x32_10(ctr, key, out);
+  return (static_cast<uint64_t>(out[1]) << 20) | (out[0] >> 12);
+}
+
+constexpr double kTwoPowMinus52 = 2.220446049250313080847263336181640625e-16;  // 2^-52
+constexpr uint64_t kBits52Max = (static_cast<uint64_t>(1) << 52) - 1;
+
+// u = (bits + 1/2) 2^-52, exactly, in [2^-53, 1 - 2^-53]: never 0, never 1.
+RADI_HD double bits52_to_uniform(uint64_t bits) {
+  return dmul(dadd(static_cast<double>(bits), 0.5), kTwoPowMinus52);
+}
+// 1 - u, also exact.
+RADI_HD double bits52_to_one_minus_uniform(uint64_t bits) {
+  return dmul(dadd(static_cast<double>(kBits52Max - bits), 0.5), kTwoPowMinus52);
+}
+
+RADI_HD double philox_uniform(uint64_t seed, uint64_t offset, uint32_t row, uint32_t pos) {
+  return bits52_to_uniform(philox_bits52(seed, offset, row, pos));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Portable natural logarithm for positive finite normal x (all the inputs used here are:
+// u >= 2^-53, -log(u) >= 1.1e-16, ranks >= 1). x = 2^k m with m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716, summed as a Taylor series to s^23
+// (truncation < 1e-19 relative); log x = k ln2_hi + (log m + k ln2_lo). Accurate to a few ulp.
+// Outside its domain: -inf for 0 and negative numbers, +inf for +inf, NaN for NaN.
+constexpr double kLn2Hi = 6.93147180369123816490e-01;  // ln 2 with 21 trailing zero bits
+constexpr double kLn2Lo = 1.90821492927058770002e-10;  // ln 2 - kLn2Hi
+
+RADI_HD double portable_log(double x) {
+  if (!(x > 0.0)) return x == x ? bits_double(0xFFF0000000000000ull) : x;  // -inf, or NaN
+  uint64_t b = double_bits(x);
+  int k = 0;
+  if ((b >> 52) == 0) {  // subnormal: scale by 2^54
+    x = dmul(x, 18014398509481984.0);
+    b = double_bits(x);
+    k = -54;
+  }
+  if ((b >> 52) >= 0x7FF) return x;  // +inf
+  k += static_cast<int>(b >> 52) - 1023;
+  // m in [1, 2) from the mantissa; fold to [sqrt(1/2), sqrt(2)).
+  uint64_t mbits = (b & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
+  double m = bits_double(mbits);
+  if (m > 1.4142135623730951) {  // sqrt(2) rounded; exact halving
+    m = dmul(m, 0.5);
+    k += 1;
+  }
+  const double f = dsub(m, 1.0);  // exact (Sterbenz)
+  const double s = ddiv(f, dadd(2.0, f));
+  const double z = dmul(s, s);
+  // P(z) = 1/3 + z/5 + z^2/7 + ... + z^10/23, Horner.
+  double p = 1.0 / 23.0;
+  p = dadd(dmul(p, z), 1.0 / 21.0);
+  p = dadd(dmul(p, z), 1.0 / 19.0);
+  p = dadd(dmul(p, z), 1.0 / 17.0);
+  p = dadd(dmul(p, z), 1.0 / 15.0);
+  p = dadd(dmul(p, z), 1.0 / 13.0);
+  p = dadd(dmul(p, z), 1.0 / 11.0);
+  p = dadd(dmul(p, z), 1.0 / 9.0);
+  p = dadd(dmul(p, z), 1.0 / 7.0);
+  p = dadd(dmul(p, z), 1.0 / 5.0);
+  p = dadd(dmul(p, z), 1.0 / 3.0);
+  const double two_s = dadd(s, s);
+  // log m = 2s + 2s * z * P(z)
+  const double log_m = dadd(two_s, dmul(dmul(two_s, z), p));
+  const double dk = static_cast<double>(k);
+  return dadd(dmul(dk, kLn2Hi), dadd(log_m, dmul(dk, kLn2Lo)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cold-list law. Rank r = 1 .. M within the remaining list (M = length - hot).
+enum Scheme : int { kSchemeExp = 0, kSchemeZipf = 1, kSchemeRandom = 2 };
+
+// Unnormalised log-probability of rank r (non-increasing in r for alpha >= 0):
+// exp: -alpha r; zipf: -alpha log r; random: 0.
+RADI_HD double rank_log_weight(int scheme, double alpha, int64_t r) {
+  if (scheme == kSchemeExp) return -dmul(alpha, static_cast<double>(r));
+  if (scheme == kSchemeZipf) return -dmul(alpha, portable_log(static_cast<double>(r)));
+  return 0.0;
+}
+
+// Gumbel-top-k key of rank r given its uniform u: log p_r + G, G = -log(-log u).
+RADI_HD double gumbel_key(double log_weight, double u) {
+  const double e = -portable_log(u);  // Exp(1) variate, > 0
+  return dsub(log_weight, portable_log(e));
+}
+
+RADI_HD double cold_key(int scheme, double alpha, uint64_t seed, uint64_t offset, uint32_t row,
+                        int64_t r) {
+  const double u = philox_uniform(seed, offset, row, static_cast<uint32_t>(r));
+  return gumbel_key(rank_log_weight(scheme, alpha, r), u);
+}
+
+// Upper bound on any Gumbel value G = -log(-log u) this generator can produce
+// (u <= 1 - 2^-53 gives G <= 36.74); used for exact early termination on the CPU.
+constexpr double kGumbelMax = 40.0;
+
+// Key order of the cold draws: larger key first, ties to the lower rank.
+RADI_HD bool key_before(double ka, int64_t ra, double kb, int64_t rb) {
+  return ka > kb || (ka == kb && ra < rb);
+}
+
+}  // namespace radi
