@@ -50,9 +50,11 @@ BACKENDS = ("auto", "torch", "triton")
 DEFAULT_TOP_K = 2500
 DEFAULT_MAX_ITER = 100
 DEFAULT_TOL = 1e-5
-# Elements of one materialised per-chunk K x K matrix on the CPU path (32 MB in fp32): samples
-# are processed in chunks that fit, and row blocks of the hinge stay within it too.
+# Elements of the materialised K x K cost of a chunk of samples on the CPU path (32 MB in fp32):
+# samples go through Sinkhorn in chunks that fit (at least one sample per chunk).
 CPU_BLOCK_ELEMENTS = 1 << 23
+# Elements of each [samples, rows, K] temporary of the hinge pass (4 MB in fp32).
+CPU_ROW_BLOCK_ELEMENTS = 1 << 20
 # Largest cost U/lam for which the plain-domain Sinkhorn (matrix-vector products with a
 # materialised exp(-U/lam)) is exact to rounding; beyond it the log domain takes over.
 PLAIN_DOMAIN_MAX_COST = {torch.float32: 30.0, torch.float64: 300.0}
@@ -140,13 +142,14 @@ def prepare_pairwise(teacher_mc_logits: torch.Tensor, teacher_logits: Optional[t
 
 
 # ----------------------------------------------------------------------------- CPU K x K blocks
-def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice) -> torch.Tensor:
-    """``U[b, i, j] = (s_i + s_j - 2 <z_i, z_j>) / T`` for samples ``s``, rows ``rows``: [b, r, K].
+def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice, cols: slice = slice(None)) -> torch.Tensor:
+    """``U[b, i, j] = (s_i + s_j - 2 <z_i, z_j>) / T`` for samples ``s``, rows, columns: [b, r, c].
 
     Clamped at 0: the expansion can go slightly negative by rounding for close answers.
     """
-    dots = torch.bmm(p.points[s, rows], p.points[s].transpose(1, 2))
-    return (p.sq[s, rows, None] + p.sq[s, None, :] - 2 * dots).clamp_min_(0) / p.T
+    norms = p.sq[s, rows, None] + p.sq[s, None, cols]
+    U = torch.baddbmm(norms, p.points[s, rows], p.points[s, cols].transpose(1, 2), alpha=-2)
+    return U.clamp_min_(0).div_(p.T)
 
 
 def pair_allowed_block(p: PairwiseProblem, s: slice, rows: slice) -> torch.Tensor:
@@ -157,98 +160,126 @@ def pair_allowed_block(p: PairwiseProblem, s: slice, rows: slice) -> torch.Tenso
     return p.valid[s, rows, None] & p.valid[s, None, :] & off_diag[None]
 
 
-def chunks(total: int, size: int):
-    for start in range(0, total, max(1, size)):
-        yield slice(start, min(total, start + max(1, size)))
+def chunks(total: int, size: int, start: int = 0):
+    for first in range(start, total, max(1, size)):
+        yield slice(first, min(total, first + max(1, size)))
 
 
-def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s: slice):
-    """Algorithm 1 for the samples ``s``, returning the log potentials f = log u, g = log v [b, K].
+@dataclass
+class SinkhornSolution:
+    """Log potentials f = log u, g = log v [b, K] and the chunk's materialised kernel, kept so the
+    loss pass reads ``W_ij = exp(f_i + g_j - U_ij/lam)`` instead of recomputing it: ``kernel`` is
+    ``exp(-U/lam)`` (plain domain) or ``-U/lam`` (log domain), 0 / -inf off the allowed pairs."""
 
-    The chunk's cost ``C = U / lam`` (+inf off the allowed pairs) is materialised once: when
-    ``max C`` is small enough the plain-domain iteration (two mat-vecs per step, no exp) is
-    exact to rounding; otherwise the log-domain iteration (logsumexp rows) avoids underflow.
-    Converged samples are frozen, so each sample stops on its own test like the reference.
+    f: torch.Tensor
+    g: torch.Tensor
+    kernel: torch.Tensor
+    plain: bool
+
+    def weights(self, rows: slice, cols: slice) -> torch.Tensor:
+        if self.plain:
+            u, v = torch.exp(self.f[:, rows, None]), torch.exp(self.g[:, None, cols])
+            return self.kernel[:, rows, cols] * u * v
+        return torch.exp(self.kernel[:, rows, cols] + self.f[:, rows, None] + self.g[:, None, cols])
+
+
+def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s: slice) -> SinkhornSolution:
+    """Algorithm 1 for the samples ``s`` (a chunk whose K x K cost fits the memory budget).
+
+    The chunk's cost ``C = U / lam`` is materialised once: when ``max C`` is small enough the
+    plain-domain iteration (two mat-vecs per step, no exp) is exact to rounding; otherwise the
+    log-domain iteration (logsumexp rows) avoids underflow. Converged samples are frozen, so
+    each sample stops on its own test like the reference.
     """
-    C = uncertainty_block(p, s, slice(None)) * p.inv_scale[s, None, None]
-    allowed = pair_allowed_block(p, s, slice(None))
-    C.masked_fill_(~allowed, float("inf"))
+    C = uncertainty_block(p, s, slice(None)).mul_(p.inv_scale[s, None, None])
+    # an upper bound of the cost over the allowed pairs (padding entries are finite too)
+    plain = float(C.amax()) <= PLAIN_DOMAIN_MAX_COST[C.dtype] if C.numel() else True
+    C.masked_fill_(~pair_allowed_block(p, s, slice(None)), float("inf")).neg_()  # -U/lam, -inf off the pairs
+    kernel = C.exp_() if plain else C
     b, K = C.shape[0], C.shape[1]
     has_partner = p.n_valid[s] >= 2
     row_ok = p.valid[s] & has_partner[:, None]
     f = C.new_zeros(b, K)
     g = C.new_zeros(b, K)
     active = has_partner.clone()
-    finite_max = float(C[allowed].max()) if bool(allowed.any()) else 0.0
-    plain = finite_max <= PLAIN_DOMAIN_MAX_COST[C.dtype]
-    C.neg_()  # C now holds -U/lam, -inf off the allowed pairs
-    E = torch.exp(C) if plain else None  # exp(-U/lam), 0 off the allowed pairs
-    if plain:
-        del C
     for _ in range(max_iter):
         if not bool(active.any()):
             break
         # rows without a partner (padding, K_b < 2) would give log(0): pin them to 0 before use
         if plain:
-            f_new = -torch.log(torch.bmm(E, torch.exp(g)[:, :, None]).squeeze(2))
+            f_new = -torch.log(torch.bmm(kernel, torch.exp(g)[:, :, None]).squeeze(2))
             f_new = torch.where(row_ok, f_new, torch.zeros_like(f_new))
-            g_new = -torch.log(torch.bmm(E.transpose(1, 2), torch.exp(f_new)[:, :, None]).squeeze(2))
-        else:  # C holds -U/lam: f_i = -logsumexp_j(g_j - U_ij/lam)
-            f_new = -torch.logsumexp(C + g[:, None, :], dim=2)
+            g_new = -torch.log(torch.bmm(kernel.transpose(1, 2), torch.exp(f_new)[:, :, None]).squeeze(2))
+        else:  # f_i = -logsumexp_j(g_j - U_ij/lam)
+            f_new = -torch.logsumexp(kernel + g[:, None, :], dim=2)
             f_new = torch.where(row_ok, f_new, torch.zeros_like(f_new))
-            g_new = -torch.logsumexp(C + f_new[:, :, None], dim=1)
+            g_new = -torch.logsumexp(kernel + f_new[:, :, None], dim=1)
         g_new = torch.where(row_ok, g_new, torch.zeros_like(g_new))
         delta = (g_new - g).abs().amax(dim=1)
         f = torch.where(active[:, None], f_new, f)
         g = torch.where(active[:, None], g_new, g)
         active = active & (delta > tol)
-    return f, g
+    return SinkhornSolution(f=f, g=g, kernel=kernel, plain=plain)
 
 
-def margin_weights_block(p: PairwiseProblem, mode: str, s: slice, rows: slice, f, g, seed: int) -> torch.Tensor:
-    """W for samples ``s`` and rows ``rows`` ([b, r, K]; arbitrary off the allowed pairs)."""
+def margin_weights_block(p: PairwiseProblem, mode: str, s: slice, rows: slice, cols: slice,
+                         solution: Optional[SinkhornSolution], seed: int) -> torch.Tensor:
+    """W for samples ``s``, rows and columns ([b, r, c]; arbitrary off the allowed pairs)."""
     dtype = p.points.dtype
     if mode == "uniform":
         return torch.ones(1, 1, 1, dtype=dtype, device=p.points.device)
     if mode == "random":
         sample_rows = torch.arange(p.points.shape[0], device=p.points.device)[s]
         ids = p.answer_ids[s]
-        return pair_uniform(seed, sample_rows[:, None, None], ids[:, rows, None], ids[:, None, :]).to(dtype)
-    U = uncertainty_block(p, s, rows)
+        return pair_uniform(seed, sample_rows[:, None, None], ids[:, rows, None], ids[:, None, cols]).to(dtype)
     if mode == "uncertainty":
-        return 1.0 / (U + UNCERTAINTY_EPS)
-    # "ot": W_ij = exp(f_i + g_j - U_ij / lam)
-    return torch.exp(f[:, rows, None] + g[:, None, :] - U * p.inv_scale[s, None, None])
+        return uncertainty_block(p, s, rows, cols).add_(UNCERTAINTY_EPS).reciprocal_()
+    return solution.weights(rows, cols)
+
+
+def teacher_tie_ends(p: PairwiseProblem) -> torch.Tensor:
+    """For answer i (teacher order), the first position j whose teacher score is strictly lower.
+
+    The answers are sorted by the teacher, so ``R_p`` for row i is exactly the valid columns
+    ``j >= tie_end[i]``: one comparison per pair instead of comparing scores.
+    """
+    neg = torch.where(p.valid, -p.teacher, torch.full_like(p.teacher, float("inf"))).contiguous()
+    return torch.searchsorted(neg, neg, right=True)
 
 
 def pairwise_hinge_cpu(student: torch.Tensor, p: PairwiseProblem, margin: float, mode: str, max_iter: int,
                        tol: float, seed: int):
     """Per-sample eq. 4 losses [B] and their gradient w.r.t. the gathered student scores [B, K].
 
-    Forward and backward share one blockwise pass: ``dL/ds_i = (1/|R_p|) (#{j: j≻i active}
+    Forward and backward share one blockwise pass over the upper triangle (the answers are in
+    teacher order, so every ordered pair has i < j): ``dL/ds_i = (1/|R_p|) (#{j: j≻i active}
     - #{j: i≻j active})`` (design notes), so nothing K x K outlives a block.
     """
     B, K = student.shape
     loss = student.new_zeros(B)
     grad = torch.zeros_like(student)
-    n_pairs = student.new_zeros(B)
+    tie_end = teacher_tie_ends(p)
+    n_valid = p.n_valid.to(tie_end.device)
+    n_pairs = ((n_valid[:, None] - tie_end).clamp(min=0) * p.valid).sum(1).to(student.dtype)
+    col_ids = torch.arange(K, device=student.device)
     sample_chunk = max(1, CPU_BLOCK_ELEMENTS // max(1, K * K))
     for s in chunks(B, sample_chunk):
-        f = g = None
-        if mode == "ot":
-            f, g = sinkhorn_log_potentials_cpu(p, max_iter, tol, s)
-        row_block = max(1, CPU_BLOCK_ELEMENTS // max(1, (s.stop - s.start) * K))
+        solution = sinkhorn_log_potentials_cpu(p, max_iter, tol, s) if mode == "ot" else None
+        row_block = max(1, CPU_ROW_BLOCK_ELEMENTS // max(1, (s.stop - s.start) * K))
         for rows in chunks(K, row_block):
-            M = margin * margin_weights_block(p, mode, s, rows, f, g, seed)
-            t = p.teacher[s]
-            ordered = (t[:, rows, None] > t[:, None, :]) & p.valid[s, rows, None] & p.valid[s, None, :]
-            hinge = (M - (student[s, rows, None] - student[s, None, :])).clamp_min_(0)
-            hinge = torch.where(ordered, hinge, torch.zeros((), dtype=hinge.dtype))  # W is arbitrary off the pairs
+            cols = slice(rows.start + 1, K)  # j > i for every ordered pair of these rows
+            if cols.start >= K:
+                continue
+            c = col_ids[cols]
+            ordered = (c[None, None, :] >= tie_end[s, rows, None]) & (c[None, None, :] < n_valid[s, None, None])
+            ordered &= p.valid[s, rows, None]
+            M = margin_weights_block(p, mode, s, rows, cols, solution, seed)
+            hinge = (student[s, None, cols] - student[s, rows, None]).add_(M * margin if margin != 1.0 else M)
+            hinge = torch.where(ordered, hinge.clamp_min_(0), torch.zeros((), dtype=hinge.dtype))
             active = (hinge > 0).to(student.dtype)
             loss[s] += hinge.sum(dim=(1, 2))
-            n_pairs[s] += ordered.sum(dim=(1, 2)).to(student.dtype)
             grad[s, rows] -= active.sum(dim=2)
-            grad[s] += active.sum(dim=1)
+            grad[s, cols] += active.sum(dim=1)
     scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))
     return loss * scale, grad * scale[:, None]
 
@@ -338,11 +369,9 @@ def sinkhorn_margin_weights(mc_logits: torch.Tensor, lam="auto", max_iter: int =
     validate_pairwise_inputs(None, mc_logits, None, None, name_mc="mc_logits")
     lam_value = validate_sinkhorn_args(lam, max_iter, tol)
     p = prepare_pairwise_unsorted(mc_logits, lam_value)
-    f, g = sinkhorn_log_potentials_cpu(p, max_iter, tol, slice(None))
-    B = mc_logits.shape[0]
-    W = margin_weights_block(p, "ot", slice(None), slice(None), f, g, 0)
+    W = sinkhorn_log_potentials_cpu(p, max_iter, tol, slice(None)).weights(slice(None), slice(None))
     allowed = pair_allowed_block(p, slice(None), slice(None))
-    return torch.where(allowed, W, torch.zeros((), dtype=W.dtype)) if B else W
+    return torch.where(allowed, W, torch.zeros((), dtype=W.dtype))
 
 
 def prepare_pairwise_unsorted(mc_logits: torch.Tensor, lam: Optional[float]) -> PairwiseProblem:
