@@ -182,10 +182,12 @@ def _lambda_loss(loss, s, t, answer_ids, valid, sigma, mu):
     ordered_pairs = t_masked[:, :, None] > t_masked[:, None, :]  # R_p; padding loses every comparison
     if valid is not None:
         ordered_pairs &= valid[:, None, :]  # ... and wins none
-    log2_sigmoid = F.logsigmoid(sigma * (s[:, :, None] - s[:, None, :])) / LN2
+    # w_ij with the pair mask folded in (a constant: masking costs no extra [B, n, n] autograd op)
+    pair_weights = ordered_pairs.to(s.dtype)
     if loss != "ranknet":
-        log2_sigmoid = _lambda_weights(loss, s.detach(), t_masked, answer_ids, valid, mu) * log2_sigmoid
-    return -torch.where(ordered_pairs, log2_sigmoid, torch.zeros_like(log2_sigmoid)).sum((1, 2))
+        pair_weights *= _lambda_weights(loss, s.detach(), t_masked, answer_ids, valid, mu)
+    log_sigmoid = F.logsigmoid(sigma * (s[:, :, None] - s[:, None, :]))  # finite: s is finite
+    return -(pair_weights * log_sigmoid).sum((1, 2)) / LN2  # log2 = ln / ln 2
 
 
 def listwise_loss_on_sublist(student_sub: torch.Tensor, teacher_sub: torch.Tensor, answer_ids: torch.Tensor,
