@@ -101,13 +101,15 @@ def test_large_shape_runs():
     ("random", 1.0, ("zipf", 0.1)),
 ])
 @pytest.mark.parametrize("padded", [False, True])
-def test_first_cold_draw_follows_rank_law(scheme, alpha, wrong, padded):
+@pytest.mark.parametrize("sampler", [partial_list_torch, sample_partial_list], ids=["torch", "dispatch"])
+def test_first_cold_draw_follows_rank_law(scheme, alpha, wrong, padded, sampler):
+    """``dispatch`` checks whichever path ``sample_partial_list`` takes here (compiled op if built)."""
     N, hot = 50, 5
     n_valid = 38 if padded else N
     row = torch.randn(N, generator=gen(11))
     scores = row.expand(N_DRAWS, N).contiguous()
     lengths = torch.full((N_DRAWS,), n_valid) if padded else None
-    idx = partial_list_torch(scores, hot, 3, scheme, alpha, gen(12), lengths)
+    idx = sampler(scores, hot, 3, scheme, alpha, gen(12), lengths)
     remaining = teacher_ranking_literal(row.tolist(), n_valid)[hot:]
     rank_of = {a: r for r, a in enumerate(remaining)}  # 0-based rank within the remaining list
     counts = np.bincount([rank_of[a] for a in idx[:, hot].tolist()], minlength=n_valid - hot)
@@ -117,10 +119,11 @@ def test_first_cold_draw_follows_rank_law(scheme, alpha, wrong, padded):
 
 
 @pytest.mark.parametrize("scheme, alpha, wrong_alpha", [("exp", 1.0, 1.3), ("zipf", 1.5, 1.8), ("random", 0.0, None)])
-def test_whole_orders_match_plackett_luce(scheme, alpha, wrong_alpha):
+@pytest.mark.parametrize("sampler", [partial_list_torch, sample_partial_list], ids=["torch", "dispatch"])
+def test_whole_orders_match_plackett_luce(scheme, alpha, wrong_alpha, sampler):
     row = torch.tensor([0.3, 2.0, -1.0, 1.0])  # ranking: answers 1, 3, 0, 2
     ranking = teacher_ranking_literal(row.tolist())
-    idx = partial_list_torch(row.expand(N_DRAWS, 4).contiguous(), 0, 4, scheme, alpha, gen(13))
+    idx = sampler(row.expand(N_DRAWS, 4).contiguous(), 0, 4, scheme, alpha, gen(13))
     rank_of = {a: r + 1 for r, a in enumerate(ranking)}
     orders = list(itertools.permutations(range(1, 5)))
     position = {o: i for i, o in enumerate(orders)}
