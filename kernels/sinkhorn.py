@@ -1,0 +1,168 @@
+"""Batched log-domain Sinkhorn (Algorithm 1) on ``exp(-U / lam)``, U recomputed on the fly.
+
+Notation (base 2, see ``pairwise_stats``): ``y_i`` scaled centred points, ``hs_i = ||y_i||^2/2``,
+so ``-U_ij / lam * log2(e) = -hs_i - hs_j + <y_i, y_j>``. The potentials are kept unfolded in
+base 2, ``F = log2(u)``, ``G = log2(v)``. Algorithm 1's half-steps are
+
+    F_i = -LSE2_{j != i, j < K_b}(G_j - U_ij / lam * log2 e)
+        = hs_i - LSE2_j(a_j + <y_i, y_j>),      a_j = G_j - hs_j   (rank-one part folded in)
+
+and the same with F and G swapped: U is symmetric, so one kernel serves both half-steps (the
+updates still alternate, exactly as in Algorithm 1).
+
+One program owns ``BM`` rows of one sample and streams the sample's columns in tiles of ``BN``.
+Nothing of size K x K is ever stored.
+
+Shifted pass (``SHIFT``, the fast path). The row's log-sum-exp of the previous iteration is
+known, ``S_i = hs_i - F_i(old)``, and it changes little between iterations, so it is used as a
+fixed shift instead of a running max. Both the column term and the shift are folded into the
+matrix product by augmenting the points with two lanes (``TP >= T + 2``):
+
+    rows    [y_i, 1,   -S_i]
+    columns [y_j, a_j,  1  ]   ->   x_ij = <y_i, y_j> + a_j - S_i        (one tl.dot)
+
+so per pair the inner loop is one ``ex2`` (MUFU.EX2) and one add: no max, no rescaling, no
+per-element load of ``a``. The product runs on tensor cores as fp32 split into three TF32
+products (``v = v_big + v_small``, ``v_big`` rounded to TF32 by bit masking; the small*small term
+is dropped: ~2^-22 relative, fp32-like; plain TF32 would cancel badly for close answers). The
+split is written out rather than ``input_precision="tf32x3"`` because Triton's version adds a
+NaN fix-up per element (for inf operands, which never occur here) and re-splits the loop-invariant
+row operand every tile. ``USE_DOT=False`` uses T FFMAs per pair instead. If a row's sum leaves ``[2^-60, 2^100]`` (first iterations, tiny lam), the
+block redoes its rows with the online pass, so the shift never costs accuracy.
+
+Online pass (fallback, or ``SHIFT=False``): running max + rescaled sum, as in flash attention,
+with the max guarded so a row whose tiles are all -inf gives no NaN.
+
+Masking: columns ``j >= K_b`` get ``a_j = -1e30`` (finite: the TF32 split of -inf would give
+NaN), which ``ex2`` turns into 0; the diagonal is set to -inf only in the tiles that meet it.
+
+Convergence without a host sync per iteration: the caller keeps ``delta[it]``, the max |Δ log v|
+of iteration it-1 per sample (natural log units; row 0 = +inf). A program does nothing unless
+``delta[it][b] > tol`` and ``K_b >= 2``; the G half-step of iteration it atomically maxes its
+rows' ``|G_new - G_old| * ln 2`` into ``delta[it + 1][b]``. A sample that stopped writes nothing,
+its later deltas stay 0, so it stays frozen: exactly the CPU path's per-sample freezing (a sample
+stops updating after the iteration in which max |Δg| <= tol). The host looks at ``delta`` only
+every few iterations, to stop launching once every sample is frozen.
+"""
+import triton
+import triton.language as tl
+
+from .common import LN2
+
+PAD_LOGIT = tl.constexpr(-1e30)
+SHIFT_LO = tl.constexpr(2.0 ** -60)
+SHIFT_HI = tl.constexpr(2.0 ** 100)
+# keeps sign, exponent and the 10 mantissa bits that a TF32 MMA reads (after +0x1000: round to nearest)
+TF32_MASK = tl.constexpr(0xFFFFE000)
+
+
+@triton.jit
+def sinkhorn_half_step_kernel(
+    y_ptr,  # [B, TP, K] scaled centred points (lanes t >= T are 0)
+    hs_ptr,  # [B, K] ||y||^2 / 2
+    nvalid_ptr,  # [B] int64 K_b
+    src_ptr,  # [B, K] potentials of the other side (base 2, unfolded)
+    dst_ptr,  # [B, K] potentials updated by this half-step (holds the previous ones)
+    prev_delta_ptr,  # [B] max |Δ log v| of the previous iteration (+inf before the first)
+    next_delta_ptr,  # [B] max |Δ log v| of this iteration (atomic max; only when WRITE_DELTA)
+    tol,
+    K,
+    T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    USE_DOT: tl.constexpr, SHIFT: tl.constexpr, WRITE_DELTA: tl.constexpr, COMPUTE: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    i0 = tl.program_id(1) * BM
+    kb = tl.load(nvalid_ptr + b).to(tl.int32)
+    prev = tl.load(prev_delta_ptr + b)
+    if (i0 < kb) & (kb >= 2) & (prev > tol):
+        rows = i0 + tl.arange(0, BM)
+        row_ok = rows < kb
+        y_b = y_ptr + b * TP * K
+        hs_b = hs_ptr + b * K
+        src_b = src_ptr + b * K
+        dst = dst_ptr + b * K + rows
+        offs_t = tl.arange(0, TP)
+        hs_i = tl.load(hs_b + rows, mask=row_ok, other=0.0)
+        old = tl.load(dst, mask=row_ok, other=0.0)
+        if SHIFT:
+            s_i = hs_i - old  # the row's log-sum-exp in the previous iteration
+        else:
+            s_i = tl.zeros([BM], COMPUTE)
+        yi = tl.load(y_b + offs_t[None, :] * K + rows[:, None], mask=(offs_t[None, :] < T) & row_ok[:, None],
+                     other=0.0)
+        yi = tl.where(offs_t[None, :] == T, 1.0, tl.where(offs_t[None, :] == T + 1, -s_i[:, None], yi))  # [BM, TP]
+        if COMPUTE == tl.float32:  # TF32 split of the loop-invariant row operand: yi = yi_b + yi_s
+            yi_b = (((yi.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
+            yi_s = yi - yi_b
+
+        need_online = True
+        if SHIFT:
+            l_i = tl.zeros([BM], COMPUTE)
+            for j0 in range(0, kb, BN):
+                cols = j0 + tl.arange(0, BN)
+                col_ok = cols < kb
+                a = tl.load(src_b + cols, mask=col_ok, other=0.0) - tl.load(hs_b + cols, mask=col_ok, other=0.0)
+                a = tl.where(col_ok, a, PAD_LOGIT)
+                if USE_DOT:  # x_ij = <y_i, y_j> + a_j - S_i through the augmented lanes
+                    yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
+                                 mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
+                    yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
+                    if COMPUTE == tl.float64:
+                        x = tl.dot(yi, yj, input_precision="ieee")
+                    else:  # 3xTF32: small*big + big*small + big*big (operands are finite: no NaN fix-up)
+                        yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
+                        yj_s = yj - yj_b
+                        x = tl.dot(yi_s, yj_b, input_precision="tf32")
+                        x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
+                        x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
+                else:
+                    x = a[None, :] - s_i[:, None]
+                    for t in tl.static_range(T):
+                        yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
+                        yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
+                        x += yi_t[:, None] * yj_t[None, :]
+                if (j0 < i0 + BM) & (i0 < j0 + BN):  # this tile meets the diagonal
+                    x = tl.where(rows[:, None] == cols[None, :], float("-inf"), x)
+                l_i += tl.sum(tl.exp2(x), axis=1)
+            ok = ((l_i >= SHIFT_LO) & (l_i <= SHIFT_HI)) | (rows >= kb)
+            lse = tl.log2(l_i)
+            need_online = tl.min(ok.to(tl.int32), axis=0) == 0
+        if need_online:
+            m_i = tl.full([BM], float("-inf"), COMPUTE)
+            l_i = tl.zeros([BM], COMPUTE)
+            for j0 in range(0, kb, BN):
+                cols = j0 + tl.arange(0, BN)
+                col_ok = cols < kb
+                a = tl.load(src_b + cols, mask=col_ok, other=0.0) - tl.load(hs_b + cols, mask=col_ok, other=0.0)
+                a = tl.where(col_ok, a, PAD_LOGIT)
+                if USE_DOT:  # x_ij = <y_i, y_j> + a_j - S_i through the augmented lanes
+                    yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
+                                 mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
+                    yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
+                    if COMPUTE == tl.float64:
+                        x = tl.dot(yi, yj, input_precision="ieee")
+                    else:  # 3xTF32: small*big + big*small + big*big (operands are finite: no NaN fix-up)
+                        yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
+                        yj_s = yj - yj_b
+                        x = tl.dot(yi_s, yj_b, input_precision="tf32")
+                        x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
+                        x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
+                else:
+                    x = a[None, :] - s_i[:, None]
+                    for t in tl.static_range(T):
+                        yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
+                        yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
+                        x += yi_t[:, None] * yj_t[None, :]
+                x = tl.where(col_ok[None, :], x, float("-inf"))
+                if (j0 < i0 + BM) & (i0 < j0 + BN):
+                    x = tl.where(rows[:, None] == cols[None, :], float("-inf"), x)
+                m_new = tl.maximum(m_i, tl.max(x, axis=1))
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                l_i = l_i * tl.exp2(m_i - m_use) + tl.sum(tl.exp2(x - m_use[:, None]), axis=1)
+                m_i = m_new
+            lse = tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log2(l_i)
+        new = hs_i - (s_i + lse)
+        if WRITE_DELTA:
+            d = tl.where(row_ok, tl.abs(new - old), 0.0)
+            tl.atomic_max(next_delta_ptr + b, tl.max(d, axis=0) * LN2)
+        tl.store(dst, new, mask=row_ok)

@@ -1,0 +1,359 @@
+"""RADI-P on the Triton kernels of ``kernels/``: launch helpers, the ``torch.library`` op, autograd.
+
+Pipeline of one call (nothing of size K x K is ever allocated; see docs/triton.md):
+
+1. teacher ranking and top-k truncation: ``radi_fast.pairwise.teacher_top_k`` (the CPU path's own
+   function, so ties and padding sort identically), one sort of ``[B, N]``;
+2. ``pairwise_stats_kernel``: centring, scaled points ``y`` [B, TP, K], ``hs`` [B, K], "auto" lam;
+3. ``mode == "ot"``: ``sinkhorn_half_step_kernel`` twice per iteration (F then G), per-sample
+   freezing on device, the host looking at the stopping flags every ``check_every`` iterations;
+4. ``margin_ranking_kernel``: eq. 4 and the integer gradient counts in one pass;
+5. per-sample loss ``sum / |R_p|`` and gradient ``counts / |R_p|`` scattered back to ``[B, N]``.
+
+Precision: fp16 / bf16 / fp32 inputs are computed in fp32 (every load is converted, every sum
+accumulates in fp32); fp64 inputs are computed in fp64 (under the interpreter and on a GPU alike;
+on a GPU fp64 is correct but slow). The loss comes back in the compute dtype (like the CPU path),
+the gradient in the student's dtype.
+
+The registered op is ``torch.ops.radi_fast.pairwise_loss_triton`` (a ``torch.library.custom_op``
+with a fake implementation and ``register_autograd``): ``torch.compile`` treats it as one opaque
+node, so the data-dependent parts (the sort, the early stop of Sinkhorn) never reach the tracer.
+It returns ``(loss [B], grad [B, N])``; the gradient w.r.t. the student is computed in the forward
+pass (design notes) and the backward only scales it.
+
+Devices: CUDA tensors run the compiled kernels. CPU tensors need ``TRITON_INTERPRET=1`` (the
+Triton interpreter; that is how the tests run on a machine without a GPU): if the variable is set
+after the kernel modules were first imported, they are re-imported in interpreter mode.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import sys
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Tuple
+
+import torch
+
+from .._random import MASK32, lowbias32
+from ..pairwise import compute_dtype, teacher_top_k
+
+OP_NAME = "radi_fast::pairwise_loss_triton"
+MODE_IDS = {"ot": 0, "uniform": 1, "random": 2, "uncertainty": 3}
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+_KERNEL_MODULES = ("common", "pairwise_stats", "sinkhorn", "margin_ranking")
+
+
+# ----------------------------------------------------------------------------- kernel modules
+def _interpret_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _import_kernels_package():
+    """``radi_fast.kernels``: installed (setup.py maps kernels/ there) or, from a source checkout,
+    loaded from the ``kernels/`` folder beside ``radi_fast/``."""
+    try:
+        return importlib.import_module("radi_fast.kernels")
+    except ImportError:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        init = os.path.join(root, "kernels", "__init__.py")
+        if not os.path.exists(init):
+            raise
+        spec = importlib.util.spec_from_file_location("radi_fast.kernels", init,
+                                                      submodule_search_locations=[os.path.dirname(init)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["radi_fast.kernels"] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+def kernels():
+    """The kernel modules as a namespace, in the mode (compiled or interpreted) that
+    ``TRITON_INTERPRET`` asks for now: Triton fixes the mode when a kernel is decorated, so the
+    modules are re-imported when the variable changed since their first import."""
+    _import_kernels_package()
+    mods = {name: importlib.import_module(f"radi_fast.kernels.{name}") for name in _KERNEL_MODULES}
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interpreted = isinstance(mods["sinkhorn"].sinkhorn_half_step_kernel, InterpretedFunction)
+    if interpreted != _interpret_requested():
+        from triton import knobs
+
+        knobs.runtime.interpret = _interpret_requested()
+        for name in _KERNEL_MODULES:
+            mods[name] = importlib.reload(mods[name])
+    return _Namespace(mods)
+
+
+class _Namespace:
+    def __init__(self, mods):
+        self.stats = mods["pairwise_stats"].pairwise_stats_kernel
+        self.half_step = mods["sinkhorn"].sinkhorn_half_step_kernel
+        self.loss = mods["margin_ranking"].margin_ranking_kernel
+        self.pair_uniform = mods["margin_ranking"].pair_uniform_kernel
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class TritonConfig:
+    """Tile sizes and launch parameters. ``sink_*``: Sinkhorn half-step; ``loss_*``: eq. 4 kernel.
+
+    ``use_dot``: the Sinkhorn logits ``<y_i, y_j>`` on tensor cores (tf32x3) rather than T FFMAs.
+    ``shift``: the Sinkhorn's shifted pass (previous log-sum-exp as the shift, online pass only
+    as a fallback); ``False`` runs the online pass alone.
+    ``check_every``: host look at the Sinkhorn stopping flags every this many iterations.
+    Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=128,use_dot=0"``.
+    """
+
+    sink_bm: int = 128
+    sink_bn: int = 64
+    sink_warps: int = 8
+    sink_stages: int = 3
+    use_dot: bool = True
+    shift: bool = True
+    loss_bm: int = 128
+    loss_bn: int = 64
+    loss_warps: int = 8
+    stats_bk: int = 128
+    check_every: int = 4
+
+
+INTERPRETER_CONFIG = TritonConfig(sink_bm=64, sink_bn=64, sink_warps=4, sink_stages=1, loss_bm=64, loss_bn=64,
+                                  stats_bk=64)
+
+
+def parse_config_override(text: str, base: TritonConfig) -> TritonConfig:
+    types = {f.name: f.type for f in fields(TritonConfig)}
+    updates = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in types:
+            raise ValueError(f"RADI_FAST_TRITON_CONFIG: unknown key {key!r}; expected one of {sorted(types)}")
+        updates[key] = value.strip().lower() in ("1", "true", "yes") if types[key] in (bool, "bool") else int(value)
+    return replace(base, **updates)
+
+
+def default_config(interpret: bool, dtype: torch.dtype) -> TritonConfig:
+    cfg = INTERPRETER_CONFIG if interpret else TritonConfig()
+    override = os.environ.get("RADI_FAST_TRITON_CONFIG")
+    if override:
+        cfg = parse_config_override(override, cfg)
+    return cfg
+
+
+def _tl_dtype(dtype: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _check_device(t: torch.Tensor, interpret: bool) -> None:
+    if t.device.type != "cuda" and not interpret:
+        raise RuntimeError(
+            "radi_fast's Triton backend runs on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
+            "(the Triton interpreter) or use backend='torch'")
+
+
+# ----------------------------------------------------------------------------- stages
+@dataclass
+class TritonProblem:
+    """Teacher-side quantities on the top-k answers (``K = max_b K_b``), compute dtype.
+
+    order: [B, K] answer ids in teacher order; valid: [B, K]; n_valid: [B] int64 K_b;
+    y: [B, TP, K] scaled centred points; hs: [B, K]; lam: [B]; teacher: [B, K] sorted scores.
+    """
+
+    order: torch.Tensor
+    valid: torch.Tensor
+    n_valid: torch.Tensor
+    y: torch.Tensor
+    hs: torch.Tensor
+    lam: torch.Tensor
+    teacher: torch.Tensor
+    T: int
+    dtype: torch.dtype
+
+
+def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[float], lengths, cfg, ks):
+    dtype = compute_dtype(teacher_mc_logits, teacher_logits)
+    mc = teacher_mc_logits.detach()
+    B, T, N = mc.shape
+    teacher = mc.mean(dim=1, dtype=dtype) if teacher_logits is None else teacher_logits.detach().to(dtype)
+    order, valid, n_valid = teacher_top_k(teacher, top_k, lengths)
+    K = order.shape[1]
+    TP = max(16, 1 << (T + 1).bit_length())  # >= T + 2: two augmented lanes (sinkhorn.py)
+    y = torch.empty(B, TP, K, dtype=dtype, device=mc.device)
+    hs = torch.empty(B, K, dtype=dtype, device=mc.device)
+    lam_b = torch.empty(B, dtype=dtype, device=mc.device)
+    if lam is not None:
+        lam_b.fill_(lam)
+    n_valid = n_valid.to(torch.int64).contiguous()
+    order = order.contiguous()
+    if B and K:
+        ks.stats[(B,)](mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, lam_b, y, hs,
+                       K, T, TP=TP, BK=cfg.stats_bk, AUTO=lam is None, COMPUTE=_tl_dtype(dtype), num_warps=4)
+    return TritonProblem(order=order, valid=valid, n_valid=n_valid, y=y, hs=hs, lam=lam_b,
+                         teacher=teacher.gather(1, order).contiguous(), T=T, dtype=dtype)
+
+
+def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg, ks):
+    """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K] and the number
+    of iterations launched (>= the largest per-sample count; frozen samples do no work)."""
+    B, K = p.hs.shape
+    F = torch.zeros(B, K, dtype=p.dtype, device=p.hs.device)
+    G = torch.zeros(B, K, dtype=p.dtype, device=p.hs.device)
+    delta = torch.zeros(max_iter + 1, B, dtype=p.dtype, device=p.hs.device)
+    delta[0] = float("inf")
+    if not (B and K):
+        return F, G, 0
+    grid = (B, triton_cdiv(K, cfg.sink_bm))
+    TP = p.y.shape[1]
+    common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, USE_DOT=cfg.use_dot, SHIFT=cfg.shift,
+                  COMPUTE=_tl_dtype(p.dtype), num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
+    launched = 0
+    for it in range(max_iter):
+        ks.half_step[grid](p.y, p.hs, p.n_valid, G, F, delta[it], delta[it + 1], tol, K, WRITE_DELTA=False, **common)
+        ks.half_step[grid](p.y, p.hs, p.n_valid, F, G, delta[it], delta[it + 1], tol, K, WRITE_DELTA=True, **common)
+        launched = it + 1
+        if launched % cfg.check_every == 0 and launched < max_iter:
+            if not bool((delta[launched] > tol).any()):  # host sync, every check_every iterations only
+                break
+    return F, G, launched
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def ordered_pair_counts(teacher_sorted: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """|R_p| per sample, ``sum_i #{j valid: t_j < t_i}`` over valid i, in O(K log K) ([B] int64)."""
+    keys = torch.where(valid, teacher_sorted, torch.full_like(teacher_sorted, float("inf")))
+    ascending = torch.sort(keys, dim=1).values
+    less = torch.searchsorted(ascending, teacher_sorted.contiguous(), side="left")
+    return (less * valid).sum(dim=1)
+
+
+def margin_loss_triton(student_sorted, p: TritonProblem, F, G, margin: float, mode: str, seed: int, cfg, ks):
+    """Per-sample eq. 4 losses [B] and the gradient w.r.t. the sorted student scores [B, K]."""
+    B, K = p.hs.shape
+    NB = triton_cdiv(K, cfg.loss_bm)
+    device = p.hs.device
+    loss_part = torch.empty(B, NB, dtype=p.dtype, device=device)
+    cnt = torch.zeros(B, K, dtype=torch.int32, device=device)
+    rowhash = torch.zeros(B, dtype=torch.int64, device=device)
+    if mode == "random":
+        h0 = int(lowbias32(torch.tensor(seed & MASK32, dtype=torch.int64)))
+        rowhash = lowbias32(h0 ^ torch.arange(B, dtype=torch.int64)).to(device)
+    ks.loss[(B, NB)](p.y, p.hs, F, G, p.n_valid, p.lam, p.teacher, student_sorted, p.order, rowhash, loss_part, cnt,
+                     float(margin), K, NB, MODE=MODE_IDS[mode], T=p.T, TP=p.y.shape[1], BM=cfg.loss_bm,
+                     BN=cfg.loss_bn, COMPUTE=_tl_dtype(p.dtype), num_warps=cfg.loss_warps)
+    n_pairs = ordered_pair_counts(p.teacher, p.valid).to(p.dtype)
+    scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))
+    return loss_part.sum(dim=1) * scale, cnt.to(p.dtype) * scale[:, None]
+
+
+def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, lengths, margin: float, mode: str,
+                            lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
+                            config: Optional[TritonConfig] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample losses [B], gradient of each sample's loss w.r.t. ``student_logits`` [B, N])."""
+    interpret = _interpret_requested()
+    _check_device(student_logits, interpret)
+    ks = kernels()
+    dtype = compute_dtype(teacher_mc_logits, teacher_logits)
+    cfg = config or default_config(interpret, dtype)
+    B, N = student_logits.shape
+    p = prepare_triton(teacher_mc_logits.to(dtype) if dtype == torch.float64 else teacher_mc_logits,
+                       None if teacher_logits is None else teacher_logits.to(dtype), top_k, lam, lengths, cfg, ks)
+    K = p.order.shape[1]
+    if not (B and K):
+        return student_logits.new_zeros(B, dtype=dtype), student_logits.new_zeros(B, N, dtype=dtype)
+    if mode == "ot":
+        F, G, _ = sinkhorn_potentials_triton(p, max_iter, tol, cfg, ks)
+    else:
+        F = G = p.hs  # unused by the other modes
+    student = student_logits.detach().to(dtype).gather(1, p.order).contiguous()
+    loss, grad_k = margin_loss_triton(student, p, F, G, margin, mode, seed, cfg, ks)
+    grad = torch.zeros(B, N, dtype=dtype, device=student_logits.device)
+    grad.scatter_add_(1, p.order, grad_k * p.valid)
+    return loss, grad
+
+
+def sinkhorn_log_potentials_triton(teacher_mc_logits, teacher_logits=None, lam: Optional[float] = None,
+                                   top_k: int = 2500, max_iter: int = 100, tol: float = 1e-5, lengths=None,
+                                   config: Optional[TritonConfig] = None):
+    """Natural-log potentials ``(f, g)`` [B, K] on the teacher's top-k answers (teacher order),
+    the ids ``order`` [B, K] and the number of iterations launched; for tests and benchmarks."""
+    interpret = _interpret_requested()
+    _check_device(teacher_mc_logits, interpret)
+    ks = kernels()
+    dtype = compute_dtype(teacher_mc_logits, teacher_logits)
+    cfg = config or default_config(interpret, dtype)
+    p = prepare_triton(teacher_mc_logits, teacher_logits, top_k, lam, lengths, cfg, ks)
+    F, G, launched = sinkhorn_potentials_triton(p, max_iter, tol, cfg, ks)
+    return F * LN2, G * LN2, p.order, launched
+
+
+def pair_uniform_triton(seed: int, row: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """The "random" mode's weights computed by the kernels' uint32 hash (1-D int64 inputs), fp32."""
+    ks = kernels()
+    h0 = int(lowbias32(torch.tensor(seed & MASK32, dtype=torch.int64)))
+    rowhash = lowbias32(h0 ^ row.to(torch.int64)).contiguous()
+    out = torch.empty(row.shape[0], dtype=torch.float32, device=row.device)
+    n = row.shape[0]
+    if n:
+        ks.pair_uniform[(triton_cdiv(n, 256),)](rowhash, i.to(torch.int64).contiguous(), j.to(torch.int64).contiguous(),
+                                                out, n, BLOCK=256)
+    return out
+
+
+# ----------------------------------------------------------------------------- torch.library op
+@torch.library.custom_op(OP_NAME, mutates_args=())
+def pairwise_loss_op(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
+                     teacher_logits: Optional[torch.Tensor], lengths: Optional[torch.Tensor], margin: float,
+                     margin_mode: str, lam: Optional[float], top_k: int, max_iter: int, tol: float,
+                     seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """RADI-P per-sample losses [B] and their gradient w.r.t. ``student_logits`` [B, N]."""
+    return pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode,
+                                   lam, top_k, max_iter, tol, seed)
+
+
+@pairwise_loss_op.register_fake
+def _pairwise_loss_fake(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode, lam, top_k,
+                        max_iter, tol, seed):
+    dtype = compute_dtype(teacher_mc_logits, teacher_logits)
+    B, N = student_logits.shape
+    return student_logits.new_empty((B,), dtype=dtype), student_logits.new_empty((B, N), dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    _, grad = output
+    ctx.save_for_backward(grad)
+    ctx.student_dtype = inputs[0].dtype
+    ctx.mark_non_differentiable(grad)
+
+
+def _backward(ctx, grad_loss, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    d_student = (grad * grad_loss[:, None].to(grad.dtype)).to(ctx.student_dtype)
+    return d_student, None, None, None, None, None, None, None, None, None, None
+
+
+pairwise_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def radi_pairwise_loss_triton(student_logits, teacher_mc_logits, teacher_logits, margin: float, margin_mode: str,
+                              lam_value: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
+                              lengths: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-sample RADI-P losses [B] on the Triton kernels (gradient to ``student_logits`` only).
+
+    Called by :func:`radi_fast.radi_pairwise_loss` once its arguments are validated; ``lam_value``
+    is None for "auto", ``lengths`` None or int64 [B].
+    """
+    loss, _ = pairwise_loss_op(student_logits, teacher_mc_logits, teacher_logits, lengths, float(margin),
+                               margin_mode, None if lam_value is None else float(lam_value), int(top_k),
+                               int(max_iter), float(tol), int(seed))
+    return loss
