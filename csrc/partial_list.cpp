@@ -81,9 +81,9 @@ void check_lengths_values(const at::Tensor& lengths64, int64_t hot, int64_t cold
   if (lengths64.numel() == 0) return;
   const int64_t lo = lengths64.min().item<int64_t>();
   const int64_t hi = lengths64.max().item<int64_t>();
-  TORCH_CHECK(hi <= n, "partial_list: lengths must be <= N = ", n, ", got max ", hi);
-  TORCH_CHECK(lo >= hot + cold, "partial_list: every length must be >= hot + cold = ", hot + cold,
-              ", got min ", lo);
+  TORCH_CHECK(hi <= n, "partial_list: lengths must be <= N = ", n, ", got max(lengths) = ", hi);
+  TORCH_CHECK(lo >= hot + cold, "partial_list: hot + cold (", hot + cold,
+              ") must be <= min(lengths), got min(lengths) = ", lo);
 }
 
 namespace {
@@ -113,24 +113,37 @@ void select_cold_ranks(int scheme, double alpha, uint64_t seed, uint64_t offset,
   }
   constexpr int64_t kRefreshEvery = 32;
   double tau = heap.front().key;
-  double reject_above = std::numeric_limits<double>::infinity();
+  uint64_t reject_q_above = std::numeric_limits<uint64_t>::max();
   bool refresh = true;
   int64_t next_refresh = r;
+  uint32_t blocks[kPhiloxLanes][4];
+  uint32_t first_block = 0;
+  bool have_blocks = false;
   for (; r <= m; ++r) {
     if (refresh || r >= next_refresh) {
       // log p is non-increasing in r, so the bound computed at r holds for every later rank.
       const double lp = rank_log_weight(scheme, alpha, r);
       if (lp + kGumbelMax < tau) break;  // no later key can reach the k-th key
-      // key(r') < tau whenever -log u > exp(lp - tau); since -log u = -log(1 - w) >= w
-      // (w = 1 - u, exact), w > exp(lp - tau + delta) (1 + 1e-6) implies it with a margin
-      // (delta) far larger than the rounding error of the computed keys.
+      // key(r') < tau whenever -log u > exp(lp - tau). With w = 1 - u = (q + 1/2) 2^-52,
+      // q = 2^52 - 1 - bits, -log u = -log(1 - w) >= w, so q > ceil(2^52 x) with
+      // x = exp(lp - tau + delta) (1 + 1e-6) implies it, with a margin (delta, 1e-6) far
+      // larger than the rounding error of the computed keys and of x itself.
       const double delta = 1e-6 + 1e-9 * (std::fabs(lp) + std::fabs(tau));
-      reject_above = std::exp(lp - tau + delta) * (1.0 + 1e-6);
+      const double x = std::exp(lp - tau + delta) * (1.0 + 1e-6);
+      reject_q_above = x >= 1.0 ? std::numeric_limits<uint64_t>::max()
+                                : static_cast<uint64_t>(std::ceil(std::ldexp(x, 52)));
       refresh = false;
       next_refresh = r + kRefreshEvery;
     }
-    const uint64_t bits = philox_bits52(seed, offset, row, static_cast<uint32_t>(r));
-    if (bits52_to_one_minus_uniform(bits) > reject_above) continue;
+    const uint32_t pos = static_cast<uint32_t>(r);
+    const uint32_t block = pos >> 1;  // ranks 2k and 2k + 1 share one Philox call
+    if (!have_blocks || block - first_block >= static_cast<uint32_t>(kPhiloxLanes)) {
+      first_block = block;
+      have_blocks = true;
+      philox_blocks(seed, offset, row, first_block, blocks);
+    }
+    const uint64_t bits = bits52_from_block(blocks[block - first_block], pos);
+    if (kBits52Max - bits > reject_q_above) continue;
     const double key = gumbel_key(rank_log_weight(scheme, alpha, r), bits52_to_uniform(bits));
     const Cand& worst = heap.front();
     if (key_before(key, r, worst.key, worst.r)) {
@@ -163,12 +176,18 @@ inline uint64_t desc_bits(double x) {
   return ~asc;
 }
 
+// Order-preserving buckets of the ranking keys (their top bits: sign, exponent, 2-3 mantissa
+// bits) narrow the selection to a few small ranges.
+constexpr int kBucketBits = 11;
+constexpr int kBuckets = 1 << kBucketBits;
+
 struct Key32 {  // fp32 / fp16 / bf16 scores: one 64-bit integer compare
   uint64_t v;
   static Key32 make(float x, int64_t i) {
     return {(static_cast<uint64_t>(desc_bits(x)) << 32) | static_cast<uint64_t>(i)};
   }
   int64_t index() const { return static_cast<int64_t>(v & 0xFFFFFFFFull); }
+  uint32_t bucket() const { return static_cast<uint32_t>(v >> (64 - kBucketBits)); }
   bool operator<(const Key32& o) const { return v < o.v; }
 };
 struct Key64 {  // fp64 scores
@@ -176,6 +195,7 @@ struct Key64 {  // fp64 scores
   uint32_t i;
   static Key64 make(double x, int64_t i) { return {desc_bits(x), static_cast<uint32_t>(i)}; }
   int64_t index() const { return static_cast<int64_t>(i); }
+  uint32_t bucket() const { return static_cast<uint32_t>(s >> (64 - kBucketBits)); }
   bool operator<(const Key64& o) const { return s < o.s || (s == o.s && i < o.i); }
 };
 
@@ -194,6 +214,82 @@ void multiselect(K* a, int64_t lo, int64_t hi, const int64_t* targets, int64_t n
   }
 }
 
+// Scratch of select_positions, one per thread.
+template <typename K>
+struct SelectScratch {
+  std::vector<K> tmp;
+  std::vector<int32_t> start, fill;
+  std::vector<uint8_t> need;
+  explicit SelectScratch(int64_t n)
+      : tmp(static_cast<size_t>(n)), start(kBuckets + 1), fill(kBuckets), need(kBuckets) {}
+};
+
+// Orders just enough of the ranking keys a[0, len): on return, with `res` the returned array,
+// res[0, hot) are the `hot` smallest keys in order and res[t] is the key of order t for every
+// target t (targets: sorted, distinct, in [hot, len)). Small rows: nth_element on a. Larger
+// rows: one histogram pass over kBuckets order-preserving buckets, one pass copying only the
+// buckets that hold a needed position to their final ranges in scratch.tmp, then selection
+// inside those (usually small) ranges.
+template <typename K>
+const K* select_positions(K* a, int64_t len, int64_t hot, const int64_t* targets, int64_t nt,
+                          SelectScratch<K>& scratch) {
+  if (hot + nt == 0) return a;
+  const int64_t deepest = nt > 0 ? targets[nt - 1] : hot - 1;
+  if (len < 4 * kBuckets / 8) {
+    std::nth_element(a, a + deepest, a + len);
+    if (hot > 0) {
+      if (hot < deepest) std::nth_element(a, a + hot, a + deepest);
+      std::sort(a, a + hot);
+    }
+    if (nt > 1) multiselect(a, hot, deepest, targets, nt - 1);  // deepest is in place
+    return a;
+  }
+  int32_t* start = scratch.start.data();
+  int32_t* fill = scratch.fill.data();
+  uint8_t* need = scratch.need.data();
+  std::fill(fill, fill + kBuckets, 0);
+  for (int64_t j = 0; j < len; ++j) ++fill[a[j].bucket()];
+  int32_t acc = 0;
+  for (int b = 0; b < kBuckets; ++b) {
+    start[b] = acc;
+    acc += fill[b];
+  }
+  start[kBuckets] = acc;
+  std::fill(need, need + kBuckets, 0);
+  int hot_bucket = -1;  // bucket holding position hot - 1
+  int b = 0;
+  if (hot > 0) {
+    while (start[b + 1] < hot) need[b++] = 1;  // buckets entirely inside the hot list
+    need[b] = 1;
+    hot_bucket = b;
+  }
+  for (int64_t i = 0; i < nt; ++i) {
+    while (start[b + 1] <= targets[i]) ++b;
+    need[b] = 1;
+  }
+  for (int c = 0; c < kBuckets; ++c) fill[c] = start[c];
+  K* tmp = scratch.tmp.data();
+  for (int64_t j = 0; j < len; ++j) {
+    const uint32_t c = a[j].bucket();
+    if (need[c]) tmp[fill[c]++] = a[j];
+  }
+  if (hot > 0) {
+    const int64_t end = start[hot_bucket + 1];
+    if (hot < end) std::nth_element(tmp, tmp + hot, tmp + end);
+    std::sort(tmp, tmp + hot);
+  }
+  b = 0;
+  for (int64_t i = 0; i < nt;) {
+    while (start[b + 1] <= targets[i]) ++b;
+    int64_t j = i;
+    while (j < nt && targets[j] < start[b + 1]) ++j;
+    const int64_t lo = b == hot_bucket ? hot : start[b];  // the hot list is already split off
+    multiselect(tmp, lo, static_cast<int64_t>(start[b + 1]), targets + i, j - i);
+    i = j;
+  }
+  return tmp;
+}
+
 template <typename scalar_t, typename K, typename acc_t>
 void partial_list_cpu_rows(const scalar_t* scores, int64_t n, const int64_t* lengths, int64_t hot,
                            int64_t cold, int scheme, double alpha, uint64_t seed, uint64_t offset,
@@ -203,6 +299,7 @@ void partial_list_cpu_rows(const scalar_t* scores, int64_t n, const int64_t* len
   std::vector<Cand> heap;
   heap.reserve(static_cast<size_t>(cold));
   std::vector<int64_t> ranks(static_cast<size_t>(cold)), targets(static_cast<size_t>(cold));
+  SelectScratch<K> scratch(n);
   const int64_t width = hot + cold;
   for (int64_t b = row_begin; b < row_end; ++b) {
     const int64_t len = lengths ? lengths[b] : n;
@@ -221,22 +318,9 @@ void partial_list_cpu_rows(const scalar_t* scores, int64_t n, const int64_t* len
     const int64_t m = len - hot;
     select_cold_ranks(scheme, alpha, seed, offset, static_cast<uint32_t>(b), m, cold, heap,
                       ranks.data());
-    int64_t deepest = hot - 1;
-    for (int64_t c = 0; c < cold; ++c) {
-      targets[c] = hot + ranks[c] - 1;
-      deepest = std::max(deepest, targets[c]);
-    }
-    K* a = keys.data();
-    std::nth_element(a, a + deepest, a + len);
-    if (hot > 0) {
-      if (hot < deepest) std::nth_element(a, a + hot, a + deepest);
-      std::sort(a, a + hot);
-    }
-    if (cold > 0) {
-      std::sort(targets.begin(), targets.end());
-      // the deepest target is already in place; select the others inside [hot, deepest)
-      multiselect(a, hot, deepest, targets.data(), cold - 1);
-    }
+    for (int64_t c = 0; c < cold; ++c) targets[c] = hot + ranks[c] - 1;
+    std::sort(targets.begin(), targets.end());
+    const K* a = select_positions(keys.data(), len, hot, targets.data(), cold, scratch);
     int64_t* o = out + b * width;
     for (int64_t j = 0; j < hot; ++j) o[j] = a[j].index();
     for (int64_t c = 0; c < cold; ++c) o[hot + c] = a[hot + ranks[c] - 1].index();

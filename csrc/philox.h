@@ -110,28 +110,77 @@ RADI_HD void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_
   out[3] = c3;
 }
 
-// The 52 random bits of the draw for (seed, offset, row, pos):
-//   key = (seed low 32 bits, seed high 32 bits),
-//   counter = (pos, row, offset low 32 bits, offset high 32 bits),
-//   bits = (out[1] << 20) | (out[0] >> 12).
-RADI_HD uint64_t philox_bits52(uint64_t seed, uint64_t offset, uint32_t row, uint32_t pos) {
+// The uniform of (seed, offset, row, pos) takes 64 of the 128 bits of one Philox call:
+//   key     = (seed low 32 bits, seed high 32 bits),
+//   counter = (pos >> 1, row, offset low 32 bits, offset high 32 bits),
+//   (lo, hi) = (out[0], out[1]) for even pos, (out[2], out[3]) for odd pos,
+//   bits52  = (hi << 20) | (lo >> 12),
+// so positions 2k and 2k + 1 share one call (half the cost of one call per position).
+RADI_HD void philox_block(uint64_t seed, uint64_t offset, uint32_t row, uint32_t block,
+                          uint32_t out[4]) {
   const uint32_t key[2] = {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
-  const uint32_t ctr[4] = {pos, row, static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)};
-  uint32_t out[4];
+  const uint32_t ctr[4] = {block, row, static_cast<uint32_t>(offset),
+                           static_cast<uint32_t>(offset >> 32)};
   philox4x32_10(ctr, key, out);
-  return (static_cast<uint64_t>(out[1]) << 20) | (out[0] >> 12);
 }
+
+RADI_HD uint64_t bits52_from_block(const uint32_t out[4], uint32_t pos) {
+  const uint32_t lo = (pos & 1u) ? out[2] : out[0];
+  const uint32_t hi = (pos & 1u) ? out[3] : out[1];
+  return (static_cast<uint64_t>(hi) << 20) | (lo >> 12);
+}
+
+RADI_HD uint64_t philox_bits52(uint64_t seed, uint64_t offset, uint32_t row, uint32_t pos) {
+  uint32_t out[4];
+  philox_block(seed, offset, row, pos >> 1, out);
+  return bits52_from_block(out, pos);
+}
+
+#if !defined(__CUDA_ARCH__)
+// Host only: kLanes consecutive blocks (first_block + l) at once, the same values as
+// philox_block, computed lane-interleaved so that the CPU overlaps the independent multiply
+// chains (one Philox call alone is latency-bound).
+constexpr int kPhiloxLanes = 4;
+inline void philox_blocks(uint64_t seed, uint64_t offset, uint32_t row, uint32_t first_block,
+                          uint32_t out[kPhiloxLanes][4]) {
+  uint32_t c0[kPhiloxLanes], c1[kPhiloxLanes], c2[kPhiloxLanes], c3[kPhiloxLanes];
+  for (int l = 0; l < kPhiloxLanes; ++l) {
+    c0[l] = first_block + static_cast<uint32_t>(l);
+    c1[l] = row;
+    c2[l] = static_cast<uint32_t>(offset);
+    c3[l] = static_cast<uint32_t>(offset >> 32);
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    for (int l = 0; l < kPhiloxLanes; ++l) {
+      const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0[l];
+      const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2[l];
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
+      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
+      c0[l] = n0;
+      c1[l] = static_cast<uint32_t>(p1);
+      c2[l] = n2;
+      c3[l] = static_cast<uint32_t>(p0);
+    }
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  for (int l = 0; l < kPhiloxLanes; ++l) {
+    out[l][0] = c0[l];
+    out[l][1] = c1[l];
+    out[l][2] = c2[l];
+    out[l][3] = c3[l];
+  }
+}
+#endif
 
 constexpr double kTwoPowMinus52 = 2.220446049250313080847263336181640625e-16;  // 2^-52
 constexpr uint64_t kBits52Max = (static_cast<uint64_t>(1) << 52) - 1;
 
 // u = (bits + 1/2) 2^-52, exactly, in [2^-53, 1 - 2^-53]: never 0, never 1.
+// (bits < 2^52 converts exactly, through the cheaper signed conversion.)
 RADI_HD double bits52_to_uniform(uint64_t bits) {
-  return dmul(dadd(static_cast<double>(bits), 0.5), kTwoPowMinus52);
-}
-// 1 - u, also exact.
-RADI_HD double bits52_to_one_minus_uniform(uint64_t bits) {
-  return dmul(dadd(static_cast<double>(kBits52Max - bits), 0.5), kTwoPowMinus52);
+  return dmul(dadd(static_cast<double>(static_cast<int64_t>(bits)), 0.5), kTwoPowMinus52);
 }
 
 RADI_HD double philox_uniform(uint64_t seed, uint64_t offset, uint32_t row, uint32_t pos) {

@@ -187,12 +187,21 @@ def _partial_list_torch(scores, hot, cold, scheme, alpha, generator, lengths):
 
 
 def _compiled_sampler():
-    """The compiled-op module when it is importable and built, else None (silent fallback)."""
+    """The compiled-op module when it is importable and built, else None.
+
+    When the op module exists but its extension is not built, it warns once per process
+    (``radi_fast.ops.sampler.warn_fallback_once``) before the torch path takes over.
+    """
     try:
         from .ops import sampler as op_module
     except ImportError:  # module not written/installed: the torch path is the fallback
         return None
-    return op_module if op_module.compiled_available() else None
+    if op_module.compiled_available():
+        return op_module
+    warn = getattr(op_module, "warn_fallback_once", None)
+    if warn is not None:
+        warn()
+    return None
 
 
 def sample_partial_list(scores: torch.Tensor, hot: int, cold: int, scheme: str = "zipf", alpha: float = 1.0,
