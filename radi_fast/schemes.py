@@ -1,0 +1,326 @@
+"""Stage-2 training objectives: RADI and the schemes the paper compares it with (Table 2).
+
+Every scheme maps one batch to ``L_cls + alpha * L_extra`` (or a changed ``L_cls``):
+
+==================  =========================================================================
+``baseline``        continued training with eq. 2 only (the "FrozenBiLM" row of Table 2)
+``label_smoothing`` eq. 2 against ``(1 - sigma) * labels + sigma / N`` (``ls_sigma``)
+``pseudo_label``    eq. 2 on the labels plus the teacher's top-k answers (``pl_topk``)
+``kd``              vanilla KD (Hinton et al.): ``+ kd_alpha * tau^2 KL(p_T^tau || p_S^tau)``
+``dkd``             decoupled KD (Zhao et al. 2022), adapted to a *set* of labelled answers (below)
+``ctkd``            KD with a curriculum-learned temperature (Li et al. 2023), adversarial via a
+                    gradient-reversal layer whose strength grows on a cosine curriculum
+``radi_p``          ``+ radi_p_alpha * radi_pairwise_loss`` (RADI-P, sec. 3.2; margin modes)
+``radi_l``          ``+ radi_l_alpha * radi_listwise_loss`` (RADI-L, sec. 3.3; samplings, losses)
+==================  =========================================================================
+
+DKD with several labels: DKD splits the distribution into the target class and the rest. With a
+set ``A_x`` of labelled answers we treat ``A_x`` as one merged target: TCKD is the KL between the
+binary distributions ``[sum_{a in A_x} p(a), 1 - sum_{a in A_x} p(a)]`` of teacher and student,
+and NCKD the KL between their distributions renormalised over the answers *not* in ``A_x``. By the
+chain rule of KL, ``KD = TCKD + b_T KL_within(A_x) + (1 - b_T) NCKD``: DKD reweights the first and
+last terms and drops the middle one, the relative order of answers that are all labelled correct.
+With a single label (this trainer's default, the paper's sec. 4.3 protocol) the middle term is 0
+and this is exactly DKD.
+
+Variants are selected with ``name:key=value`` specs, e.g. ``radi_p:margin_mode=uniform`` or
+``kd:alpha=10`` (``alpha`` stands for the scheme's own weight, here ``kd_alpha``), see
+:func:`build_scheme`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import classification_loss, radi_listwise_loss, radi_pairwise_loss
+
+
+@dataclass
+class SchemeConfig:
+    """Hyper-parameters of every scheme (each scheme reads its own prefix)."""
+
+    ls_sigma: float = 0.1           # label smoothing amount (paper: 0.1, 0.3, 0.5)
+    pl_topk: int = 3                # pseudo labels: the teacher's top-k (paper: 3, 5, 10)
+    kd_alpha: float = 1.0           # vanilla KD weight
+    kd_tau: float = 1.0             # vanilla KD temperature
+    dkd_alpha: float = 1.0          # DKD: weight of TCKD (target vs. rest)
+    dkd_beta: float = 2.0           # DKD: weight of NCKD (among the non-targets)
+    dkd_tau: float = 1.0            # DKD temperature
+    ctkd_alpha: float = 1.0         # CTKD weight
+    ctkd_tau_min: float = 1.0       # CTKD: tau = tau_min + tau_range * sigmoid(theta)
+    ctkd_tau_range: float = 4.0
+    ctkd_lambda_max: float = 1.0    # CTKD: final strength of the reversed gradient on theta
+    ctkd_curriculum_epochs: int = 0  # epochs over which lambda rises 0 -> max (0: all epochs)
+    radi_p_alpha: float = 1.0       # RADI-P weight (paper searches 0.1 ... 1000)
+    margin: float = 1.0             # RADI-P margin m (paper searches 0.1, 1, 10)
+    margin_mode: str = "ot"         # ot | uniform | random | uncertainty
+    lam: str = "auto"               # Sinkhorn smoothing: "auto" or a number
+    top_k: int = 0                  # RADI-P keeps the teacher's top-k answers; 0 = auto: the paper's 2500, 100 on the synthetic benchmark
+    sinkhorn_iters: int = 100
+    sinkhorn_tol: float = 1e-5
+    mc_samples: int = 10            # T, MC-dropout passes of the teacher's last layer
+    radi_l_alpha: float = 1.0       # RADI-L weight
+    hot: int = 100                  # RADI-L hot list: the teacher's top-k (paper: 100)
+    cold: int = 10                  # RADI-L cold list: sampled from the rest (paper: 10)
+    sampling: str = "zipf"          # zipf | exp | random | full
+    sampling_alpha: float = 1.0     # smoothing coefficient of the Zipf / Exp sampling
+    list_loss: str = "listnet"      # listmle | listnet | stlistnet | ranknet | ndcg_loss1 | ndcg_loss2 | ndcg_loss2pp
+    stl_beta: float = 1.0           # STListNet noise scale
+
+
+Parts = Dict[str, torch.Tensor]
+
+
+class Scheme:
+    """One training objective. Subclasses override :meth:`extra`, and maybe :meth:`targets`."""
+
+    name = "baseline"
+    needs_teacher = False
+
+    def __init__(self, cfg: SchemeConfig, spec: Optional[str] = None):
+        self.cfg = cfg
+        self.spec = spec or self.name
+
+    @property
+    def mc_samples(self) -> int:
+        """How many MC-dropout passes of the teacher this scheme needs per batch (0: none)."""
+        return 0
+
+    # hooks for schemes with state (CTKD's temperature)
+    def parameters(self) -> List[nn.Parameter]:
+        return []
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        pass
+
+    def to(self, device) -> "Scheme":
+        return self
+
+    def targets(self, targets: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return targets
+
+    def extra(self, logits, targets, teacher_logits, teacher_mc, generator) -> Tuple[Optional[torch.Tensor], Parts]:
+        return None, {}
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None,
+             teacher_mc: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None
+             ) -> Tuple[torch.Tensor, Parts]:
+        """``(total loss, {part name: detached value})`` for one batch; logits are cast to fp32."""
+        logits = logits.float()
+        if teacher_logits is not None:
+            teacher_logits = teacher_logits.float()
+        if teacher_mc is not None:
+            teacher_mc = teacher_mc.float()
+        cls = classification_loss(logits, self.targets(targets, teacher_logits))
+        extra, parts = self.extra(logits, targets, teacher_logits, teacher_mc, generator)
+        total = cls if extra is None else cls + extra
+        return total, {"cls": cls.detach(), **parts}
+
+
+class Baseline(Scheme):
+    name = "baseline"
+
+
+class LabelSmoothing(Scheme):
+    name = "label_smoothing"
+
+    def targets(self, targets, teacher_logits):
+        q = targets / targets.sum(dim=1, keepdim=True)
+        return (1 - self.cfg.ls_sigma) * q + self.cfg.ls_sigma / targets.shape[1]
+
+
+class PseudoLabel(Scheme):
+    """The labels plus the teacher's top-k answers, all weighted equally in eq. 2."""
+
+    name = "pseudo_label"
+    needs_teacher = True
+
+    def targets(self, targets, teacher_logits):
+        top = teacher_logits.topk(min(self.cfg.pl_topk, teacher_logits.shape[1]), dim=1).indices
+        return targets.clamp(max=1).scatter(1, top, 1.0)
+
+
+def kl_div_logits(teacher: torch.Tensor, student: torch.Tensor, tau: float) -> torch.Tensor:
+    """``tau^2 KL(softmax(t/tau) || softmax(s/tau))``, batch mean."""
+    lt, ls = F.log_softmax(teacher / tau, dim=1), F.log_softmax(student / tau, dim=1)
+    return (lt.exp() * (lt - ls)).sum(dim=1).mean() * tau * tau
+
+
+class KD(Scheme):
+    name = "kd"
+    needs_teacher = True
+
+    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
+        kd = kl_div_logits(teacher_logits, logits, self.cfg.kd_tau)
+        return self.cfg.kd_alpha * kd, {"kd": kd.detach()}
+
+
+def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Row sums of ``p (log p - log q)`` with 0 log 0 = 0 (entries at -inf in p contribute 0)."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(dim=1)
+
+
+class DKD(Scheme):
+    """Decoupled KD with the labelled set merged into one target (see the module docstring)."""
+
+    name = "dkd"
+    needs_teacher = True
+
+    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
+        tau, is_t = self.cfg.dkd_tau, targets > 0
+
+        def binary_and_rest(z):
+            lp = F.log_softmax(z / tau, dim=1)
+            neg = torch.finfo(lp.dtype).min
+            log_t = lp.masked_fill(~is_t, neg).logsumexp(dim=1)
+            log_r = lp.masked_fill(is_t, neg).logsumexp(dim=1)
+            rest = F.log_softmax((z / tau).masked_fill(is_t, float("-inf")), dim=1)
+            return torch.stack([log_t, log_r], dim=1), rest
+
+        bt, rt = binary_and_rest(teacher_logits)
+        bs, rs = binary_and_rest(logits)
+        tckd = _kl_terms(bt, bs).mean() * tau * tau
+        nckd = _kl_terms(rt, rs.masked_fill(is_t, 0.0)).mean() * tau * tau
+        loss = self.cfg.dkd_alpha * tckd + self.cfg.dkd_beta * nckd
+        return loss, {"tckd": tckd.detach(), "nckd": nckd.detach()}
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+class CTKD(Scheme):
+    """KD whose global temperature is learned adversarially (it *maximises* the KD loss through a
+    gradient-reversal layer) with a reversal strength ``lambda`` that rises from 0 to
+    ``ctkd_lambda_max`` on a cosine curriculum, as in CTKD's global-temperature variant."""
+
+    name = "ctkd"
+    needs_teacher = True
+
+    def __init__(self, cfg, spec=None):
+        super().__init__(cfg, spec)
+        self.theta = nn.Parameter(torch.zeros(1))
+        self.lam = 0.0
+
+    def parameters(self):
+        return [self.theta]
+
+    def state_dict(self):
+        return {"theta": self.theta.detach().clone(), "lam": self.lam}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            self.theta.copy_(state["theta"])
+        self.lam = state["lam"]
+
+    def to(self, device):
+        self.theta = nn.Parameter(self.theta.detach().to(device))
+        return self
+
+    def start_epoch(self, epoch, epochs):
+        n = self.cfg.ctkd_curriculum_epochs or epochs
+        self.lam = self.cfg.ctkd_lambda_max * (1 - math.cos(math.pi * min(epoch / max(n, 1), 1.0))) / 2
+
+    def temperature(self) -> torch.Tensor:
+        theta = _GradReverse.apply(self.theta, self.lam)
+        return self.cfg.ctkd_tau_min + self.cfg.ctkd_tau_range * torch.sigmoid(theta)
+
+    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
+        tau = self.temperature()
+        lt, ls = F.log_softmax(teacher_logits / tau, dim=1), F.log_softmax(logits / tau, dim=1)
+        kd = (lt.exp() * (lt - ls)).sum(dim=1).mean() * tau.squeeze() ** 2
+        return self.cfg.ctkd_alpha * kd, {"kd": kd.detach(), "tau": tau.detach().squeeze()}
+
+
+class RadiP(Scheme):
+    name = "radi_p"
+    needs_teacher = True
+
+    @property
+    def mc_samples(self):
+        return self.cfg.mc_samples
+
+    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
+        c = self.cfg
+        lam = c.lam if c.lam == "auto" else float(c.lam)
+        rank = radi_pairwise_loss(logits, teacher_mc, teacher_logits, margin=c.margin, margin_mode=c.margin_mode,
+                                  lam=lam, top_k=c.top_k or 2500, max_iter=c.sinkhorn_iters, tol=c.sinkhorn_tol,
+                                  generator=generator)
+        return c.radi_p_alpha * rank, {"rank": rank.detach()}
+
+
+class RadiL(Scheme):
+    name = "radi_l"
+    needs_teacher = True
+
+    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
+        c = self.cfg
+        n = logits.shape[1]
+        hot = min(c.hot, n - 1)
+        rank = radi_listwise_loss(logits, teacher_logits, hot=hot, cold=min(c.cold, n - hot),
+                                  sampling=c.sampling, alpha=c.sampling_alpha, loss=c.list_loss, beta=c.stl_beta,
+                                  generator=generator)
+        return c.radi_l_alpha * rank, {"rank": rank.detach()}
+
+
+SCHEMES = {s.name: s for s in (Baseline, LabelSmoothing, PseudoLabel, KD, DKD, CTKD, RadiP, RadiL)}
+DEFAULT_SCHEMES = ("baseline", "kd", "radi_p", "radi_l")
+
+
+def _coerce(value: str, like):
+    if isinstance(like, bool):
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    if isinstance(like, int):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    return value
+
+
+def build_scheme(spec: str, cfg: SchemeConfig = SchemeConfig()) -> Scheme:
+    """A scheme from a spec ``name[:key=value[:key=value...]]``.
+
+    Keys are :class:`SchemeConfig` fields; ``alpha`` is short for the scheme's own weight
+    (``kd_alpha``, ``radi_p_alpha``, ...). Example: ``radi_l:sampling=exp:alpha=10``.
+    """
+    name, *overrides = spec.strip().split(":")
+    if name not in SCHEMES:
+        raise ValueError(f"unknown scheme {name!r} in {spec!r}; expected one of {', '.join(SCHEMES)}")
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    changes = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if key == "alpha" and f"{name}_alpha" in fields:
+            key = f"{name}_alpha"
+        if not sep or key not in fields:
+            raise ValueError(f"bad override {item!r} in scheme {spec!r}: expected key=value with key in "
+                             f"SchemeConfig ({', '.join(fields)})")
+        try:
+            changes[key] = _coerce(value, fields[key])
+        except ValueError as e:
+            raise ValueError(f"bad value for {key} in scheme {spec!r}: {e}") from None
+    return SCHEMES[name](dataclasses.replace(cfg, **changes), spec.strip())

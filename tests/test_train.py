@@ -1,0 +1,264 @@
+"""The trainer: every scheme end to end at toy size, exact resume, atomic checkpoints, config, errors."""
+import dataclasses
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from radi_fast import train as T
+from radi_fast.schemes import SCHEMES, SchemeConfig, build_scheme
+
+TINY = {"n_train": 64, "n_val": 32, "n_test": 32, "n_answers": 120, "d_model": 16, "n_layers": 2, "n_heads": 2,
+        "batch_size": 32, "teacher_epochs": 1, "student_epochs": 1, "mc_samples": 3, "hot": 10, "cold": 5,
+        "top_k": 20, "progress": False}
+
+
+def tiny(tmp_path, **kw):
+    return T.config_from_dict({**TINY, "out_dir": str(tmp_path), **kw})
+
+
+# ------------------------------------------------------------------ end to end
+ALL_SCHEMES = ("baseline,label_smoothing,pseudo_label,kd,dkd,ctkd,radi_p,radi_l,"
+               "radi_p:margin_mode=uniform,radi_p:margin_mode=random,radi_p:margin_mode=uncertainty,"
+               "radi_l:sampling=exp:list_loss=listmle,radi_l:sampling=random:list_loss=stlistnet,"
+               "radi_l:sampling=full:list_loss=ndcg_loss2pp")
+
+
+def test_every_scheme_end_to_end(tmp_path, capsys):
+    assert T.main(["--config", _write(tmp_path / "c.json", {**TINY, "out_dir": str(tmp_path)}),
+                   "--schemes", ALL_SCHEMES]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["schemes"]) == set(ALL_SCHEMES.split(","))
+    assert set(results["stages"]) == {"teacher", "individual"}
+    for name, r in results["schemes"].items():
+        assert set(r["test"]) >= {"acc1", "hit5", "ndcg5"}, name
+        assert all(0 <= v <= 100 for v in r["test"].values()), name
+        assert math.isfinite(r["history"][-1]["train_loss"]), name
+        assert f"| {name} |" in out
+    assert "| Acc@1 | Hit@5 | nDCG@5 |" in out
+
+
+@pytest.mark.parametrize("init", ["teacher", "scratch"])
+def test_student_inits_and_bf16(tmp_path, init):
+    results = T.run(tiny(tmp_path, student_init=init, schemes="radi_p", precision="bf16"))
+    assert set(results["stages"]) == {"teacher"}
+    assert math.isfinite(results["schemes"]["radi_p"]["history"][-1]["train_loss"])
+
+
+def test_student_init_teacher_starts_from_the_teacher(tmp_path):
+    cfg = tiny(tmp_path, student_init="teacher", schemes="baseline", lr=1e-12)  # lr ~ 0: student stays put
+    results = T.run(cfg)
+    assert results["schemes"]["baseline"]["test"] == pytest.approx(results["stages"]["teacher"]["test"])
+
+
+# ------------------------------------------------------------------ checkpoints and resume
+def _student_weights(out_dir, stage):
+    return torch.load(os.path.join(out_dir, "checkpoints", f"{stage}.pt"), weights_only=False)["model"]
+
+
+def test_resume_is_exact(tmp_path):
+    # 2 steps per epoch, 2 epochs per stage: teacher = steps 1-4, individual 5-8, student 9-12
+    kw = dict(teacher_epochs=2, student_epochs=2, schemes="radi_l:list_loss=stlistnet")
+    straight = T.run(tiny(tmp_path / "a", **kw))
+    for halt in (10, 3, 9):  # after student epoch 1; inside the teacher's first epoch; mid student epoch 1
+        out = tmp_path / f"h{halt}"
+        with pytest.raises(T.Halted):
+            T.run(tiny(out, halt_after_steps=halt, **kw))
+        resumed = T.run(tiny(out, resume=True, **kw))
+        for stage in ("teacher", "individual", "student-radi_l_list_loss=stlistnet"):
+            a, b = _student_weights(tmp_path / "a", stage), _student_weights(out, stage)
+            assert all(torch.equal(a[k], b[k]) for k in a), (halt, stage)
+        key = "radi_l:list_loss=stlistnet"
+        assert resumed["schemes"][key]["test"] == straight["schemes"][key]["test"]
+        assert [h["train_loss"] for h in resumed["schemes"][key]["history"]] == \
+            [h["train_loss"] for h in straight["schemes"][key]["history"]]
+
+
+def test_resume_reuses_finished_stages_and_adds_schemes(tmp_path, capsys):
+    T.run(tiny(tmp_path, schemes="baseline"))
+    capsys.readouterr()
+    results = T.run(tiny(tmp_path, schemes="baseline,kd", resume=True))
+    err = capsys.readouterr().out + capsys.readouterr().err
+    assert "[teacher] finished" in err and "[student-baseline] finished" in err
+    assert set(results["schemes"]) == {"baseline", "kd"}
+
+
+def test_resume_with_other_settings_fails_clearly(tmp_path):
+    T.run(tiny(tmp_path, schemes="baseline"))
+    with pytest.raises(ValueError, match=r"other settings.*optim\.lr"):
+        T.run(tiny(tmp_path, schemes="baseline", resume=True, lr=0.5))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "ck.pt")
+    T.save_checkpoint(path, {"v": 1})
+    assert os.listdir(tmp_path) == ["ck.pt"]
+
+    def crash(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        T.save_checkpoint(path, {"v": 2})
+    monkeypatch.undo()
+    assert T.load_checkpoint(path) == {"v": 1}  # the old checkpoint is intact
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="bad.pt"):
+        T.load_checkpoint(str(tmp_path / "bad.pt"))
+
+
+# ------------------------------------------------------------------ configuration and errors
+def _write(path, obj):
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def test_config_file_and_flags(tmp_path):
+    f = _write(tmp_path / "c.json", {"optim": {"lr": 0.01, "batch_size": 8}, "margin_mode": "uniform"})
+    cfg = T.parse_args(["--config", f, "--batch_size", "16", "--no-progress"])
+    assert cfg.optim.lr == 0.01 and cfg.optim.batch_size == 16 and cfg.scheme.margin_mode == "uniform"
+    assert cfg.run.progress is False
+    with pytest.raises(ValueError, match="unknown setting 'bogus'"):
+        T.parse_args(["--config", _write(tmp_path / "b.json", {"bogus": 1})])
+    with pytest.raises(ValueError, match="'lr' must be float"):
+        T.parse_args(["--config", _write(tmp_path / "b.json", {"lr": "fast"})])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        T.parse_args(["--config", str(tmp_path / "bad.json")])
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        T.parse_args(["--config", str(tmp_path / "nope.json")])
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--schemes", "--student_init", "--precision", "--resume", "--margin_mode", "--sampling",
+                 "--data_dir", "--n_answers", "--mc_samples"):
+        assert flag in out
+
+
+def test_auto_defaults():
+    cfg = T.resolve_auto(T.Config())
+    assert cfg.optim.lr == 2e-3 and cfg.scheme.top_k == 100
+    real = T.Config()
+    real.data.dataset = "ivqa"
+    real = T.resolve_auto(real)
+    assert real.optim.lr == 5e-5 and real.scheme.top_k == 2500
+
+
+def test_bad_data_files_exit_with_a_clear_error(tmp_path, capsys):
+    assert T.main(["--dataset", "ivqa", "--data_dir", str(tmp_path / "missing"), "--out_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and os.path.join(str(tmp_path), "missing", "vocab.json") in err
+    assert T.main(["--schemes", "baseline,nonsense", "--out_dir", str(tmp_path)]) == 2
+    assert "unknown scheme 'nonsense'" in capsys.readouterr().err
+
+
+def test_real_data_end_to_end(tmp_path):
+    from test_data import _make_dataset
+    root = _make_dataset(tmp_path / "ivqa", "ivqa")
+    results = T.run(tiny(tmp_path / "out", dataset="ivqa", data_dir=str(root), schemes="baseline,radi_p",
+                         batch_size=2, cache_dir=str(tmp_path / "cache")))
+    assert results["schemes"]["radi_p"]["test"]["acc1"] >= 0
+
+
+# ------------------------------------------------------------------ the schemes themselves
+def _logits(b=4, n=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, generator=g), torch.randn(b, n, generator=g)
+
+
+def test_build_scheme_specs():
+    s = build_scheme("radi_p:margin_mode=uniform:alpha=10:margin=0.1")
+    assert s.cfg.margin_mode == "uniform" and s.cfg.radi_p_alpha == 10.0 and s.cfg.margin == 0.1
+    assert s.spec == "radi_p:margin_mode=uniform:alpha=10:margin=0.1" and s.mc_samples == 10
+    for bad, msg in [("nope", "unknown scheme"), ("kd:tau", "bad override"), ("kd:bogus=1", "bad override"),
+                     ("kd:kd_tau=hot", "bad value for kd_tau")]:
+        with pytest.raises(ValueError, match=msg):
+            build_scheme(bad)
+    assert set(SCHEMES) == {"baseline", "label_smoothing", "pseudo_label", "kd", "dkd", "ctkd", "radi_p", "radi_l"}
+
+
+def test_label_smoothing_and_pseudo_labels():
+    s, t = _logits()
+    targets = torch.zeros(4, 30)
+    targets[torch.arange(4), torch.tensor([1, 2, 3, 4])] = 1
+    base, _ = build_scheme("baseline").loss(s, targets)
+    assert torch.allclose(build_scheme("label_smoothing:ls_sigma=0").loss(s, targets)[0], base)
+    ls = build_scheme("label_smoothing:ls_sigma=0.3").loss(s, targets)[0]
+    expected = -(0.7 * torch.log_softmax(s, 1)[torch.arange(4), [1, 2, 3, 4]] + 0.3 * torch.log_softmax(s, 1).mean(1))
+    assert torch.allclose(ls, expected.mean())
+    pl = build_scheme("pseudo_label:pl_topk=2")
+    tg = pl.targets(targets, t)
+    assert torch.equal(tg.sum(1) >= 2, torch.ones(4, dtype=torch.bool)) and (tg[targets > 0] == 1).all()
+    assert (tg.gather(1, t.topk(2, 1).indices) == 1).all()
+
+
+@pytest.mark.parametrize("labels", [[3], [3, 7, 9]])
+def test_dkd_decomposes_kd(labels):
+    """DKD's decomposition of KD, with the labelled set merged into one target."""
+    s, t = _logits(b=1)
+    targets = torch.zeros(1, 30)
+    targets[0, labels] = 1
+    cfg = SchemeConfig(dkd_alpha=1.0, dkd_beta=1.0, dkd_tau=1.0)
+    _, parts = build_scheme("dkd", cfg).extra(s, targets, t, None, None)
+    kd = torch.nn.functional.kl_div(torch.log_softmax(s, 1), torch.log_softmax(t, 1), log_target=True,
+                                    reduction="sum")
+    b_t = torch.softmax(t, 1)[0, labels].sum()
+    # the chain rule of KL over {labelled set, rest}: KD = TCKD + b_T KL_within_labels + (1 - b_T) NCKD;
+    # the merged DKD keeps TCKD and NCKD (with one label the middle term is 0)
+    lt, ls = torch.log_softmax(t[:, labels], 1), torch.log_softmax(s[:, labels], 1)
+    within = (lt.exp() * (lt - ls)).sum()
+    assert torch.allclose(parts["tckd"] + b_t * within + (1 - b_t) * parts["nckd"], kd, atol=1e-6)
+    s.requires_grad_(True)
+    loss, _ = build_scheme("dkd").extra(s, targets, t, None, None)
+    loss.backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_ctkd_temperature_is_adversarial():
+    s, t = _logits()
+    targets = torch.zeros(4, 30)
+    targets[:, 0] = 1
+    sch = build_scheme("ctkd")
+    sch.start_epoch(0, 4)
+    assert sch.lam == 0.0
+    sch.start_epoch(4, 4)
+    assert sch.lam == pytest.approx(1.0)
+    sch.start_epoch(2, 4)
+    loss, parts = sch.loss(s, targets, t)
+    loss.backward()
+    tau = sch.temperature().detach()
+    assert 1.0 < float(tau) < 5.0
+    # the reversed gradient: theta's gradient has the opposite sign of d(KD)/d(theta), scaled by lambda
+    theta = sch.theta.detach().clone().requires_grad_(True)
+    tau2 = 1.0 + 4.0 * torch.sigmoid(theta)
+    lt, ls = torch.log_softmax(t / tau2, 1), torch.log_softmax(s / tau2, 1)
+    kd = (lt.exp() * (lt - ls)).sum(1).mean() * tau2.squeeze() ** 2
+    (g,) = torch.autograd.grad(kd, theta)
+    assert torch.allclose(sch.theta.grad, -sch.lam * g, atol=1e-6)
+    state = sch.state_dict()
+    other = build_scheme("ctkd")
+    other.load_state_dict(state)
+    assert other.lam == sch.lam and torch.equal(other.theta, sch.theta)
+
+
+def test_radi_schemes_call_the_losses():
+    s, t = _logits(n=40)
+    mc = t[:, None] + 0.1 * torch.randn(4, 5, 40)
+    targets = torch.zeros(4, 40)
+    targets[:, 0] = 1
+    gen = torch.Generator().manual_seed(0)
+    for spec in ("radi_p:top_k=20", "radi_l:hot=10:cold=5", "kd"):
+        sch = build_scheme(spec)
+        loss, parts = sch.loss(s.clone().requires_grad_(True), targets, t, mc, gen)
+        assert torch.isfinite(loss) and "cls" in parts
+    p = build_scheme("radi_p:alpha=0")
+    assert torch.allclose(p.loss(s, targets, t, mc)[0], build_scheme("baseline").loss(s, targets)[0])
