@@ -139,9 +139,9 @@ WH_WORDS = ["what", "which", "who", "where", "how"]
 class SyntheticConfig:
     """Size and difficulty of the synthetic benchmark (the generative story is in docs/training.md)."""
 
-    n_train: int = 6000         # training questions (one video each)
-    n_val: int = 1000
-    n_test: int = 1000
+    n_train: int = 5000         # training questions (one video each)
+    n_val: int = 1000           # validation questions (full answer sets)
+    n_test: int = 1000          # test questions (full answer sets)
     n_answers: int = 1000       # answer vocabulary size
     n_types: int = 6            # question types, each owning a share of the answer clusters
     cluster_min: int = 2        # synonym / related-answer cluster sizes are uniform in [min, max]
@@ -159,8 +159,8 @@ class SyntheticConfig:
     synonym_noise: float = 0.7  # how far a synonym's text embedding is from its cluster's
     type_share: float = 1.0     # weight of the text direction shared by all answers of a question type
     shown_types: int = 3        # concepts shown per video: the asked type's and shown_types - 1 others
-    n_annotators: int = 5
-    data_seed: int = 0
+    n_annotators: int = 5       # annotators per question, as iVQA's five
+    data_seed: int = 0          # seed of the generator (the benchmark itself)
 
 
 class TensorVideoQA(Dataset):

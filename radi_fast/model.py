@@ -24,7 +24,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 Batch = Dict[str, torch.Tensor]
 
@@ -79,12 +78,12 @@ class RadiModel(nn.Module, ABC):
 
 @dataclass
 class ModelConfig:
-    d_model: int = 64
-    n_layers: int = 3           # transformer layers, the last one included
-    n_heads: int = 4
+    d_model: int = 64           # width of the transformer
+    n_layers: int = 3           # transformer layers, the last one (the MC-dropout layer) included
+    n_heads: int = 4            # attention heads
     dropout: float = 0.1        # as FrozenBiLM's adapters; MC dropout reuses it in the last layer
-    max_question_len: int = 20
-    max_frames: int = 10
+    max_question_len: int = 20  # question tokens kept (longer questions are truncated)
+    max_frames: int = 10        # frames per video (the trainer sets it from --num_frames)
 
 
 class LastLayer(nn.Module):

@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import inspect
 import json
-import math
 import os
 import random
 import re
@@ -71,15 +70,15 @@ class OptimConfig:
     grad_clip: float = 0.1      # max gradient norm (the paper's 0.1)
     batch_size: int = 64
     eval_batch_size: int = 256
-    teacher_epochs: int = 12    # stage 1 (and the "individual" student initialisation)
-    student_epochs: int = 8     # stage 2, per scheme
+    teacher_epochs: int = 10    # stage 1 (and the "individual" student initialisation)
+    student_epochs: int = 6     # stage 2, per scheme
 
 
 @dataclass
 class RunConfig:
     schemes: str = ",".join(DEFAULT_SCHEMES)  # comma-separated specs, e.g. baseline,kd,radi_p:margin_mode=uniform
     student_init: str = "individual"  # individual (trained like the teacher, seed+1) | teacher | scratch
-    seed: int = 0
+    seed: int = 0               # teacher seed; the individual init uses seed+1, every student seed+2
     precision: str = "fp32"     # fp32 | bf16 (autocast; losses are computed in fp32)
     device: str = "auto"        # auto | cpu | cuda | cuda:N
     out_dir: str = "runs/radi"  # checkpoints/, results.json and config.json go here
@@ -128,8 +127,7 @@ def _flag_fields():
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m radi_fast.train", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="python -m radi_fast.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="", help="JSON file of settings (flat, or by section: data, synthetic, "
                                                  "model, optim, scheme, run); flags given here override it")
     defaults = Config()
@@ -138,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         g = groups.setdefault(section, p.add_argument_group(section))
         default = getattr(getattr(defaults, section), f.name)
         if isinstance(default, bool):
-            g.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            g.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{help_text} (default: {default})")
         else:
             g.add_argument(f"--{f.name}", type=type(default), default=None, help=f"{help_text} (default: {default})")
     return p

@@ -1,8 +1,8 @@
 """The trainer: every scheme end to end at toy size, exact resume, atomic checkpoints, config, errors."""
-import dataclasses
 import json
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -162,6 +162,7 @@ def test_bad_data_files_exit_with_a_clear_error(tmp_path, capsys):
 
 
 def test_real_data_end_to_end(tmp_path):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from test_data import _make_dataset
     root = _make_dataset(tmp_path / "ivqa", "ivqa")
     results = T.run(tiny(tmp_path / "out", dataset="ivqa", data_dir=str(root), schemes="baseline,radi_p",
