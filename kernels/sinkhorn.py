@@ -27,8 +27,9 @@ products (``v = v_big + v_small``, ``v_big`` rounded to TF32 by bit masking; the
 is dropped: ~2^-22 relative, fp32-like; plain TF32 would cancel badly for close answers). The
 split is written out rather than ``input_precision="tf32x3"`` because Triton's version adds a
 NaN fix-up per element (for inf operands, which never occur here) and re-splits the loop-invariant
-row operand every tile. ``USE_DOT=False`` uses T FFMAs per pair instead. If a row's sum leaves ``[2^-60, 2^100]`` (first iterations, tiny lam), the
-block redoes its rows with the online pass, so the shift never costs accuracy.
+row operand every tile. ``USE_DOT=False`` uses T FFMAs per pair instead. If a row's sum leaves ``[SHIFT_LO, SHIFT_HI] = [2^-60, 2^100]`` (first
+iterations, tiny lam), the block redoes its rows with the online pass, so the shift never costs
+accuracy: below 2^-60 the flushed subnormal terms could matter, above 2^100 a term could overflow.
 
 Online pass (fallback, or ``SHIFT=False``): running max + rescaled sum, as in flash attention,
 with the max guarded so a row whose tiles are all -inf gives no NaN.
@@ -50,8 +51,6 @@ import triton.language as tl
 from .common import LN2
 
 PAD_LOGIT = tl.constexpr(-1e30)
-SHIFT_LO = tl.constexpr(2.0 ** -60)
-SHIFT_HI = tl.constexpr(2.0 ** 100)
 # keeps sign, exponent and the 10 mantissa bits that a TF32 MMA reads (after +0x1000: round to nearest)
 TF32_MASK = tl.constexpr(0xFFFFE000)
 
@@ -69,6 +68,7 @@ def sinkhorn_half_step_kernel(
     K,
     T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     USE_DOT: tl.constexpr, SHIFT: tl.constexpr, WRITE_DELTA: tl.constexpr, COMPUTE: tl.constexpr,
+    SHIFT_LO: tl.constexpr = 2.0 ** -60, SHIFT_HI: tl.constexpr = 2.0 ** 100,
 ):
     b = tl.program_id(0).to(tl.int64)
     i0 = tl.program_id(1) * BM

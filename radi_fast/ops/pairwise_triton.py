@@ -103,7 +103,8 @@ class TritonConfig:
 
     ``use_dot``: the Sinkhorn logits ``<y_i, y_j>`` on tensor cores (tf32x3) rather than T FFMAs.
     ``shift``: the Sinkhorn's shifted pass (previous log-sum-exp as the shift, online pass only
-    as a fallback); ``False`` runs the online pass alone.
+    as a fallback); ``False`` runs the online pass alone. ``shift_lo_log2``, ``shift_hi_log2``:
+    the window of row sums the shifted pass accepts (a narrow one forces the fallback: tests).
     ``check_every``: host look at the Sinkhorn stopping flags every this many iterations.
     Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=128,use_dot=0"``.
     """
@@ -114,6 +115,8 @@ class TritonConfig:
     sink_stages: int = 3
     use_dot: bool = True
     shift: bool = True
+    shift_lo_log2: int = -60
+    shift_hi_log2: int = 100
     loss_bm: int = 128
     loss_bn: int = 64
     loss_warps: int = 8
@@ -121,8 +124,9 @@ class TritonConfig:
     check_every: int = 4
 
 
-INTERPRETER_CONFIG = TritonConfig(sink_bm=64, sink_bn=64, sink_warps=4, sink_stages=1, loss_bm=64, loss_bn=64,
-                                  stats_bk=64)
+# the interpreter's cost is per tile op, not per element: large tiles (the tests cover small ones)
+INTERPRETER_CONFIG = TritonConfig(sink_bm=128, sink_bn=128, sink_warps=4, sink_stages=1, loss_bm=128,
+                                  loss_bn=128, stats_bk=128)
 
 
 def parse_config_override(text: str, base: TritonConfig) -> TritonConfig:
@@ -213,7 +217,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     grid = (B, triton_cdiv(K, cfg.sink_bm))
     TP = p.y.shape[1]
     common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, USE_DOT=cfg.use_dot, SHIFT=cfg.shift,
-                  COMPUTE=_tl_dtype(p.dtype), num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
+                  COMPUTE=_tl_dtype(p.dtype), SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2,
+                  num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
     launched = 0
     for it in range(max_iter):
         ks.half_step[grid](p.y, p.hs, p.n_valid, G, F, delta[it], delta[it + 1], tol, K, WRITE_DELTA=False, **common)

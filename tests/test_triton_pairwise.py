@@ -1,0 +1,316 @@
+"""RADI-P on the Triton kernels, run by the Triton interpreter on the CPU.
+
+TRITON_INTERPRET is set here, before any kernel module is imported (Triton fixes compiled vs
+interpreted when a kernel is decorated; ``radi_fast.ops.pairwise_triton.kernels`` re-imports the
+kernel modules if they were imported in the other mode first). Every test compares against the
+literal reference of eq. 4-5 and Algorithm 1 in float64.
+
+Interpreter shapes are small but awkward: K = 2, 37, 130, 257 (partial tiles, several tiles,
+diagonal tiles), T = 2, 5, 16 (T = 16 needs the 32-lane padding), B = 1, 3, ragged lengths
+with a K_b = 1 sample, N > top_k.
+"""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+pytest.importorskip("triton")
+
+import radi_fast  # noqa: E402
+from radi_fast import reference as R  # noqa: E402
+from radi_fast._random import draw_seed, pair_uniform  # noqa: E402
+from radi_fast.ops import pairwise_triton as PT  # noqa: E402
+from radi_fast.pairwise import prepare_pairwise, sinkhorn_log_potentials_cpu  # noqa: E402
+
+# loss: relative + absolute; grad: absolute (entries are integer counts / |R_p|, so a single
+# hinge that flipped sign would show up as an error of 1 / |R_p| >> these tolerances)
+TOL = {
+    torch.float64: dict(loss=(1e-10, 1e-12), grad=1e-12),
+    torch.float32: dict(loss=(3e-5, 1e-6), grad=2e-6),
+    torch.bfloat16: dict(loss=(3e-5, 1e-6), grad=None),  # grad checked at bf16 resolution below
+    torch.float16: dict(loss=(3e-5, 1e-6), grad=None),
+}
+
+
+def make_inputs(B, T, N, dtype=torch.float32, seed=0, explicit_teacher=False):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(B, 1, N, generator=g, dtype=torch.float64) * 2
+    mc = mean + torch.randn(B, T, N, generator=g, dtype=torch.float64) * 0.5
+    student = torch.randn(B, N, generator=g, dtype=torch.float64)
+    teacher = (mean[:, 0] + 0.1 * torch.randn(B, N, generator=g, dtype=torch.float64)) if explicit_teacher else None
+    cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
+    return cast(student), cast(mc), cast(teacher)
+
+
+def run_both(student, mc, teacher=None, lengths=None, seed=11, **kw):
+    """(triton loss, triton grad, reference loss, reference grad) with per-sample weights on the
+    losses so that every sample's gradient is checked."""
+    s1 = student.detach().clone().requires_grad_(True)
+    loss = radi_fast.radi_pairwise_loss(s1, mc, teacher, reduction="none", lengths=lengths, backend="triton",
+                                        generator=torch.Generator().manual_seed(seed), **kw)
+    w = torch.linspace(0.5, 1.5, loss.numel(), dtype=torch.float64)
+    (g1,) = torch.autograd.grad((loss.double() * w).sum(), s1)
+    s2 = student.detach().double().clone().requires_grad_(True)
+    ref = R.radi_pairwise_loss_literal(s2, mc.double(), None if teacher is None else teacher.double(),
+                                       reduction="none", seed=draw_seed(torch.Generator().manual_seed(seed)),
+                                       lengths=lengths, **kw)
+    (g2,) = torch.autograd.grad((ref * w).sum(), s2)
+    return loss, g1, ref, g2
+
+
+def check(loss, grad, ref, ref_grad, dtype, student_dtype=None):
+    tol = TOL[dtype]
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    rtol, atol = tol["loss"]
+    torch.testing.assert_close(loss.double(), ref, rtol=rtol, atol=atol)
+    assert grad.dtype == (student_dtype or dtype)
+    if tol["grad"] is None:  # gradient rounded to the student's half dtype
+        torch.testing.assert_close(grad.double(), ref_grad.to(grad.dtype).double(), rtol=0, atol=1e-7)
+    else:
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=0, atol=tol["grad"])
+
+
+# ----------------------------------------------------------------------------- shapes, modes, dtypes
+OT_SHAPES = [(1, 2, 2), (3, 5, 37), (3, 16, 130), (3, 2, 57), (1, 5, 257), (1, 16, 257)]
+
+
+@pytest.mark.parametrize("B,T,K", OT_SHAPES, ids=[f"B{b}T{t}K{k}" for b, t, k in OT_SHAPES])
+def test_ot_fp32_matches_reference(B, T, K):
+    student, mc, _ = make_inputs(B, T, K, seed=K + T)
+    check(*run_both(student, mc, margin_mode="ot", margin=1.0), torch.float32)
+
+
+MODE_SHAPES = [(3, 5, 37), (1, 16, 130), (1, 2, 257)]
+
+
+@pytest.mark.parametrize("mode", ["uniform", "random", "uncertainty"])
+@pytest.mark.parametrize("B,T,K", MODE_SHAPES, ids=[f"B{b}T{t}K{k}" for b, t, k in MODE_SHAPES])
+def test_other_margin_modes_fp32(mode, B, T, K):
+    student, mc, _ = make_inputs(B, T, K, seed=3 * K + T)
+    # uncertainty margins are 1 / U: scale the margin down so the hinge is not active everywhere
+    margin = 1e-3 if mode == "uncertainty" else 1.0
+    check(*run_both(student, mc, margin_mode=mode, margin=margin), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["ot", "random"])
+def test_half_inputs_fp32_accumulation(dtype, mode):
+    # explicit teacher scores in the half dtype, so both paths rank exactly the same values
+    student, mc, teacher = make_inputs(3, 5, 130, dtype=dtype, seed=5, explicit_teacher=True)
+    check(*run_both(student, mc, teacher, margin_mode=mode), dtype)
+
+
+@pytest.mark.parametrize("mode", ["ot", "uncertainty"])
+def test_fp64_is_computed_in_fp64(mode):
+    student, mc, _ = make_inputs(3, 5, 130, dtype=torch.float64, seed=9)
+    check(*run_both(student, mc, margin_mode=mode, margin=1e-3 if mode == "uncertainty" else 1.0), torch.float64)
+
+
+@pytest.mark.parametrize("mode", ["ot", "random"])
+def test_ragged_lengths_and_k1_sample(mode):
+    student, mc, _ = make_inputs(3, 5, 130, seed=21)
+    lengths = torch.tensor([130, 57, 1])
+    loss, grad, ref, ref_grad = run_both(student, mc, lengths=lengths, margin_mode=mode)
+    check(loss, grad, ref, ref_grad, torch.float32)
+    assert loss[2] == 0 and (grad[2] == 0).all()  # K_b = 1: no ordered pair
+    assert (grad[1, 57:] == 0).all()  # padding gets no gradient
+
+
+def test_top_k_truncation_ties_and_options():
+    # N > top_k with ragged lengths; teacher scores rounded so that ties occur (|R_p| excludes them)
+    student, mc, teacher = make_inputs(3, 5, 300, seed=4, explicit_teacher=True)
+    teacher = torch.round(teacher * 2) / 2
+    lengths = torch.tensor([300, 200, 40])
+    check(*run_both(student, mc, teacher, lengths=lengths, top_k=57, margin=0.5, lam=0.7, tol=0, max_iter=9),
+          torch.float32)
+
+
+def test_all_tied_teacher_gives_zero():
+    student, mc, _ = make_inputs(2, 5, 37, seed=1)
+    teacher = torch.zeros(2, 37)
+    loss, grad, ref, ref_grad = run_both(student, mc, teacher)
+    assert (loss == 0).all() and (grad == 0).all() and (ref == 0).all()
+
+
+def test_small_lam_log_domain():
+    # lam at 1/10 of the mean uncertainty: costs U / lam up to ~100, far into the log domain
+    student, mc, _ = make_inputs(2, 5, 37, dtype=torch.float64, seed=8)
+    U = R.pairwise_uncertainty_literal(mc[0])
+    lam = float(U.sum() / (37 * 36)) / 10
+    check(*run_both(student, mc, lam=lam, tol=0, max_iter=25), torch.float64)
+    check(*run_both(student.float(), mc.float(), lam=lam, tol=0, max_iter=25), torch.float32)
+
+
+def test_online_fallback_of_the_shifted_pass(monkeypatch):
+    # a narrow window makes the shifted pass reject most row blocks: the online fallback runs,
+    # alone or after a rejected shifted pass, and the result is still exact (fp64)
+    monkeypatch.setenv("RADI_FAST_TRITON_CONFIG", "shift_lo_log2=-1,shift_hi_log2=1,sink_bm=16,sink_bn=16")
+    student, mc, _ = make_inputs(2, 5, 37, dtype=torch.float64, seed=8)
+    check(*run_both(student, mc, lam=0.3, tol=0, max_iter=12), torch.float64)
+
+
+@pytest.mark.parametrize("override", ["sink_bm=32,sink_bn=16,loss_bm=16,loss_bn=32",
+                                      "use_dot=0,shift=0,sink_bm=16,sink_bn=64,check_every=1",
+                                      "sink_bm=128,sink_bn=128,loss_bm=128,loss_bn=128,stats_bk=16"])
+def test_tile_shapes_and_kernel_variants(override, monkeypatch):
+    # mismatched row/column tiles (diagonal tiles straddling), the FFMA and online-only variants
+    monkeypatch.setenv("RADI_FAST_TRITON_CONFIG", override)
+    student, mc, _ = make_inputs(3, 5, 130, seed=13)
+    check(*run_both(student, mc, lengths=torch.tensor([130, 101, 2])), torch.float32)
+
+
+# ----------------------------------------------------------------------------- Sinkhorn and the hash
+def test_sinkhorn_potentials_and_per_sample_freezing_match_cpu():
+    # samples with different scales converge in different numbers of iterations; the device-side
+    # freezing must reproduce the CPU path's per-sample stop exactly (fp64: tight tolerance)
+    _, mc, _ = make_inputs(3, 16, 130, dtype=torch.float64, seed=2)
+    mc = mc * torch.tensor([1.0, 5.0, 0.2], dtype=torch.float64)[:, None, None]
+    lengths = torch.tensor([130, 90, 3])
+    p = prepare_pairwise(mc, None, 2500, None, lengths)
+    sol = sinkhorn_log_potentials_cpu(p, 100, 1e-5, slice(None))
+    f_cpu, g_cpu = (sol.f, sol.g) if hasattr(sol, "f") else sol
+    for every in (1, 4):
+        cfg = PT.default_config(True, torch.float64)
+        cfg = PT.replace(cfg, check_every=every)
+        f, g, order, launched = PT.sinkhorn_log_potentials_triton(mc, None, None, 2500, 100, 1e-5, lengths, cfg)
+        assert torch.equal(order, p.answer_ids)
+        valid = p.valid
+        torch.testing.assert_close(f[valid], f_cpu[valid], rtol=0, atol=1e-10)
+        torch.testing.assert_close(g[valid], g_cpu[valid], rtol=0, atol=1e-10)
+        assert launched < 100
+
+
+def test_sinkhorn_weights_doubly_stochastic_fp32():
+    _, mc, _ = make_inputs(1, 5, 257, seed=6)
+    f, g, order, _ = PT.sinkhorn_log_potentials_triton(mc, tol=1e-6)
+    U = R.pairwise_uncertainty_literal(mc[0].double()[:, order[0]])
+    lam = R.auto_lam_literal(U)
+    W = torch.exp(f[0].double()[:, None] + g[0].double()[None, :] - U / lam) * (1 - torch.eye(257, dtype=torch.float64))
+    torch.testing.assert_close(W.sum(0), torch.ones(257, dtype=torch.float64), rtol=0, atol=1e-5)
+    torch.testing.assert_close(W.sum(1), torch.ones(257, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+def test_random_weights_bit_exact_with_cpu_hash():
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    rows = torch.randint(0, 1 << 20, (n,), generator=g)
+    i = torch.randint(0, 1 << 32, (n,), generator=g)
+    j = torch.randint(0, 1 << 32, (n,), generator=g)
+    i[:3] = torch.tensor([0, (1 << 32) - 1, 1 << 31])
+    for seed in (0, 1, 2**31 - 2, 123456789):
+        expected = pair_uniform(seed, rows, i, j).float()
+        got = PT.pair_uniform_triton(seed, rows, i, j)
+        assert torch.equal(got, expected), seed
+
+
+# ----------------------------------------------------------------------------- autograd, memory, op
+def test_gradient_only_to_student_and_reductions():
+    student, mc, teacher = make_inputs(3, 5, 37, seed=17, explicit_teacher=True)
+    s = student.clone().requires_grad_(True)
+    mc = mc.clone().requires_grad_(True)
+    teacher = teacher.clone().requires_grad_(True)
+    loss = radi_fast.radi_pairwise_loss(s, mc, teacher, backend="triton", reduction="sum")
+    loss.backward()
+    assert mc.grad is None and teacher.grad is None
+    s2 = student.clone().requires_grad_(True)
+    radi_fast.radi_pairwise_loss(s2, mc.detach(), teacher.detach(), backend="triton").backward()
+    torch.testing.assert_close(s.grad, s2.grad * 3)
+
+
+def test_env_var_selects_triton(monkeypatch):
+    calls = []
+    real = PT.radi_pairwise_loss_triton
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(PT, "radi_pairwise_loss_triton", spy)
+    student, mc, _ = make_inputs(2, 5, 37, seed=1)
+    monkeypatch.setenv("RADI_FAST_BACKEND", "triton")
+    a = radi_fast.radi_pairwise_loss(student, mc, margin_mode="uniform")
+    assert len(calls) == 1
+    monkeypatch.setenv("RADI_FAST_BACKEND", "torch")
+    b = radi_fast.radi_pairwise_loss(student, mc, margin_mode="uniform")
+    assert len(calls) == 1
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_tensors_without_interpreter_raise(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        PT._check_device(torch.zeros(1), PT._interpret_requested())
+
+
+class NumelRecorder(TorchDispatchMode):
+    """Records the largest output (elements) of every op that goes through the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = (0, None)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() > self.largest[0]:
+                self.largest = (t.numel(), str(func))
+        return out
+
+
+def test_no_k_by_k_tensor_in_the_triton_path():
+    K = 257
+    student, mc, _ = make_inputs(1, 5, K, seed=3)
+    s = student.clone().requires_grad_(True)
+    rec = NumelRecorder()
+    with rec:
+        loss = radi_fast.radi_pairwise_loss(s, mc, backend="triton")
+        loss.backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    assert rec.largest[0] < K * K, f"{rec.largest[1]} produced {rec.largest[0]} elements >= K*K = {K * K}"
+    # negative control: the literal reference materialises [T, K, K] and the recorder sees it
+    ref_rec = NumelRecorder()
+    with ref_rec:
+        R.radi_pairwise_loss_literal(student, mc)
+    assert ref_rec.largest[0] >= K * K
+
+
+def op_args(mode="uniform", dtype=torch.float32, requires_grad=True):
+    student, mc, _ = make_inputs(2, 5, 37, dtype=dtype, seed=23)
+    return (student.requires_grad_(requires_grad), mc, None, torch.tensor([37, 20]), 1.0, mode, None, 2500, 20,
+            1e-5, 7)
+
+
+def test_opcheck_registered_op():
+    assert hasattr(torch.ops.radi_fast, "pairwise_loss_triton")
+    torch.library.opcheck(PT.pairwise_loss_op, op_args("uniform"))
+    torch.library.opcheck(PT.pairwise_loss_op, op_args("ot"),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_torch_compile_step():
+    torch.manual_seed(0)
+    B, T, N = 2, 5, 37
+    _, mc, _ = make_inputs(B, T, N, seed=31)
+    feats = torch.randn(B, 8)
+    model = torch.nn.Linear(8, N)
+
+    def step(x):
+        scores = model(x)
+        return radi_fast.radi_pairwise_loss(scores, mc, backend="triton", margin_mode="ot")
+
+    def step_op(x):  # the op alone traces without a graph break
+        scores = model(x)
+        return PT.radi_pairwise_loss_triton(scores, mc, None, 1.0, "ot", None, 2500, 100, 1e-5, 0, None).mean()
+
+    eager = step(feats)
+    (g_eager,) = torch.autograd.grad(eager, model.weight)
+    compiled = torch.compile(step, backend="aot_eager")(feats)
+    (g_comp,) = torch.autograd.grad(compiled, model.weight)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(g_comp, g_eager)
+    full = torch.compile(step_op, backend="aot_eager", fullgraph=True)(feats)
+    torch.testing.assert_close(full, eager)
