@@ -174,7 +174,7 @@ inline void philox_blocks(uint64_t seed, uint64_t offset, uint32_t row, uint32_t
 }
 #endif
 
-constexpr double kTwoPowMinus52 = 2.220446049250313080847263336181640625e-16;  // 2^-52
+constexpr double kTwoPowMinus52 = 0x1p-52;
 constexpr uint64_t kBits52Max = (static_cast<uint64_t>(1) << 52) - 1;
 
 // u = (bits + 1/2) 2^-52, exactly, in [2^-53, 1 - 2^-53]: never 0, never 1.
@@ -193,15 +193,15 @@ RADI_HD double philox_uniform(uint64_t seed, uint64_t offset, uint32_t row, uint
 // log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716, summed as a Taylor series to s^23
 // (truncation < 1e-19 relative); log x = k ln2_hi + (log m + k ln2_lo). Accurate to a few ulp.
 // Outside its domain: -inf for 0 and negative numbers, +inf for +inf, NaN for NaN.
-constexpr double kLn2Hi = 6.93147180369123816490e-01;  // ln 2 with 21 trailing zero bits
-constexpr double kLn2Lo = 1.90821492927058770002e-10;  // ln 2 - kLn2Hi
+constexpr double kLn2Hi = 0x1.62e42feep-1;  // ln 2, low 21 bits zero: k * kLn2Hi is exact
+constexpr double kLn2Lo = 0x1.a39ef35793c76p-33;  // ln 2 - kLn2Hi
 
 RADI_HD double portable_log(double x) {
   if (!(x > 0.0)) return x == x ? bits_double(0xFFF0000000000000ull) : x;  // -inf, or NaN
   uint64_t b = double_bits(x);
   int k = 0;
   if ((b >> 52) == 0) {  // subnormal: scale by 2^54
-    x = dmul(x, 18014398509481984.0);
+    x = dmul(x, 0x1p54);
     b = double_bits(x);
     k = -54;
   }
@@ -210,7 +210,7 @@ RADI_HD double portable_log(double x) {
   // m in [1, 2) from the mantissa; fold to [sqrt(1/2), sqrt(2)).
   uint64_t mbits = (b & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
   double m = bits_double(mbits);
-  if (m > 1.4142135623730951) {  // sqrt(2) rounded; exact halving
+  if (m > 0x1.6a09e667f3bcdp+0) {  // sqrt(2) rounded; exact halving
     m = dmul(m, 0.5);
     k += 1;
   }
@@ -218,17 +218,17 @@ RADI_HD double portable_log(double x) {
   const double s = ddiv(f, dadd(2.0, f));
   const double z = dmul(s, s);
   // P(z) = 1/3 + z/5 + z^2/7 + ... + z^10/23, Horner.
-  double p = 1.0 / 23.0;
-  p = dadd(dmul(p, z), 1.0 / 21.0);
-  p = dadd(dmul(p, z), 1.0 / 19.0);
-  p = dadd(dmul(p, z), 1.0 / 17.0);
-  p = dadd(dmul(p, z), 1.0 / 15.0);
-  p = dadd(dmul(p, z), 1.0 / 13.0);
-  p = dadd(dmul(p, z), 1.0 / 11.0);
-  p = dadd(dmul(p, z), 1.0 / 9.0);
-  p = dadd(dmul(p, z), 1.0 / 7.0);
-  p = dadd(dmul(p, z), 1.0 / 5.0);
-  p = dadd(dmul(p, z), 1.0 / 3.0);
+  double p = 0x1.642c8590b2164p-5 /* 1/23 */;
+  p = dadd(dmul(p, z), 0x1.8618618618618p-5 /* 1/21 */);
+  p = dadd(dmul(p, z), 0x1.af286bca1af28p-5 /* 1/19 */);
+  p = dadd(dmul(p, z), 0x1.e1e1e1e1e1e1ep-5 /* 1/17 */);
+  p = dadd(dmul(p, z), 0x1.1111111111111p-4 /* 1/15 */);
+  p = dadd(dmul(p, z), 0x1.3b13b13b13b14p-4 /* 1/13 */);
+  p = dadd(dmul(p, z), 0x1.745d1745d1746p-4 /* 1/11 */);
+  p = dadd(dmul(p, z), 0x1.c71c71c71c71cp-4 /* 1/9 */);
+  p = dadd(dmul(p, z), 0x1.2492492492492p-3 /* 1/7 */);
+  p = dadd(dmul(p, z), 0x1.999999999999ap-3 /* 1/5 */);
+  p = dadd(dmul(p, z), 0x1.5555555555555p-2 /* 1/3 */);
   const double two_s = dadd(s, s);
   // log m = 2s + 2s * z * P(z)
   const double log_m = dadd(two_s, dmul(dmul(two_s, z), p));

@@ -36,14 +36,7 @@ at::Tensor partial_list_cuda(const at::Tensor& scores_in, int64_t hot, int64_t c
   const int64_t b = scores_in.size(0), n = scores_in.size(1);
   const auto long_opts = scores_in.options().dtype(at::kLong);
   at::Tensor out = at::empty({b, hot + cold}, long_opts);
-  if (b == 0 || hot + cold == 0) {
-    // still reject non-finite scores, as the CPU kernel does
-    if (b > 0 && n > 0 && !lengths_in.has_value())
-      TORCH_CHECK(at::isfinite(scores_in).all().item<bool>(),
-                  "partial_list: scores contains non-finite values (NaN or inf) among the valid "
-                  "answers");
-    return out;
-  }
+  if (b == 0) return out;
 
   at::Tensor lengths;
   at::Tensor scores = at::where(scores_in == 0, at::zeros({}, scores_in.options()), scores_in);
@@ -60,6 +53,7 @@ at::Tensor partial_list_cuda(const at::Tensor& scores_in, int64_t hot, int64_t c
                 "partial_list: scores contains non-finite values (NaN or inf) among the valid "
                 "answers");
   }
+  if (hot + cold == 0) return out;
   const at::Tensor order =
       std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/1, /*descending=*/true));
   if (hot > 0) out.narrow(1, 0, hot).copy_(order.narrow(1, 0, hot));
