@@ -496,7 +496,8 @@ class FeatureStore:
                     index[k] = [offset, int(v.shape[0])]
                     offset += int(v.shape[0])
                 dim = next(iter(feats.values())).shape[1]
-                stacked = np.lib.format.open_memmap(array_path + ".tmp.npy", mode="w+", dtype=np.float32,
+                tmp = f"{array_path}.tmp{os.getpid()}.npy"  # per process: concurrent ranks never share one
+                stacked = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                                     shape=(offset, dim))
                 for k, v in feats.items():
                     o, n = index[k]
@@ -504,7 +505,7 @@ class FeatureStore:
                 stacked.flush()
                 del stacked
                 _atomic_write_json(index_path, index)
-                os.replace(array_path + ".tmp.npy", array_path)
+                os.replace(tmp, array_path)
                 return array_path, index_path
             except PermissionError:
                 continue
