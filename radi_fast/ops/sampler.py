@@ -128,9 +128,13 @@ def _check_nonneg_int(value, name: str) -> int:
     return value
 
 
-def validate_args(scores, hot, cold, scheme, alpha, seed, offset=0, lengths=None):
+_NONFINITE = "scores contains non-finite values (NaN or inf) among the valid answers"
+
+
+def validate_args(scores, hot, cold, scheme, alpha, seed, offset=0, lengths=None, *, check_finite=True):
     """Checks of :func:`partial_list_op`; returns the normalised ``(hot, cold, alpha, seed,
-    offset, lengths)``. Raises ``ValueError`` naming the bad argument."""
+    offset, lengths)``. Raises ``ValueError`` naming the bad argument. ``check_finite=False``
+    leaves the scan of the scores for non-finite values to the kernel (which does it anyway)."""
     if not isinstance(scores, torch.Tensor):
         raise ValueError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
     if scores.dim() != 2:
@@ -167,13 +171,13 @@ def validate_args(scores, hot, cold, scheme, alpha, seed, offset=0, lengths=None
                 raise ValueError(f"lengths must be <= N ({n}), got max {hi}")
             if lo < hot + cold:
                 raise ValueError(f"hot + cold must be <= min(lengths) ({lo}), got hot={hot} and cold={cold}")
-    if not tracing and scores.numel():
+    if check_finite and not tracing and scores.numel():
         finite = torch.isfinite(scores)
         if lengths is not None:
             columns = torch.arange(n, device=scores.device)
             finite = finite | (columns[None, :] >= lengths[:, None])
         if not bool(finite.all()):
-            raise ValueError("scores contains non-finite values (NaN or inf) among the valid answers")
+            raise ValueError(_NONFINITE)
     return hot, cold, alpha, seed, offset, lengths
 
 
@@ -191,8 +195,16 @@ def partial_list_op(scores: torch.Tensor, hot: int, cold: int, scheme: str, alph
     Returns ``[B, hot + cold]`` int64 column indices. Raises ``ValueError`` for bad arguments and
     ``RuntimeError`` when the extension is not built (see :func:`compiled_available`).
     """
-    hot, cold, alpha, seed, offset, lengths = validate_args(scores, hot, cold, scheme, alpha, seed, offset, lengths)
+    # The kernels scan the valid scores for NaN/inf while they read them; their error is
+    # re-raised as the ValueError below, so the scores are not read twice.
+    hot, cold, alpha, seed, offset, lengths = validate_args(
+        scores, hot, cold, scheme, alpha, seed, offset, lengths, check_finite=False)
     if _ext is None:
         raise RuntimeError(f"radi_fast._C is not available ({_error}); build it with "
                            "`pip install --no-build-isolation -e .`")
-    return torch.ops.radi_fast.partial_list(scores.detach(), hot, cold, scheme, alpha, seed, offset, lengths)
+    try:
+        return torch.ops.radi_fast.partial_list(scores.detach(), hot, cold, scheme, alpha, seed, offset, lengths)
+    except RuntimeError as exc:
+        if "non-finite" in str(exc):
+            raise ValueError(_NONFINITE) from None
+        raise
