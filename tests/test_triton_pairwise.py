@@ -5,19 +5,26 @@ interpreted when a kernel is decorated; ``radi_fast.ops.pairwise_triton.kernels`
 kernel modules if they were imported in the other mode first). Every test compares against the
 literal reference of eq. 4-5 and Algorithm 1 in float64.
 
+On a CUDA machine, ``RADI_FAST_TEST_DEVICE=cuda`` runs the same tests on the GPU with the
+compiled kernels (``bench/gpu_check.sh`` does); the reference stays on the CPU in float64.
+
 Interpreter shapes are small but awkward: K = 2, 37, 130, 257 (partial tiles, several tiles,
 diagonal tiles), T = 2, 5, 16 (T = 16 needs the 32-lane padding), B = 1, 3, ragged lengths
 with a K_b = 1 sample, N > top_k.
 """
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+DEVICE = os.environ.get("RADI_FAST_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 pytest.importorskip("triton")
+if DEVICE != "cpu" and not torch.cuda.is_available():
+    pytest.skip(f"RADI_FAST_TEST_DEVICE={DEVICE} but CUDA is not available", allow_module_level=True)
 
 import radi_fast  # noqa: E402
 from radi_fast import reference as R  # noqa: E402
@@ -41,7 +48,7 @@ def make_inputs(B, T, N, dtype=torch.float32, seed=0, explicit_teacher=False):
     mc = mean + torch.randn(B, T, N, generator=g, dtype=torch.float64) * 0.5
     student = torch.randn(B, N, generator=g, dtype=torch.float64)
     teacher = (mean[:, 0] + 0.1 * torch.randn(B, N, generator=g, dtype=torch.float64)) if explicit_teacher else None
-    cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
+    cast = lambda x: None if x is None else x.to(dtype=dtype, device=DEVICE)  # noqa: E731
     return cast(student), cast(mc), cast(teacher)
 
 
@@ -52,9 +59,10 @@ def run_both(student, mc, teacher=None, lengths=None, seed=11, **kw):
     loss = radi_fast.radi_pairwise_loss(s1, mc, teacher, reduction="none", lengths=lengths, backend="triton",
                                         generator=torch.Generator().manual_seed(seed), **kw)
     w = torch.linspace(0.5, 1.5, loss.numel(), dtype=torch.float64)
-    (g1,) = torch.autograd.grad((loss.double() * w).sum(), s1)
-    s2 = student.detach().double().clone().requires_grad_(True)
-    ref = R.radi_pairwise_loss_literal(s2, mc.double(), None if teacher is None else teacher.double(),
+    (g1,) = torch.autograd.grad((loss.double() * w.to(loss.device)).sum(), s1)
+    loss, g1 = loss.cpu(), g1.cpu()
+    s2 = student.detach().double().cpu().requires_grad_(True)
+    ref = R.radi_pairwise_loss_literal(s2, mc.double().cpu(), None if teacher is None else teacher.double().cpu(),
                                        reduction="none", seed=draw_seed(torch.Generator().manual_seed(seed)),
                                        lengths=lengths, **kw)
     (g2,) = torch.autograd.grad((ref * w).sum(), s2)
@@ -131,7 +139,7 @@ def test_top_k_truncation_ties_and_options():
 
 def test_all_tied_teacher_gives_zero():
     student, mc, _ = make_inputs(2, 5, 37, seed=1)
-    teacher = torch.zeros(2, 37)
+    teacher = torch.zeros(2, 37, device=DEVICE)
     loss, grad, ref, ref_grad = run_both(student, mc, teacher)
     assert (loss == 0).all() and (grad == 0).all() and (ref == 0).all()
 
@@ -139,7 +147,7 @@ def test_all_tied_teacher_gives_zero():
 def test_small_lam_log_domain():
     # lam at 1/10 of the mean uncertainty: costs U / lam up to ~100, far into the log domain
     student, mc, _ = make_inputs(2, 5, 37, dtype=torch.float64, seed=8)
-    U = R.pairwise_uncertainty_literal(mc[0])
+    U = R.pairwise_uncertainty_literal(mc[0].cpu())
     lam = float(U.sum() / (37 * 36)) / 10
     check(*run_both(student, mc, lam=lam, tol=0, max_iter=25), torch.float64)
     check(*run_both(student.float(), mc.float(), lam=lam, tol=0, max_iter=25), torch.float32)
@@ -170,13 +178,14 @@ def test_sinkhorn_potentials_and_per_sample_freezing_match_cpu():
     _, mc, _ = make_inputs(3, 16, 130, dtype=torch.float64, seed=2)
     mc = mc * torch.tensor([1.0, 5.0, 0.2], dtype=torch.float64)[:, None, None]
     lengths = torch.tensor([130, 90, 3])
-    p = prepare_pairwise(mc, None, 2500, None, lengths)
+    p = prepare_pairwise(mc.cpu(), None, 2500, None, lengths)
     sol = sinkhorn_log_potentials_cpu(p, 100, 1e-5, slice(None))
     f_cpu, g_cpu = (sol.f, sol.g) if hasattr(sol, "f") else sol
     for every in (1, 4):
-        cfg = PT.default_config(True, torch.float64)
+        cfg = PT.default_config(DEVICE == "cpu", torch.float64)
         cfg = PT.replace(cfg, check_every=every)
         f, g, order, launched = PT.sinkhorn_log_potentials_triton(mc, None, None, 2500, 100, 1e-5, lengths, cfg)
+        f, g, order = f.cpu(), g.cpu(), order.cpu()
         assert torch.equal(order, p.answer_ids)
         valid = p.valid
         torch.testing.assert_close(f[valid], f_cpu[valid], rtol=0, atol=1e-10)
@@ -187,7 +196,8 @@ def test_sinkhorn_potentials_and_per_sample_freezing_match_cpu():
 def test_sinkhorn_weights_doubly_stochastic_fp32():
     _, mc, _ = make_inputs(1, 5, 257, seed=6)
     f, g, order, _ = PT.sinkhorn_log_potentials_triton(mc, tol=1e-6)
-    U = R.pairwise_uncertainty_literal(mc[0].double()[:, order[0]])
+    f, g, order = f.cpu(), g.cpu(), order.cpu()
+    U = R.pairwise_uncertainty_literal(mc[0].double().cpu()[:, order[0]])
     lam = R.auto_lam_literal(U)
     W = torch.exp(f[0].double()[:, None] + g[0].double()[None, :] - U / lam) * (1 - torch.eye(257, dtype=torch.float64))
     torch.testing.assert_close(W.sum(0), torch.ones(257, dtype=torch.float64), rtol=0, atol=1e-5)
@@ -203,7 +213,7 @@ def test_random_weights_bit_exact_with_cpu_hash():
     i[:3] = torch.tensor([0, (1 << 32) - 1, 1 << 31])
     for seed in (0, 1, 2**31 - 2, 123456789):
         expected = pair_uniform(seed, rows, i, j).float()
-        got = PT.pair_uniform_triton(seed, rows, i, j)
+        got = PT.pair_uniform_triton(seed, rows.to(DEVICE), i.to(DEVICE), j.to(DEVICE)).cpu()
         assert torch.equal(got, expected), seed
 
 
@@ -237,7 +247,7 @@ def test_env_var_selects_triton(monkeypatch):
     monkeypatch.setenv("RADI_FAST_BACKEND", "torch")
     b = radi_fast.radi_pairwise_loss(student, mc, margin_mode="uniform")
     assert len(calls) == 1
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-5, atol=1e-6)
 
 
 def test_cpu_tensors_without_interpreter_raise(monkeypatch):
@@ -274,14 +284,14 @@ def test_no_k_by_k_tensor_in_the_triton_path():
     # negative control: the literal reference materialises [T, K, K] and the recorder sees it
     ref_rec = NumelRecorder()
     with ref_rec:
-        R.radi_pairwise_loss_literal(student, mc)
+        R.radi_pairwise_loss_literal(student.cpu(), mc.cpu())
     assert ref_rec.largest[0] >= K * K
 
 
 def op_args(mode="uniform", dtype=torch.float32, requires_grad=True):
     student, mc, _ = make_inputs(2, 5, 37, dtype=dtype, seed=23)
-    return (student.requires_grad_(requires_grad), mc, None, torch.tensor([37, 20]), 1.0, mode, None, 2500, 20,
-            1e-5, 7)
+    lengths = torch.tensor([37, 20], device=DEVICE)
+    return (student.requires_grad_(requires_grad), mc, None, lengths, 1.0, mode, None, 2500, 20, 1e-5, 7)
 
 
 def test_opcheck_registered_op():
@@ -295,8 +305,8 @@ def test_torch_compile_step():
     torch.manual_seed(0)
     B, T, N = 2, 5, 37
     _, mc, _ = make_inputs(B, T, N, seed=31)
-    feats = torch.randn(B, 8)
-    model = torch.nn.Linear(8, N)
+    feats = torch.randn(B, 8, device=DEVICE)
+    model = torch.nn.Linear(8, N).to(DEVICE)
 
     def step(x):
         scores = model(x)
