@@ -27,6 +27,9 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._validation import check_choice, check_int, check_positive, check_tensor
+from ..sampling import SAMPLING_SCHEMES, check_scores
+
 __all__ = [
     "SCHEMES",
     "compiled_available",
@@ -36,7 +39,7 @@ __all__ = [
     "warn_fallback_once",
 ]
 
-SCHEMES = ("exp", "zipf", "random")
+SCHEMES = SAMPLING_SCHEMES  # "zipf", "exp", "random"
 _INT64_MIN, _UINT64 = -(2**63), 2**64
 
 _ext = None
@@ -116,42 +119,19 @@ def _as_int64(value, name: str) -> int:
     return (value - _INT64_MIN) % _UINT64 + _INT64_MIN
 
 
-def _check_nonneg_int(value, name: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    try:
-        value = int(value.__index__())
-    except (AttributeError, TypeError):
-        raise ValueError(f"{name} must be an int, got {value!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-_NONFINITE = "scores contains non-finite values (NaN or inf) among the valid answers"
+_NONFINITE = "scores contains non-finite values (NaN or inf) among the valid answers"  # as check_scores
 
 
 def validate_args(scores, hot, cold, scheme, alpha, seed, offset=0, lengths=None, *, check_finite=True):
     """Checks of :func:`partial_list_op`; returns the normalised ``(hot, cold, alpha, seed,
     offset, lengths)``. Raises ``ValueError`` naming the bad argument. ``check_finite=False``
     leaves the scan of the scores for non-finite values to the kernel (which does it anyway)."""
-    if not isinstance(scores, torch.Tensor):
-        raise ValueError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be 2-D [B, N], got shape {tuple(scores.shape)}")
-    if not scores.dtype.is_floating_point:
-        raise ValueError(f"scores must be a floating tensor, got {scores.dtype}")
+    check_tensor(scores, "scores", 2, finite=False)
     batch, n = scores.shape
-    hot = _check_nonneg_int(hot, "hot")
-    cold = _check_nonneg_int(cold, "cold")
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; expected one of {', '.join(map(repr, SCHEMES))}")
-    try:
-        alpha = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a number, got {alpha!r}") from None
-    if not (alpha >= 0.0 and alpha != float("inf")):
-        raise ValueError(f"alpha must be finite and >= 0, got {alpha!r}")
+    hot = check_int(hot, "hot")
+    cold = check_int(cold, "cold")
+    check_choice(scheme, "scheme", SCHEMES)
+    alpha = check_positive(alpha, "alpha", allow_zero=True)
     seed = _as_int64(seed, "seed")
     offset = _as_int64(offset, "offset")
     if hot + cold > n:
@@ -171,13 +151,8 @@ def validate_args(scores, hot, cold, scheme, alpha, seed, offset=0, lengths=None
                 raise ValueError(f"lengths must be <= N ({n}), got max {hi}")
             if lo < hot + cold:
                 raise ValueError(f"hot + cold must be <= min(lengths) ({lo}), got hot={hot} and cold={cold}")
-    if check_finite and not tracing and scores.numel():
-        finite = torch.isfinite(scores)
-        if lengths is not None:
-            columns = torch.arange(n, device=scores.device)
-            finite = finite | (columns[None, :] >= lengths[:, None])
-        if not bool(finite.all()):
-            raise ValueError(_NONFINITE)
+    if check_finite and not tracing:
+        check_scores(scores, "scores", lengths)
     return hot, cold, alpha, seed, offset, lengths
 
 
