@@ -48,9 +48,8 @@ int parse_scheme(std::string_view scheme) {
   return -1;
 }
 
-void check_partial_list_args(const at::Tensor& scores, int64_t hot, int64_t cold, int scheme,
-                             double alpha, const std::optional<at::Tensor>& lengths) {
-  (void)scheme;
+void check_partial_list_args(const at::Tensor& scores, int64_t hot, int64_t cold, double alpha,
+                             const std::optional<at::Tensor>& lengths) {
   TORCH_CHECK(scores.dim() == 2, "partial_list: scores must be 2-D [B, N], got shape ",
               scores.sizes());
   TORCH_CHECK(at::isFloatingType(scores.scalar_type()),
@@ -180,6 +179,7 @@ inline uint64_t desc_bits(double x) {
 // bits) narrow the selection to a few small ranges.
 constexpr int kBucketBits = 11;
 constexpr int kBuckets = 1 << kBucketBits;
+constexpr int64_t kRadixMinLength = 1024;  // shorter rows: plain nth_element
 
 struct Key32 {  // fp32 / fp16 / bf16 scores: one 64-bit integer compare
   uint64_t v;
@@ -235,7 +235,7 @@ const K* select_positions(K* a, int64_t len, int64_t hot, const int64_t* targets
                           SelectScratch<K>& scratch) {
   if (hot + nt == 0) return a;
   const int64_t deepest = nt > 0 ? targets[nt - 1] : hot - 1;
-  if (len < 4 * kBuckets / 8) {
+  if (len < kRadixMinLength) {
     std::nth_element(a, a + deepest, a + len);
     if (hot > 0) {
       if (hot < deepest) std::nth_element(a, a + hot, a + deepest);
@@ -331,7 +331,7 @@ at::Tensor partial_list_cpu(const at::Tensor& scores_in, int64_t hot, int64_t co
                             c10::string_view scheme_name, double alpha, int64_t seed,
                             int64_t offset, const std::optional<at::Tensor>& lengths_in) {
   const int scheme = parse_scheme(std::string_view(scheme_name.data(), scheme_name.size()));
-  check_partial_list_args(scores_in, hot, cold, scheme, alpha, lengths_in);
+  check_partial_list_args(scores_in, hot, cold, alpha, lengths_in);
   TORCH_CHECK(scores_in.device().is_cpu(), "partial_list (CPU kernel): scores must be on the CPU");
   const int64_t b = scores_in.size(0), n = scores_in.size(1);
   at::Tensor lengths;

@@ -30,7 +30,7 @@ at::Tensor partial_list_cuda(const at::Tensor& scores_in, int64_t hot, int64_t c
                              c10::string_view scheme_name, double alpha, int64_t seed,
                              int64_t offset, const std::optional<at::Tensor>& lengths_in) {
   const int scheme = parse_scheme(std::string_view(scheme_name.data(), scheme_name.size()));
-  check_partial_list_args(scores_in, hot, cold, scheme, alpha, lengths_in);
+  check_partial_list_args(scores_in, hot, cold, alpha, lengths_in);
   TORCH_CHECK(scores_in.is_cuda(), "partial_list (CUDA kernel): scores must be on a CUDA device");
   const c10::DeviceGuard guard(scores_in.device());
   const int64_t b = scores_in.size(0), n = scores_in.size(1);
