@@ -77,8 +77,8 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     schemes: str = ",".join(DEFAULT_SCHEMES)  # comma-separated specs, e.g. baseline,kd,radi_p:margin_mode=uniform
-    student_init: str = "individual"  # individual (trained like the teacher, seed+1) | teacher | scratch
-    seed: int = 0               # teacher seed; the individual init uses seed+1, every student seed+2
+    student_init: str = "individual"  # individual (trained like the teacher, another seed) | teacher | scratch
+    seed: int = 0               # teacher seed; the individual init uses seed+1000, every student seed+2000
     precision: str = "fp32"     # fp32 | bf16 (autocast; losses are computed in fp32)
     device: str = "auto"        # auto | cpu | cuda | cuda:N
     out_dir: str = "runs/radi"  # checkpoints/, results.json and config.json go here
@@ -500,6 +500,11 @@ def new_model(data: VideoQAData, cfg: Config, seed: int) -> RadiModel:
     return build_model(data, dataclasses.replace(cfg.model, max_frames=cfg.data.num_frames))
 
 
+# stage seeds: the teacher uses --seed, the individual initialisation and the students these
+# offsets from it, so that runs with nearby --seed values never share a stage's seed
+INDIVIDUAL_SEED, STUDENT_SEED = 1000, 2000
+
+
 def run(cfg: Config, rt: Optional[Runtime] = None) -> dict:
     """Run the whole pipeline; returns (and writes, on rank 0) the results dict."""
     cfg = resolve_auto(cfg)
@@ -534,8 +539,9 @@ def run(cfg: Config, rt: Optional[Runtime] = None) -> dict:
     # the student initialisation shared by every scheme
     init_state = None
     if cfg.run.student_init == "individual":
-        t0, individual = time.time(), new_model(data, cfg, cfg.run.seed + 1)
-        out = train_stage("individual", individual, data, build_scheme("baseline"), cfg, rt, seed=cfg.run.seed + 1,
+        t0, individual = time.time(), new_model(data, cfg, INDIVIDUAL_SEED + cfg.run.seed)
+        out = train_stage("individual", individual, data, build_scheme("baseline"), cfg, rt,
+                          seed=INDIVIDUAL_SEED + cfg.run.seed,
                           epochs=cfg.optim.teacher_epochs, fingerprint=base_fp)
         results["stages"]["individual"] = stage_result("individual", individual, out, t0)
         init_state = copy.deepcopy(individual.state_dict())
@@ -548,10 +554,10 @@ def run(cfg: Config, rt: Optional[Runtime] = None) -> dict:
         scheme = build_scheme(spec, cfg.scheme)
         fp = {**base_fp, "run.student_init": cfg.run.student_init, "optim.student_epochs": cfg.optim.student_epochs,
               "scheme.spec": spec, **{f"scheme.{k}": v for k, v in asdict(scheme.cfg).items()}}
-        t0, student = time.time(), new_model(data, cfg, cfg.run.seed + 2)
+        t0, student = time.time(), new_model(data, cfg, STUDENT_SEED + cfg.run.seed)
         if init_state is not None:
             student.load_state_dict(init_state)
-        out = train_stage(f"student-{spec}", student, data, scheme, cfg, rt, seed=cfg.run.seed + 2,
+        out = train_stage(f"student-{spec}", student, data, scheme, cfg, rt, seed=STUDENT_SEED + cfg.run.seed,
                           epochs=cfg.optim.student_epochs, fingerprint=fp, teacher=teacher)
         results["schemes"][spec] = stage_result(f"student-{spec}", student, out, t0)
         del student
