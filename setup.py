@@ -138,9 +138,11 @@ setup(
     # when none is installed. Install the PyTorch build for your platform first (see README).
     install_requires=["numpy", "tqdm"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scipy", "numpy"],
+        # triton runs the kernel tests on the CPU under TRITON_INTERPRET=1 (Linux wheels only)
+        "test": ["pytest", "pytest-benchmark", "scipy", "numpy", "triton; platform_system == 'Linux'",
+                 "matplotlib", "pot"],
         "triton": ["triton"],
-        "bench": ["pytest-benchmark", "matplotlib", "pot"],
+        "bench": ["pytest-benchmark", "matplotlib", "pot", "geomloss"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
