@@ -232,6 +232,8 @@ def make_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> VideoQAData:
         raise ValueError(f"n_types must be <= {len(TYPE_NAMES)}, got {cfg.n_types}")
     if cfg.n_answers < 2 * cfg.n_types * cfg.cluster_max:
         raise ValueError(f"n_answers={cfg.n_answers} is too small for {cfg.n_types} types of clusters")
+    if cfg.num_frames < 6:
+        raise ValueError(f"the synthetic benchmark needs num_frames >= 6 (concepts span 3-6 frames), got {cfg.num_frames}")
     rng = np.random.default_rng(cfg.data_seed)
     n_ans, n_types = cfg.n_answers, cfg.n_types
 
