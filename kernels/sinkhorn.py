@@ -37,6 +37,14 @@ with the max guarded so a row whose tiles are all -inf gives no NaN.
 Masking: columns ``j >= K_b`` get ``a_j = -1e30`` (finite: the TF32 split of -inf would give
 NaN), which ``ex2`` turns into 0; the diagonal is set to -inf only in the tiles that meet it.
 
+Column split (``NSPLIT > 1``, shifted pass only): with few row blocks per SM the last wave of
+programs leaves SMs idle (B = 32, K = 2500: 640 programs of 128 rows over 132 SMs x 2 is 2.4
+waves). Phase 1 then runs ``(B, row blocks, NSPLIT)`` programs, each summing ``exp2`` over one
+contiguous share of the column tiles into ``part[split, b, i]`` (with a fixed shift, partial sums
+just add: no max to reconcile); phase 2 adds the NSPLIT partials in a fixed order
+(deterministic), takes the online fallback where the window check fails, and writes the
+potentials.
+
 Convergence without a host sync per iteration: the caller keeps ``delta[it]``, the max |Δ log v|
 of iteration it-1 per sample (natural log units; row 0 = +inf). A program does nothing unless
 ``delta[it][b] > tol`` and ``K_b >= 2``; the G half-step of iteration it atomically maxes its
@@ -64,12 +72,16 @@ def sinkhorn_half_step_kernel(
     dst_ptr,  # [B, K] potentials updated by this half-step (holds the previous ones)
     prev_delta_ptr,  # [B] max |Δ log v| of the previous iteration (+inf before the first)
     next_delta_ptr,  # [B] max |Δ log v| of this iteration (atomic max; only when WRITE_DELTA)
+    part_ptr,  # [NSPLIT, B, K] partial row sums of the shifted pass (PHASE 1 writes, PHASE 2 reads)
     tol,
-    K,
+    K, NSPLIT,
     T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     USE_DOT: tl.constexpr, SHIFT: tl.constexpr, WRITE_DELTA: tl.constexpr, COMPUTE: tl.constexpr,
-    SHIFT_LO: tl.constexpr = 2.0 ** -60, SHIFT_HI: tl.constexpr = 2.0 ** 100,
+    PHASE: tl.constexpr = 0, SHIFT_LO: tl.constexpr = 2.0 ** -60, SHIFT_HI: tl.constexpr = 2.0 ** 100,
 ):
+    """PHASE 0: the whole half-step for BM rows. PHASE 1 (grid axis 2 = column split): the
+    shifted pass over one of NSPLIT column ranges, partial sums to ``part``. PHASE 2: adds the
+    partial sums, falls back to the online pass where needed, writes the potentials."""
     b = tl.program_id(0).to(tl.int64)
     i0 = tl.program_id(1) * BM
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
@@ -97,72 +109,89 @@ def sinkhorn_half_step_kernel(
 
         need_online = True
         if SHIFT:
-            l_i = tl.zeros([BM], COMPUTE)
-            for j0 in range(0, kb, BN):
-                cols = j0 + tl.arange(0, BN)
-                col_ok = cols < kb
-                a = tl.load(src_b + cols, mask=col_ok, other=0.0) - tl.load(hs_b + cols, mask=col_ok, other=0.0)
-                a = tl.where(col_ok, a, PAD_LOGIT)
-                if USE_DOT:  # x_ij = <y_i, y_j> + a_j - S_i through the augmented lanes
-                    yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
-                                 mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
-                    yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
-                    if COMPUTE == tl.float64:
-                        x = tl.dot(yi, yj, input_precision="ieee")
-                    else:  # 3xTF32: small*big + big*small + big*big (operands are finite: no NaN fix-up)
-                        yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
-                        yj_s = yj - yj_b
-                        x = tl.dot(yi_s, yj_b, input_precision="tf32")
-                        x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
-                        x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
-                else:
-                    x = a[None, :] - s_i[:, None]
-                    for t in tl.static_range(T):
-                        yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
-                        yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
-                        x += yi_t[:, None] * yj_t[None, :]
-                if (j0 < i0 + BM) & (i0 < j0 + BN):  # this tile meets the diagonal
-                    x = tl.where(rows[:, None] == cols[None, :], float("-inf"), x)
-                l_i += tl.sum(tl.exp2(x), axis=1)
-            ok = ((l_i >= SHIFT_LO) & (l_i <= SHIFT_HI)) | (rows >= kb)
-            lse = tl.log2(l_i)
-            need_online = tl.min(ok.to(tl.int32), axis=0) == 0
-        if need_online:
-            m_i = tl.full([BM], float("-inf"), COMPUTE)
-            l_i = tl.zeros([BM], COMPUTE)
-            for j0 in range(0, kb, BN):
-                cols = j0 + tl.arange(0, BN)
-                col_ok = cols < kb
-                a = tl.load(src_b + cols, mask=col_ok, other=0.0) - tl.load(hs_b + cols, mask=col_ok, other=0.0)
-                a = tl.where(col_ok, a, PAD_LOGIT)
-                if USE_DOT:  # x_ij = <y_i, y_j> + a_j - S_i through the augmented lanes
-                    yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
-                                 mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
-                    yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
-                    if COMPUTE == tl.float64:
-                        x = tl.dot(yi, yj, input_precision="ieee")
-                    else:  # 3xTF32: small*big + big*small + big*big (operands are finite: no NaN fix-up)
-                        yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
-                        yj_s = yj - yj_b
-                        x = tl.dot(yi_s, yj_b, input_precision="tf32")
-                        x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
-                        x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
-                else:
-                    x = a[None, :] - s_i[:, None]
-                    for t in tl.static_range(T):
-                        yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
-                        yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
-                        x += yi_t[:, None] * yj_t[None, :]
-                x = tl.where(col_ok[None, :], x, float("-inf"))
-                if (j0 < i0 + BM) & (i0 < j0 + BN):
-                    x = tl.where(rows[:, None] == cols[None, :], float("-inf"), x)
-                m_new = tl.maximum(m_i, tl.max(x, axis=1))
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                l_i = l_i * tl.exp2(m_i - m_use) + tl.sum(tl.exp2(x - m_use[:, None]), axis=1)
-                m_i = m_new
-            lse = tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log2(l_i)
-        new = hs_i - (s_i + lse)
-        if WRITE_DELTA:
-            d = tl.where(row_ok, tl.abs(new - old), 0.0)
-            tl.atomic_max(next_delta_ptr + b, tl.max(d, axis=0) * LN2)
-        tl.store(dst, new, mask=row_ok)
+            if PHASE == 2:  # the partial sums of the NSPLIT column ranges
+                l_i = tl.zeros([BM], COMPUTE)
+                for sp in range(0, NSPLIT):
+                    l_i += tl.load(part_ptr + (sp * tl.num_programs(0) + b) * K + rows, mask=row_ok, other=0.0)
+            else:
+                c0 = 0
+                c1 = kb
+                if PHASE == 1:  # this program's share of the column tiles
+                    per = tl.cdiv(tl.cdiv(kb, BN), NSPLIT) * BN
+                    c0 = tl.program_id(2) * per
+                    c1 = tl.minimum(kb, c0 + per)
+                l_i = tl.zeros([BM], COMPUTE)
+                for j0 in range(c0, c1, BN):
+                    cols = j0 + tl.arange(0, BN)
+                    col_ok = cols < c1
+                    a = tl.load(src_b + cols, mask=col_ok, other=0.0) - tl.load(hs_b + cols, mask=col_ok, other=0.0)
+                    a = tl.where(col_ok, a, PAD_LOGIT)
+                    if USE_DOT:  # x_ij = <y_i, y_j> + a_j - S_i through the augmented lanes
+                        yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
+                                     mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
+                        yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
+                        if COMPUTE == tl.float64:
+                            x = tl.dot(yi, yj, input_precision="ieee")
+                        else:  # 3xTF32: small*big + big*small + big*big (finite operands: no NaN fix-up)
+                            yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32,
+                                                                                               bitcast=True)
+                            yj_s = yj - yj_b
+                            x = tl.dot(yi_s, yj_b, input_precision="tf32")
+                            x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
+                            x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
+                    else:
+                        x = a[None, :] - s_i[:, None]
+                        for t in tl.static_range(T):
+                            yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
+                            yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
+                            x += yi_t[:, None] * yj_t[None, :]
+                    if (j0 < i0 + BM) & (i0 < j0 + BN):  # this tile meets the diagonal
+                        x = tl.where(rows[:, None] == cols[None, :], float("-inf"), x)
+                    l_i += tl.sum(tl.exp2(x), axis=1)
+            if PHASE == 1:
+                tl.store(part_ptr + (tl.program_id(2) * tl.num_programs(0) + b) * K + rows, l_i, mask=row_ok)
+            else:
+                ok = ((l_i >= SHIFT_LO) & (l_i <= SHIFT_HI)) | (rows >= kb)
+                lse = tl.log2(tl.where(row_ok, l_i, 1.0))
+                need_online = tl.min(ok.to(tl.int32), axis=0) == 0
+        if PHASE != 1:
+            if need_online:
+                m_i = tl.full([BM], float("-inf"), COMPUTE)
+                l_i = tl.zeros([BM], COMPUTE)
+                for j0 in range(0, kb, BN):
+                    cols = j0 + tl.arange(0, BN)
+                    col_ok = cols < kb
+                    a = tl.load(src_b + cols, mask=col_ok, other=0.0) - tl.load(hs_b + cols, mask=col_ok, other=0.0)
+                    a = tl.where(col_ok, a, PAD_LOGIT)
+                    if USE_DOT:
+                        yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
+                                     mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
+                        yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
+                        if COMPUTE == tl.float64:
+                            x = tl.dot(yi, yj, input_precision="ieee")
+                        else:
+                            yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32,
+                                                                                               bitcast=True)
+                            yj_s = yj - yj_b
+                            x = tl.dot(yi_s, yj_b, input_precision="tf32")
+                            x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
+                            x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
+                    else:
+                        x = a[None, :] - s_i[:, None]
+                        for t in tl.static_range(T):
+                            yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
+                            yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
+                            x += yi_t[:, None] * yj_t[None, :]
+                    x = tl.where(col_ok[None, :], x, float("-inf"))
+                    if (j0 < i0 + BM) & (i0 < j0 + BN):
+                        x = tl.where(rows[:, None] == cols[None, :], float("-inf"), x)
+                    m_new = tl.maximum(m_i, tl.max(x, axis=1))
+                    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    l_i = l_i * tl.exp2(m_i - m_use) + tl.sum(tl.exp2(x - m_use[:, None]), axis=1)
+                    m_i = m_new
+                lse = tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log2(tl.where(row_ok, l_i, 1.0))
+            new = hs_i - (s_i + lse)
+            if WRITE_DELTA:
+                d = tl.where(row_ok, tl.abs(new - old), 0.0)
+                tl.atomic_max(next_delta_ptr + b, tl.max(d, axis=0) * LN2)
+            tl.store(dst, new, mask=row_ok)

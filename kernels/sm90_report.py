@@ -49,28 +49,34 @@ def kernel_specs():
     specs.append(("pairwise_stats", ks.stats, stats_sig,
                   {"TP": TP, "BK": cfg.stats_bk, "AUTO": True, "COMPUTE": tl.float32}, {"num_warps": 4}))
     sink_sig = {"y_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "src_ptr": "*fp32", "dst_ptr": "*fp32",
-                "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol": "fp32", "K": "i32",
+                "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "part_ptr": "*fp32", "tol": "fp32", "K": "i32",
+                "NSPLIT": "i32",
                 "T": "constexpr", "TP": "constexpr", "BM": "constexpr", "BN": "constexpr", "USE_DOT": "constexpr",
                 "SHIFT": "constexpr", "WRITE_DELTA": "constexpr", "COMPUTE": "constexpr",
-                "SHIFT_LO": "constexpr", "SHIFT_HI": "constexpr"}
+                "SHIFT_LO": "constexpr", "SHIFT_HI": "constexpr", "PHASE": "constexpr"}
     for bm, bn, warps in ((cfg.sink_bm, cfg.sink_bn, cfg.sink_warps), (128, 128, 8), (64, 64, 4)):
         name = "sinkhorn_half_step" + ("" if (bm, bn, warps) == (cfg.sink_bm, cfg.sink_bn, cfg.sink_warps)
                                        else f"_{bm}x{bn}w{warps}")
         specs.append((name, ks.half_step, sink_sig,
                       {"T": T_BENCH, "TP": TP, "BM": bm, "BN": bn, "USE_DOT": True, "SHIFT": True,
                        "WRITE_DELTA": True, "COMPUTE": tl.float32, "SHIFT_LO": 2.0 ** cfg.shift_lo_log2,
-                       "SHIFT_HI": 2.0 ** cfg.shift_hi_log2},
+                       "SHIFT_HI": 2.0 ** cfg.shift_hi_log2, "PHASE": 0},
                       {"num_warps": warps, "num_stages": cfg.sink_stages}))
     # variants that must compile too (no spill requirement): fp64 inputs, the FFMA logits
     for name, extra, warps in (("sinkhorn_half_step_fp64", {"COMPUTE": tl.float64}, 4),
+                               ("sinkhorn_half_step_split", {"PHASE": 1, "BM": cfg.sink_bm, "BN": cfg.sink_bn},
+                                cfg.sink_warps),
+                               ("sinkhorn_half_step_finalize", {"PHASE": 2, "BM": cfg.sink_bm, "BN": cfg.sink_bn},
+                                cfg.sink_warps),
                                ("sinkhorn_half_step_ffma", {"USE_DOT": False, "BM": 64, "BN": 64}, 4)):
         consts = {"T": T_BENCH, "TP": TP, "BM": 64, "BN": 64, "USE_DOT": True, "SHIFT": True, "WRITE_DELTA": True,
-                  "COMPUTE": tl.float32, "SHIFT_LO": 2.0 ** cfg.shift_lo_log2, "SHIFT_HI": 2.0 ** cfg.shift_hi_log2}
+                  "COMPUTE": tl.float32, "SHIFT_LO": 2.0 ** cfg.shift_lo_log2, "SHIFT_HI": 2.0 ** cfg.shift_hi_log2,
+                  "PHASE": 0}
         consts.update(extra)
         sig = dict(sink_sig)
         if consts["COMPUTE"] == tl.float64:
             sig.update({k: "*fp64" for k in ("y_ptr", "hs_ptr", "src_ptr", "dst_ptr", "prev_delta_ptr",
-                                             "next_delta_ptr")})
+                                             "next_delta_ptr", "part_ptr")})
         specs.append((name, ks.half_step, sig, consts, {"num_warps": warps, "num_stages": cfg.sink_stages}))
     loss_sig = {"y_ptr": "*fp32", "hs_ptr": "*fp32", "f_ptr": "*fp32", "g_ptr": "*fp32", "nvalid_ptr": "*i64", "lam_ptr": "*fp32",
                 "teacher_ptr": "*fp32", "student_ptr": "*fp32", "ids_ptr": "*i64", "rowhash_ptr": "*i64",

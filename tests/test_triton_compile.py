@@ -39,6 +39,7 @@ def report(tmp_path_factory):
 
 def test_every_kernel_compiles_for_sm90(report):
     expected = {"pairwise_stats", "sinkhorn_half_step", "sinkhorn_half_step_fp64", "sinkhorn_half_step_ffma",
+                "sinkhorn_half_step_split", "sinkhorn_half_step_finalize",
                 "margin_ranking_ot", "margin_ranking_uniform", "margin_ranking_random", "margin_ranking_uncertainty",
                 "margin_ranking_ot_fp64"}
     assert expected <= set(report["kernels"])
@@ -48,16 +49,18 @@ def test_every_kernel_compiles_for_sm90(report):
 
 
 def test_no_spills_at_default_tiles(report):
-    for name in ("pairwise_stats", "sinkhorn_half_step", "margin_ranking_ot", "margin_ranking_uniform",
+    for name in ("pairwise_stats", "sinkhorn_half_step", "sinkhorn_half_step_split", "sinkhorn_half_step_finalize",
+                 "margin_ranking_ot", "margin_ranking_uniform",
                  "margin_ranking_random", "margin_ranking_uncertainty"):
         k = report["kernels"][name]
         assert not k["spills"], f"{name}: {k['registers']} registers, stack {k['stack']}, local {k['local']}"
         assert k["registers"] <= 255
 
 
-def test_sinkhorn_inner_loop_is_one_exp_per_pair_on_tensor_cores(report):
+@pytest.mark.parametrize("name", ["sinkhorn_half_step", "sinkhorn_half_step_split"])
+def test_sinkhorn_inner_loop_is_one_exp_per_pair_on_tensor_cores(report, name):
     # the shifted pass (the first loop): one MUFU.EX2 per pair, logits from HGMMA, no running max
-    k = report["kernels"]["sinkhorn_half_step"]
+    k = report["kernels"][name]
     consts = k["constexprs"]
     pairs_per_thread = int(consts["BM"]) * int(consts["BN"]) // (32 * k["options"]["num_warps"])
     shifted = k["loops"][0]

@@ -156,16 +156,19 @@ def test_small_lam_log_domain():
 def test_online_fallback_of_the_shifted_pass(monkeypatch):
     # a narrow window makes the shifted pass reject most row blocks: the online fallback runs,
     # alone or after a rejected shifted pass, and the result is still exact (fp64)
-    monkeypatch.setenv("RADI_FAST_TRITON_CONFIG", "shift_lo_log2=-1,shift_hi_log2=1,sink_bm=16,sink_bn=16")
-    student, mc, _ = make_inputs(2, 5, 37, dtype=torch.float64, seed=8)
-    check(*run_both(student, mc, lam=0.3, tol=0, max_iter=12), torch.float64)
+    for split in (1, 2):
+        monkeypatch.setenv("RADI_FAST_TRITON_CONFIG",
+                           f"shift_lo_log2=-1,shift_hi_log2=1,sink_bm=16,sink_bn=16,sink_split={split}")
+        student, mc, _ = make_inputs(2, 5, 37, dtype=torch.float64, seed=8)
+        check(*run_both(student, mc, lam=0.3, tol=0, max_iter=5), torch.float64)
 
 
 @pytest.mark.parametrize("override", ["sink_bm=32,sink_bn=16,loss_bm=16,loss_bn=32",
                                       "use_dot=0,shift=0,sink_bm=16,sink_bn=64,check_every=1",
-                                      "sink_bm=128,sink_bn=128,loss_bm=128,loss_bn=128,stats_bk=16"])
+                                      "sink_split=3,sink_bm=64,sink_bn=32,stats_bk=16"])
 def test_tile_shapes_and_kernel_variants(override, monkeypatch):
-    # mismatched row/column tiles (diagonal tiles straddling), the FFMA and online-only variants
+    # mismatched row/column tiles (diagonal tiles straddling), the FFMA and online-only variants,
+    # the two-phase column split (shares of 5 column tiles: 2+2+1; of 4: 2+2+0; of 1: 1+0+0)
     monkeypatch.setenv("RADI_FAST_TRITON_CONFIG", override)
     student, mc, _ = make_inputs(3, 5, 130, seed=13)
     check(*run_both(student, mc, lengths=torch.tensor([130, 101, 2])), torch.float32)
@@ -202,6 +205,13 @@ def test_sinkhorn_weights_doubly_stochastic_fp32():
     W = torch.exp(f[0].double()[:, None] + g[0].double()[None, :] - U / lam) * (1 - torch.eye(257, dtype=torch.float64))
     torch.testing.assert_close(W.sum(0), torch.ones(257, dtype=torch.float64), rtol=0, atol=1e-5)
     torch.testing.assert_close(W.sum(1), torch.ones(257, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+def test_split_choice_fills_the_last_wave():
+    # B = 32, K = 2500, 128-row blocks: 640 programs; H100: 132 SMs x (2 single, 3 split) slots
+    assert PT.choose_split(640, 264, 396) == 3
+    assert PT.choose_split(2000, 264, 396) == 1  # many waves: not worth a second phase
+    assert PT.choose_split(20, 264, 396) == 4  # one small sample: spread it
 
 
 def test_random_weights_bit_exact_with_cpu_hash():

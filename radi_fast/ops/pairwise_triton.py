@@ -106,6 +106,11 @@ class TritonConfig:
     as a fallback); ``False`` runs the online pass alone. ``shift_lo_log2``, ``shift_hi_log2``:
     the window of row sums the shifted pass accepts (a narrow one forces the fallback: tests).
     ``check_every``: host look at the Sinkhorn stopping flags every this many iterations.
+    ``sink_split``: column split of the Sinkhorn half-step: 1 the single-phase kernel, s >= 2 the
+    two-phase path with s column shares, 0 chosen by :func:`choose_split` from the SM count and
+    the programs one SM holds at once (``sink_ctas_per_sm`` for the single-phase kernel,
+    ``split_ctas_per_sm`` for the lean phase-1 kernel; 2 and 3 at the default tiles by the sm_90
+    register counts of kernels/sm90_report.py) to fill the last wave.
     Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=128,use_dot=0"``.
     """
 
@@ -122,6 +127,9 @@ class TritonConfig:
     loss_warps: int = 8
     stats_bk: int = 128
     check_every: int = 4
+    sink_split: int = 0
+    sink_ctas_per_sm: int = 2
+    split_ctas_per_sm: int = 3
 
 
 # the interpreter's cost is per tile op, not per element: large tiles (the tests cover small ones)
@@ -143,6 +151,9 @@ def parse_config_override(text: str, base: TritonConfig) -> TritonConfig:
 
 def default_config(interpret: bool, dtype: torch.dtype) -> TritonConfig:
     cfg = INTERPRETER_CONFIG if interpret else TritonConfig()
+    if dtype == torch.float64 and not interpret:  # fp64 tiles cost twice the registers
+        cfg = replace(cfg, sink_bm=64, sink_bn=64, sink_warps=4, sink_ctas_per_sm=2, loss_bm=64, loss_bn=64,
+                      loss_warps=4)
     override = os.environ.get("RADI_FAST_TRITON_CONFIG")
     if override:
         cfg = parse_config_override(override, cfg)
@@ -204,29 +215,93 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
                          teacher=teacher.gather(1, order).contiguous(), T=T, dtype=dtype)
 
 
+def choose_split(n_programs: int, slots_single: int, slots_split: int, max_split: int = 4) -> int:
+    """Column split of the Sinkhorn half-step, from a wave-quantisation model.
+
+    1: the single-phase kernel, ``slots_single`` programs at once. s >= 2: the two-phase path, s
+    column shares per row block, ``slots_split`` programs of the lean phase-1 kernel at once,
+    charged 6% for the phase-2 launch and 1.5% per share (each re-reads its rows). Returns the
+    split with the best expected fill of the machine.
+    """
+
+    def fill(n, slots):
+        return n / (triton_cdiv(n, slots) * slots)
+
+    best, best_eff = 1, fill(n_programs, slots_single)
+    for split in range(2, max_split + 1):
+        eff = fill(n_programs * split, slots_split) * (1.0 - 0.06 - 0.015 * split)
+        if eff > best_eff + 1e-9:
+            best, best_eff = split, eff
+    return best
+
+
+def resolve_split(cfg: TritonConfig, n_programs: int, device: torch.device) -> int:
+    if not cfg.shift:
+        return 1  # the online pass keeps a running max: no split
+    if cfg.sink_split > 0:
+        return cfg.sink_split
+    if device.type != "cuda":
+        return 1
+    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
+    return choose_split(n_programs, n_sm * cfg.sink_ctas_per_sm, n_sm * cfg.split_ctas_per_sm)
+
+
 def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg, ks):
     """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K] and the number
-    of iterations launched (>= the largest per-sample count; frozen samples do no work)."""
+    of iterations launched (>= the largest per-sample count; frozen samples do no work).
+
+    No host sync per iteration: every ``check_every`` iterations the "any sample still active"
+    flag is copied to the host asynchronously and read a few iterations later, once the copy has
+    landed (on CUDA; the interpreter reads it at once). Stopping late is harmless: launches for
+    frozen samples exit at once, so the result is the same as stopping at the first moment.
+    """
     B, K = p.hs.shape
-    F = torch.zeros(B, K, dtype=p.dtype, device=p.hs.device)
-    G = torch.zeros(B, K, dtype=p.dtype, device=p.hs.device)
-    delta = torch.zeros(max_iter + 1, B, dtype=p.dtype, device=p.hs.device)
+    device = p.hs.device
+    F = torch.zeros(B, K, dtype=p.dtype, device=device)
+    G = torch.zeros(B, K, dtype=p.dtype, device=device)
+    delta = torch.zeros(max_iter + 1, B, dtype=p.dtype, device=device)
     delta[0] = float("inf")
     if not (B and K):
         return F, G, 0
-    grid = (B, triton_cdiv(K, cfg.sink_bm))
+    rb = triton_cdiv(K, cfg.sink_bm)
+    split = resolve_split(cfg, B * rb, device)
+    part = torch.empty(split, B, K, dtype=p.dtype, device=device) if split > 1 else F
     TP = p.y.shape[1]
     common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, USE_DOT=cfg.use_dot, SHIFT=cfg.shift,
                   COMPUTE=_tl_dtype(p.dtype), SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2,
                   num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
+    asynchronous = device.type == "cuda"
+    pending = None
     launched = 0
     for it in range(max_iter):
-        ks.half_step[grid](p.y, p.hs, p.n_valid, G, F, delta[it], delta[it + 1], tol, K, WRITE_DELTA=False, **common)
-        ks.half_step[grid](p.y, p.hs, p.n_valid, F, G, delta[it], delta[it + 1], tol, K, WRITE_DELTA=True, **common)
+        prev, nxt = delta[it], delta[it + 1]
+        for src, dst, write_delta in ((G, F, False), (F, G, True)):
+            if split > 1:
+                ks.half_step[(B, rb, split)](p.y, p.hs, p.n_valid, src, dst, prev, nxt, part, tol, K, split,
+                                             WRITE_DELTA=write_delta, PHASE=1, **common)
+                ks.half_step[(B, rb)](p.y, p.hs, p.n_valid, src, dst, prev, nxt, part, tol, K, split,
+                                      WRITE_DELTA=write_delta, PHASE=2, **common)
+            else:
+                ks.half_step[(B, rb)](p.y, p.hs, p.n_valid, src, dst, prev, nxt, part, tol, K, 1,
+                                      WRITE_DELTA=write_delta, PHASE=0, **common)
         launched = it + 1
-        if launched % cfg.check_every == 0 and launched < max_iter:
-            if not bool((delta[launched] > tol).any()):  # host sync, every check_every iterations only
-                break
+        if launched >= max_iter:
+            break
+        if pending is not None and (not asynchronous or pending[1].query()):
+            if not bool(pending[0]):
+                break  # every sample froze at or before the checked iteration
+            pending = None
+        if pending is None and launched % cfg.check_every == 0:
+            flag = (delta[launched] > tol).any()
+            if asynchronous:
+                host = torch.empty((), dtype=torch.bool, pin_memory=True)
+                host.copy_(flag, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                pending = (host, event)
+            else:
+                if not bool(flag):
+                    break
     return F, G, launched
 
 

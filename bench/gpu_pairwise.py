@@ -1,0 +1,344 @@
+"""RADI-P benchmark on a CUDA GPU: the Targets of issue 3, written to JSON.
+
+Forward + backward of ``radi_pairwise_loss`` at B = 32, T = 10, K = 2500 (N = K, top_k = 2500),
+20 Sinkhorn iterations (``max_iter=20, tol=0``), fp32, ``margin_mode="ot"``, against
+
+* ``literal``: ``radi_fast.reference.radi_pairwise_loss_literal`` (eq. 5 as [T, K, K], Algorithm 1
+  dense in the plain domain, eq. 4 dense; one sample at a time, as the reference is written);
+* ``dense``: the best dense PyTorch formulation: ``torch.cdist`` for U on a materialised
+  [B, K, K], ``torch.logsumexp`` Sinkhorn in the log domain, dense hinge, autograd backward;
+* ``dense_compiled``: the same function under ``torch.compile`` (inductor).
+
+Timing: CUDA events around each call, ``--warmup`` untimed calls first (compilation included
+there), median of ``--rounds``. Peak extra memory: ``torch.cuda.max_memory_allocated`` minus the
+memory allocated before the call (inputs excluded, outputs and gradients included).
+
+Sinkhorn: the time of one iteration (two half-step kernels) is ``(t(20 it) - t(2 it)) / 18`` of
+the Sinkhorn stage alone; one iteration evaluates ``2 sum_b K_b (K_b - 1)`` exponentials (4e8 at
+the benchmark shape), and the exp roofline is that count over ``SMs * 16 / clock`` (16 MUFU.EX2
+per SM per clock on sm_90), at the maximum SM clock reported by nvidia-smi (and at the clock
+read right after the run). A small sweep of Sinkhorn tile configurations is timed the same way.
+
+``--dry-run`` runs every code path on the CPU (Triton interpreter, tiny sizes, no CUDA timing or
+memory): a smoke test of this script on a machine without a GPU.
+
+Writes ``radi_p_bench_<device>.json`` into every ``--out`` folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+MUFU_EX2_PER_SM_PER_CLOCK = 16
+SWEEP = ("sink_split=1", "sink_split=2", "sink_split=3", "sink_split=4",
+         "sink_bm=128,sink_bn=128,sink_warps=8,sink_split=1", "sink_bm=128,sink_bn=128,sink_warps=8,sink_split=3",
+         "sink_bm=64,sink_bn=128,sink_warps=4,sink_split=1", "sink_bm=64,sink_bn=64,sink_warps=4,sink_split=1",
+         "sink_split=1,sink_stages=2", "sink_split=1,shift=0")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--B", type=int, default=32)
+    ap.add_argument("--T", type=int, default=10)
+    ap.add_argument("--K", type=int, default=2500)
+    ap.add_argument("--iters", type=int, default=20, help="Sinkhorn iterations (tol = 0)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--literal-rounds", type=int, default=2, help="rounds for the (slow) literal reference")
+    ap.add_argument("--out", action="append", default=None, help="output folder (repeatable)")
+    ap.add_argument("--skip-literal", action="store_true")
+    ap.add_argument("--skip-compile", action="store_true", help="skip the torch.compile dense baseline")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the Sinkhorn tile sweep")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny sizes: smoke test only")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        args.B, args.T, args.K, args.iters = 2, 3, 40, 3
+        args.rounds, args.warmup, args.literal_rounds = 1, 0, 1
+    return args
+
+
+# ----------------------------------------------------------------------------- timing
+class Timer:
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def measure(self, fn, warmup, rounds):
+        """Median and all rounds of ``fn()`` in milliseconds."""
+        import torch
+
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        times = []
+        for _ in range(rounds):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return {"median_ms": statistics.median(times), "rounds_ms": times}
+
+    def peak_extra_mb(self, fn):
+        if not self.cuda:
+            return None
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+# ----------------------------------------------------------------------------- providers
+def make_inputs(B, T, K, device, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(B, 1, K, generator=g) * 2
+    mc = (mean + 0.5 * torch.randn(B, T, K, generator=g)).to(device)
+    student = torch.randn(B, K, generator=g).to(device)
+    return student, mc
+
+
+def dense_loss(student, mc, iters: int, margin: float = 1.0):
+    """The best dense PyTorch RADI-P: materialised [B, K, K] U (cdist), log-domain Sinkhorn with
+    logsumexp, dense hinge. With top_k >= N the pair set is all answers, so no sort is needed
+    (the loss only depends on which pairs the teacher orders)."""
+    import torch
+
+    with torch.no_grad():
+        T = mc.shape[1]
+        teacher = mc.mean(dim=1)
+        z = (mc - mc.mean(dim=1, keepdim=True)).transpose(1, 2)
+        U = torch.cdist(z, z).pow_(2).div_(T)
+        K = U.shape[1]
+        lam = U.sum(dim=(1, 2)) / (K * (K - 1))
+        C = -U / lam[:, None, None]
+        C.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+        f = torch.zeros_like(teacher)
+        g = torch.zeros_like(teacher)
+        for _ in range(iters):
+            f = -torch.logsumexp(C + g[:, None, :], dim=2)
+            g = -torch.logsumexp(C + f[:, :, None], dim=1)
+        W = torch.exp(C + f[:, :, None] + g[:, None, :])
+        ordered = teacher[:, :, None] > teacher[:, None, :]
+        n_pairs = ordered.sum(dim=(1, 2)).clamp(min=1)
+    hinge = (margin * W - (student[:, :, None] - student[:, None, :])).clamp_min(0) * ordered
+    return (hinge.sum(dim=(1, 2)) / n_pairs).mean()
+
+
+def fwd_bwd(loss_fn, student):
+    s = student.detach().requires_grad_(True)
+    loss = loss_fn(s)
+    loss.backward()
+    return float(loss.detach()), s.grad
+
+
+# ----------------------------------------------------------------------------- device facts
+def nvidia_smi(query):
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+        return out[0].strip() if out else None
+    except Exception:
+        return None
+
+
+def device_facts(device):
+    import torch
+
+    import triton
+
+    facts = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        facts.update(device=props.name, sm_count=props.multi_processor_count, cuda=torch.version.cuda,
+                     capability=f"{props.major}.{props.minor}", memory_gb=round(props.total_memory / 2**30, 1),
+                     driver=nvidia_smi("driver_version"), max_sm_clock_mhz=nvidia_smi("clocks.max.sm"))
+    else:
+        facts.update(device=f"cpu ({platform.processor() or platform.machine()}), Triton interpreter",
+                     sm_count=None, max_sm_clock_mhz=None)
+    return facts
+
+
+# ----------------------------------------------------------------------------- benchmark
+def sinkhorn_stage(PT, student, mc, iters, cfg, timer, warmup, rounds):
+    """Median time (ms) of the Sinkhorn stage alone with ``iters`` iterations."""
+    interpret = PT._interpret_requested()
+    ks = PT.kernels()
+    p = PT.prepare_triton(mc, None, 2500, None, None, cfg, ks)
+    return timer.measure(lambda: PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg, ks), warmup, rounds), p, interpret
+
+
+def run(args):
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    import radi_fast
+    from radi_fast import reference as R
+    from radi_fast.ops import pairwise_triton as PT
+
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_pairwise.py: no CUDA device (use --dry-run for a CPU smoke test)", file=sys.stderr)
+        sys.exit(2)
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    timer = Timer(device)
+    B, T, K, iters = args.B, args.T, args.K, args.iters
+    student, mc = make_inputs(B, T, K, device)
+    result = {"benchmark": "RADI-P forward+backward (issue 3 Targets)", "dry_run": args.dry_run,
+              "shape": {"B": B, "T": T, "K": K, "N": K, "top_k": 2500, "sinkhorn_iterations": iters, "tol": 0.0,
+                        "dtype": "float32", "margin_mode": "ot", "margin": 1.0, "lam": "auto"},
+              "timing": f"{'CUDA events' if device.type == 'cuda' else 'perf_counter'}, {args.warmup} warm-up calls, median of {args.rounds} rounds "
+                        f"({args.literal_rounds} for the literal reference)",
+              **device_facts(device), "providers": {}}
+    print(f"device: {result['device']}  B={B} T={T} K={K} iters={iters}", flush=True)
+
+    providers = {
+        "radi_fast": lambda s: radi_fast.radi_pairwise_loss(s, mc, margin_mode="ot", max_iter=iters, tol=0.0,
+                                                            backend="triton"),
+        "dense": lambda s: dense_loss(s, mc, iters),
+    }
+    if not args.skip_compile:
+        compiled = torch.compile(dense_loss, backend="aot_eager" if args.dry_run else "inductor", dynamic=False)
+        providers["dense_compiled"] = lambda s: compiled(s, mc, iters)
+    if not args.skip_literal:
+        providers["literal"] = lambda s: R.radi_pairwise_loss_literal(s, mc, max_iter=iters, tol=0.0)
+
+    reference_loss = None
+    for name, fn in providers.items():
+        rounds = args.literal_rounds if name == "literal" else args.rounds
+        try:
+            loss, _ = fwd_bwd(fn, student)  # first call: compiles (Triton JIT, inductor)
+            entry = timer.measure(lambda: fwd_bwd(fn, student), args.warmup, rounds)
+            entry["peak_extra_mb"] = timer.peak_extra_mb(lambda: fwd_bwd(fn, student))
+            entry["loss"] = loss
+        except Exception as exc:  # e.g. out of memory for a dense baseline: record, go on
+            entry = {"error": repr(exc)[:500]}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if name == "radi_fast":
+            reference_loss = entry.get("loss")
+        if reference_loss is not None and "loss" in entry:
+            entry["loss_rel_diff_vs_radi_fast"] = abs(entry["loss"] - reference_loss) / max(abs(reference_loss), 1e-30)
+        result["providers"][name] = entry
+        print(f"  {name:15s} {json.dumps({k: v for k, v in entry.items() if k != 'rounds_ms'})}", flush=True)
+
+    # stages of the Triton path (forward only), and one Sinkhorn iteration against the exp roofline
+    cfg = PT.default_config(device.type != "cuda", torch.float32)
+    st_full, p, _ = sinkhorn_stage(PT, student, mc, iters, cfg, timer, args.warmup, args.rounds)
+    lo = min(2, max(iters - 1, 1))
+    st_lo, _, _ = sinkhorn_stage(PT, student, mc, lo, cfg, timer, args.warmup, args.rounds)
+    per_iter_us = (st_full["median_ms"] - st_lo["median_ms"]) / max(iters - lo, 1) * 1e3
+    kb = p.n_valid.double()
+    exps = float((2 * kb * (kb - 1)).sum())
+    sink = {"config": cfg.__dict__, "stage_ms": {str(iters): st_full["median_ms"], str(lo): st_lo["median_ms"]},
+            "per_iteration_us": per_iter_us, "exps_per_iteration": exps}
+    clock_now = nvidia_smi("clocks.sm") if device.type == "cuda" else None
+    for label, mhz in (("max_clock", result.get("max_sm_clock_mhz")), ("clock_after_run", clock_now)):
+        try:
+            hz = float(mhz) * 1e6
+        except (TypeError, ValueError):
+            continue
+        roof_us = exps / (result["sm_count"] * MUFU_EX2_PER_SM_PER_CLOCK * hz) * 1e6
+        sink[f"exp_roofline_us_at_{label}"] = roof_us
+        sink[f"fraction_of_exp_roofline_at_{label}"] = roof_us / per_iter_us if per_iter_us > 0 else None
+        sink[f"{label}_mhz"] = float(mhz)
+    result["sinkhorn"] = sink
+    ks = PT.kernels()
+    stud = student.gather(1, p.order).contiguous()
+    F, G, _ = PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg, ks)
+    result["stages_ms"] = {
+        "prepare (sort, gather, stats kernel)": timer.measure(
+            lambda: PT.prepare_triton(mc, None, 2500, None, None, cfg, ks), args.warmup, args.rounds)["median_ms"],
+        f"sinkhorn ({iters} iterations)": st_full["median_ms"],
+        "loss kernel (eq. 4 + gradient counts)": timer.measure(
+            lambda: PT.margin_loss_triton(stud, p, F, G, 1.0, "ot", 0, cfg, ks), args.warmup,
+            args.rounds)["median_ms"],
+    }
+    print(f"  sinkhorn {json.dumps(sink)}", flush=True)
+    print(f"  stages {json.dumps(result['stages_ms'])}", flush=True)
+
+    # Sinkhorn tile sweep (per-iteration time of each configuration)
+    sweep = []
+    for override in (SWEEP[:1] if args.no_sweep or args.dry_run else SWEEP):
+        c = PT.parse_config_override(override, cfg)
+        try:
+            a, _, _ = sinkhorn_stage(PT, student, mc, iters, c, timer, 1, args.rounds)
+            b, _, _ = sinkhorn_stage(PT, student, mc, lo, c, timer, 1, args.rounds)
+            us = (a["median_ms"] - b["median_ms"]) / max(iters - lo, 1) * 1e3
+            sweep.append({"config": override, "per_iteration_us": us})
+        except Exception as exc:
+            sweep.append({"config": override, "error": repr(exc)[:300]})
+        print(f"  sweep {sweep[-1]}", flush=True)
+    result["sinkhorn_sweep"] = sweep
+
+    prov = result["providers"]
+    fast = prov.get("radi_fast", {}).get("median_ms")
+    if fast:
+        result["speedup"] = {name: prov[name]["median_ms"] / fast for name in prov
+                             if name != "radi_fast" and "median_ms" in prov[name]}
+        best_dense = min((prov[n]["median_ms"] for n in ("dense", "dense_compiled") if "median_ms" in prov.get(n, {})),
+                         default=None)
+        frac = sink.get("fraction_of_exp_roofline_at_max_clock")
+        result["targets"] = {
+            "literal_at_least_50x": None if "median_ms" not in prov.get("literal", {}) else
+            prov["literal"]["median_ms"] / fast >= 50,
+            "best_dense_at_least_5x": None if best_dense is None else best_dense / fast >= 5,
+            "peak_extra_memory_under_64MB": None if prov["radi_fast"].get("peak_extra_mb") is None else
+            prov["radi_fast"]["peak_extra_mb"] < 64,
+            "sinkhorn_at_least_50pct_of_exp_roofline": None if frac is None else frac >= 0.5,
+        }
+    return result
+
+
+def write(result, outs):
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", result["device"]).strip("_").lower()[:40] or "device"
+    name = f"radi_p_bench_{'dryrun_' if result['dry_run'] else ''}{slug}.json"
+    paths = []
+    for out in outs:
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, name)
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=1)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    outs = args.out or ([os.environ["OUT"]] if os.environ.get("OUT") else [os.path.join(ROOT, "bench", "results")])
+    result = run(args)
+    for path in write(result, outs):
+        print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
