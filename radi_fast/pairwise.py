@@ -55,6 +55,8 @@ DEFAULT_TOL = 1e-5
 CPU_BLOCK_ELEMENTS = 1 << 23
 # Elements of each [samples, rows, K] temporary of the hinge pass (4 MB in fp32).
 CPU_ROW_BLOCK_ELEMENTS = 1 << 20
+# Elements of the row blocks in which the CPU Sinkhorn builds and exponentiates its kernel (1 MB in fp32).
+CPU_FUSED_BLOCK_ELEMENTS = 1 << 18
 # Largest cost U/lam for which the plain-domain Sinkhorn (matrix-vector products with a
 # materialised exp(-U/lam)) is exact to rounding; beyond it the log domain takes over.
 PLAIN_DOMAIN_MAX_COST = {torch.float32: 30.0, torch.float64: 300.0}
@@ -145,11 +147,11 @@ def prepare_pairwise(teacher_mc_logits: torch.Tensor, teacher_logits: Optional[t
 def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice, cols: slice = slice(None)) -> torch.Tensor:
     """``U[b, i, j] = (s_i + s_j - 2 <z_i, z_j>) / T`` for samples ``s``, rows, columns: [b, r, c].
 
-    Clamped at 0: the expansion can go slightly negative by rounding for close answers.
+    Clamped at 0: the expansion can go slightly negative by rounding for close answers. One
+    [b, r, c] allocation: the row norms broadcast into ``baddbmm``, the rest in place.
     """
-    norms = p.sq[s, rows, None] + p.sq[s, None, cols]
-    U = torch.baddbmm(norms, p.points[s, rows], p.points[s, cols].transpose(1, 2), alpha=-2)
-    return U.clamp_min_(0).div_(p.T)
+    U = torch.baddbmm(p.sq[s, rows, None], p.points[s, rows], p.points[s, cols].transpose(1, 2), alpha=-2)
+    return U.add_(p.sq[s, None, cols]).clamp_min_(0).div_(p.T)
 
 
 def pair_allowed_block(p: PairwiseProblem, s: slice, rows: slice) -> torch.Tensor:
@@ -168,58 +170,119 @@ def chunks(total: int, size: int, start: int = 0):
 @dataclass
 class SinkhornSolution:
     """Log potentials f = log u, g = log v [b, K] and the chunk's materialised kernel, kept so the
-    loss pass reads ``W_ij = exp(f_i + g_j - U_ij/lam)`` instead of recomputing it: ``kernel`` is
-    ``exp(-U/lam)`` (plain domain) or ``-U/lam`` (log domain), 0 / -inf off the allowed pairs."""
+    loss pass reads ``W_ij = exp(f_i + g_j - U_ij/lam)`` instead of recomputing it.
+
+    The kernel is stored with its rank-one part folded out (design notes): with
+    ``shift_i = s_i / (T lam)``, ``-U_ij/lam = G_ij - shift_i - shift_j`` where
+    ``G_ij = 2 <z_i, z_j> / (T lam)``. ``kernel`` is ``exp(G)`` (plain domain) or ``G`` (log
+    domain), 0 / -inf off the allowed pairs, so ``W_ij = kernel_ij * exp(f_i - shift_i) *
+    exp(g_j - shift_j)`` (plain). ``shift`` None means no folding (``kernel`` is ``exp(-U/lam)``
+    or ``-U/lam``)."""
 
     f: torch.Tensor
     g: torch.Tensor
     kernel: torch.Tensor
     plain: bool
+    shift: Optional[torch.Tensor] = None
 
-    def weights(self, rows: slice, cols: slice) -> torch.Tensor:
+    def folded(self):
+        """The potentials that pair with ``kernel``: ``f - shift``, ``g - shift``."""
+        if self.shift is None:
+            return self.f, self.g
+        return self.f - self.shift, self.g - self.shift
+
+    def weights(self, rows: slice, cols: slice, scale: float = 1.0) -> torch.Tensor:
+        """``scale * W`` for rows and columns, [b, r, c], a fresh tensor (one allocation)."""
+        f, g = self.folded()
         if self.plain:
-            u, v = torch.exp(self.f[:, rows, None]), torch.exp(self.g[:, None, cols])
-            return self.kernel[:, rows, cols] * u * v
-        return torch.exp(self.kernel[:, rows, cols] + self.f[:, rows, None] + self.g[:, None, cols])
+            u, v = torch.exp(f[:, rows, None]), torch.exp(g[:, None, cols])
+            if scale != 1.0:
+                u = u * scale
+            return torch.mul(self.kernel[:, rows, cols], u).mul_(v)
+        W = torch.add(self.kernel[:, rows, cols], f[:, rows, None]).add_(g[:, None, cols]).exp_()
+        return W.mul_(scale) if scale != 1.0 else W
 
 
-def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s: slice) -> SinkhornSolution:
-    """Algorithm 1 for the samples ``s`` (a chunk whose K x K cost fits the memory budget).
+def _row_logsumexp(G: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``logsumexp_j(G[b, i, j] + h[b, j])`` [b, K], in row blocks so no [b, K, K] temporary."""
+    b, K, _ = G.shape
+    out = h.new_empty(b, K)
+    block = max(1, CPU_ROW_BLOCK_ELEMENTS // max(1, b * K))
+    for rows in chunks(K, block):
+        out[:, rows] = torch.logsumexp(G[:, rows] + h[:, None, :], dim=2)
+    return out
 
-    The chunk's cost ``C = U / lam`` is materialised once: when ``max C`` is small enough the
-    plain-domain iteration (two mat-vecs per step, no exp) is exact to rounding; otherwise the
-    log-domain iteration (logsumexp rows) avoids underflow. Converged samples are frozen, so
-    each sample stops on its own test like the reference.
+
+def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s: slice,
+                                out: Optional[torch.Tensor] = None) -> SinkhornSolution:
+    """Algorithm 1 for the samples ``s`` (a chunk whose K x K kernel fits the memory budget).
+
+    The rank-one parts of the cost fold into the potentials (design notes): the chunk's only
+    K x K tensor is ``G = 2 <z_i, z_j> / (T lam)`` (rank-T products), exponentiated in place for
+    the plain domain, with the diagonal and the padding (a suffix of each row) filled in place.
+    When the cost and G are small enough (``max G`` and the bound ``2 max shift - min G`` of
+    ``U/lam`` within ``PLAIN_DOMAIN_MAX_COST``) the plain-domain iteration (two mat-vecs per step,
+    no exp) is exact to rounding; otherwise the log-domain iteration (row-blocked logsumexp)
+    avoids underflow.
+    The kernel is symmetric, so both half-steps are row reductions. Converged samples are
+    frozen, so each sample stops on its own test like the reference. ``out``: optional storage
+    of at least ``b * K * K`` elements for the kernel (reused across chunks: no fresh pages).
     """
-    C = uncertainty_block(p, s, slice(None)).mul_(p.inv_scale[s, None, None])
-    # an upper bound of the cost over the allowed pairs (padding entries are finite too)
-    plain = float(C.amax()) <= PLAIN_DOMAIN_MAX_COST[C.dtype] if C.numel() else True
-    C.masked_fill_(~pair_allowed_block(p, s, slice(None)), float("inf")).neg_()  # -U/lam, -inf off the pairs
-    kernel = C.exp_() if plain else C
-    b, K = C.shape[0], C.shape[1]
-    has_partner = p.n_valid[s] >= 2
+    pts = p.points[s]
+    b, K, T = pts.shape
+    dtype = pts.dtype
+    scale = p.inv_scale[s].to(dtype) / T  # 1 / (T lam)
+    shift = p.sq[s] * scale[:, None]  # -U/lam = G - shift_i - shift_j
+    zs = pts * torch.sqrt(2 * scale)[:, None, None]
+    zs_t = zs.transpose(1, 2).contiguous()
+    G = pts.new_empty(b, K, K) if out is None else out.view(-1)[: b * K * K].view(b, K, K)
+    limit = PLAIN_DOMAIN_MAX_COST[dtype]
+    # Cauchy-Schwarz: |G_ij| <= 2 sqrt(shift_i shift_j) and U_ij/lam <= 4 max shift. Under that
+    # bound the plain domain is known before G exists: each row block is exponentiated while it
+    # is still in cache. Otherwise the exact max G and max U/lam bound decide.
+    sure_plain = 4 * float(shift.amax()) <= limit if shift.numel() else True
+    if sure_plain:
+        rows_per_block = max(1, CPU_FUSED_BLOCK_ELEMENTS // max(1, K))
+        for i in range(b):
+            for rows in chunks(K, rows_per_block):
+                torch.mm(zs[i, rows], zs_t[i], out=G[i, rows]).exp_()
+        plain = True
+    else:
+        torch.bmm(zs, zs_t, out=G)  # out=: ~3x faster than a fresh result on CPU
+        g_min, g_max = torch.aminmax(G)
+        plain = float(g_max) <= limit and 2 * float(shift.amax()) - float(g_min) <= limit
+        if plain:
+            G.exp_()
+    fill = 0.0 if plain else float("-inf")
+    G.diagonal(dim1=1, dim2=2).fill_(fill)
+    n_valid = p.n_valid[s]
+    for i in torch.nonzero(n_valid < K).flatten().tolist():  # padding: the tail of each row
+        k = int(n_valid[i])
+        G[i, k:, :] = fill
+        G[i, :, k:] = fill
+    has_partner = n_valid >= 2
     row_ok = p.valid[s] & has_partner[:, None]
-    f = C.new_zeros(b, K)
-    g = C.new_zeros(b, K)
+    pinned = -shift  # rows without a partner keep f = g = 0 (folded: -shift)
+    f = pinned.clone()
+    g = pinned.clone()
     active = has_partner.clone()
     for _ in range(max_iter):
         if not bool(active.any()):
             break
-        # rows without a partner (padding, K_b < 2) would give log(0): pin them to 0 before use
+        # rows without a partner (padding, K_b < 2) would give log(0): pin them before use
         if plain:
-            f_new = -torch.log(torch.bmm(kernel, torch.exp(g)[:, :, None]).squeeze(2))
-            f_new = torch.where(row_ok, f_new, torch.zeros_like(f_new))
-            g_new = -torch.log(torch.bmm(kernel.transpose(1, 2), torch.exp(f_new)[:, :, None]).squeeze(2))
-        else:  # f_i = -logsumexp_j(g_j - U_ij/lam)
-            f_new = -torch.logsumexp(kernel + g[:, None, :], dim=2)
-            f_new = torch.where(row_ok, f_new, torch.zeros_like(f_new))
-            g_new = -torch.logsumexp(kernel + f_new[:, :, None], dim=1)
-        g_new = torch.where(row_ok, g_new, torch.zeros_like(g_new))
+            f_new = torch.bmm(G, torch.exp(g)[:, :, None]).squeeze(2).log_().neg_()
+            f_new = torch.where(row_ok, f_new, pinned)
+            g_new = torch.bmm(G, torch.exp(f_new)[:, :, None]).squeeze(2).log_().neg_()
+        else:  # f_i = -logsumexp_j(g_j + G_ij)
+            f_new = torch.where(row_ok, _row_logsumexp(G, g).neg_(), pinned)
+            g_new = _row_logsumexp(G, f_new).neg_()
+        g_new = torch.where(row_ok, g_new, pinned)
         delta = (g_new - g).abs().amax(dim=1)
         f = torch.where(active[:, None], f_new, f)
         g = torch.where(active[:, None], g_new, g)
         active = active & (delta > tol)
-    return SinkhornSolution(f=f, g=g, kernel=kernel, plain=plain)
+    return SinkhornSolution(f=f + shift, g=g + shift, kernel=G, plain=plain, shift=shift)
 
 
 def margin_weights_block(p: PairwiseProblem, mode: str, s: slice, rows: slice, cols: slice,
@@ -253,7 +316,10 @@ def pairwise_hinge_cpu(student: torch.Tensor, p: PairwiseProblem, margin: float,
 
     Forward and backward share one blockwise pass over the upper triangle (the answers are in
     teacher order, so every ordered pair has i < j): ``dL/ds_i = (1/|R_p|) (#{j: j≻i active}
-    - #{j: i≻j active})`` (design notes), so nothing K x K outlives a block.
+    - #{j: i≻j active})`` (design notes), so nothing K x K outlives a block. Each block is one
+    [b, r, c] tensor worked in place: margins, ``+ s_j - s_i``, the hinge, the pair mask (only the
+    diagonal square when the block has no teacher tie and no padding), the loss sum, then its
+    sign (1 where active) summed along rows and columns for the gradient.
     """
     B, K = student.shape
     loss = student.new_zeros(B)
@@ -262,22 +328,33 @@ def pairwise_hinge_cpu(student: torch.Tensor, p: PairwiseProblem, margin: float,
     n_valid = p.n_valid.to(tie_end.device)
     n_pairs = ((n_valid[:, None] - tie_end).clamp(min=0) * p.valid).sum(1).to(student.dtype)
     col_ids = torch.arange(K, device=student.device)
+    # rows whose ordered pairs are exactly j > i (no tie with the next answer, valid, no padding)
+    plain_row = (tie_end == col_ids[None, :] + 1) & p.valid & (n_valid[:, None] == K)
     sample_chunk = max(1, CPU_BLOCK_ELEMENTS // max(1, K * K))
+    workspace = student.new_empty(min(B, sample_chunk) * K * K) if mode == "ot" and B else None
     for s in chunks(B, sample_chunk):
-        solution = sinkhorn_log_potentials_cpu(p, max_iter, tol, s) if mode == "ot" else None
+        solution = sinkhorn_log_potentials_cpu(p, max_iter, tol, s, out=workspace) if mode == "ot" else None
         row_block = max(1, CPU_ROW_BLOCK_ELEMENTS // max(1, (s.stop - s.start) * K))
         for rows in chunks(K, row_block):
             cols = slice(rows.start + 1, K)  # j > i for every ordered pair of these rows
             if cols.start >= K:
                 continue
-            c = col_ids[cols]
-            ordered = (c[None, None, :] >= tie_end[s, rows, None]) & (c[None, None, :] < n_valid[s, None, None])
-            ordered &= p.valid[s, rows, None]
-            M = margin_weights_block(p, mode, s, rows, cols, solution, seed)
-            hinge = (student[s, None, cols] - student[s, rows, None]).add_(M * margin if margin != 1.0 else M)
-            hinge = torch.where(ordered, hinge.clamp_min_(0), torch.zeros((), dtype=hinge.dtype))
-            active = (hinge > 0).to(student.dtype)
+            if mode == "ot":  # margin * W, then + s_j - s_i, in place
+                hinge = solution.weights(rows, cols, margin).add_(student[s, None, cols]).sub_(student[s, rows, None])
+            else:
+                M = margin_weights_block(p, mode, s, rows, cols, solution, seed)
+                hinge = (student[s, None, cols] - student[s, rows, None]).add_(M * margin if margin != 1.0 else M)
+            hinge.clamp_min_(0)
+            if bool(plain_row[s, rows].all()):
+                r = rows.stop - rows.start
+                hinge[:, :, :r].triu_()  # local column c is answer rows.start + 1 + c: keep c >= row
+            else:
+                c = col_ids[cols]
+                ordered = (c[None, None, :] >= tie_end[s, rows, None]) & (c[None, None, :] < n_valid[s, None, None])
+                ordered &= p.valid[s, rows, None]
+                hinge.masked_fill_(~ordered, 0)
             loss[s] += hinge.sum(dim=(1, 2))
+            active = hinge.sign_()  # 1 where the hinge is positive, 0 elsewhere
             grad[s, rows] -= active.sum(dim=2)
             grad[s, cols] += active.sum(dim=1)
     scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))
