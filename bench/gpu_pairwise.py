@@ -41,10 +41,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 MUFU_EX2_PER_SM_PER_CLOCK = 16
-SWEEP = ("sink_split=1", "sink_split=2", "sink_split=3", "sink_split=4",
-         "sink_bm=128,sink_bn=128,sink_warps=8,sink_split=1", "sink_bm=128,sink_bn=128,sink_warps=8,sink_split=3",
-         "sink_bm=64,sink_bn=128,sink_warps=4,sink_split=1", "sink_bm=64,sink_bn=64,sink_warps=4,sink_split=1",
-         "sink_split=1,sink_stages=2", "sink_split=1,shift=0")
+SWEEP = ("sink_split=1", "sink_split=2", "sink_split=3", "sink_split=4", "sink_phases=1",
+         "sink_bn=64,sink_split=2", "sink_bn=64,sink_split=3", "sink_bm=64,sink_bn=128,sink_warps=4,sink_split=2",
+         "sink_split=2,sink_stages=2", "sink_phases=1,shift=0")
 
 
 def parse_args(argv=None):

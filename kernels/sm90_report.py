@@ -54,7 +54,7 @@ def kernel_specs():
                 "T": "constexpr", "TP": "constexpr", "BM": "constexpr", "BN": "constexpr", "USE_DOT": "constexpr",
                 "SHIFT": "constexpr", "WRITE_DELTA": "constexpr", "COMPUTE": "constexpr",
                 "SHIFT_LO": "constexpr", "SHIFT_HI": "constexpr", "PHASE": "constexpr"}
-    for bm, bn, warps in ((cfg.sink_bm, cfg.sink_bn, cfg.sink_warps), (128, 128, 8), (64, 64, 4)):
+    for bm, bn, warps in ((cfg.sink_bm, cfg.sink_bn, cfg.sink_warps), (128, 64, 8), (64, 64, 4)):
         name = "sinkhorn_half_step" + ("" if (bm, bn, warps) == (cfg.sink_bm, cfg.sink_bn, cfg.sink_warps)
                                        else f"_{bm}x{bn}w{warps}")
         specs.append((name, ks.half_step, sink_sig,

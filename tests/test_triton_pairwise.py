@@ -156,16 +156,16 @@ def test_small_lam_log_domain():
 def test_online_fallback_of_the_shifted_pass(monkeypatch):
     # a narrow window makes the shifted pass reject most row blocks: the online fallback runs,
     # alone or after a rejected shifted pass, and the result is still exact (fp64)
-    for split in (1, 2):
+    for phases in (1, 2):
         monkeypatch.setenv("RADI_FAST_TRITON_CONFIG",
-                           f"shift_lo_log2=-1,shift_hi_log2=1,sink_bm=16,sink_bn=16,sink_split={split}")
+                           f"shift_lo_log2=-1,shift_hi_log2=1,sink_bm=16,sink_bn=16,sink_phases={phases},sink_split=2")
         student, mc, _ = make_inputs(2, 5, 37, dtype=torch.float64, seed=8)
         check(*run_both(student, mc, lam=0.3, tol=0, max_iter=5), torch.float64)
 
 
 @pytest.mark.parametrize("override", ["sink_bm=32,sink_bn=16,loss_bm=16,loss_bn=32",
                                       "use_dot=0,shift=0,sink_bm=16,sink_bn=64,check_every=1",
-                                      "sink_split=3,sink_bm=64,sink_bn=32,stats_bk=16"])
+                                      "sink_phases=2,sink_split=3,sink_bm=64,sink_bn=32,stats_bk=16"])
 def test_tile_shapes_and_kernel_variants(override, monkeypatch):
     # mismatched row/column tiles (diagonal tiles straddling), the FFMA and online-only variants,
     # the two-phase column split (shares of 5 column tiles: 2+2+1; of 4: 2+2+0; of 1: 1+0+0)
@@ -208,10 +208,10 @@ def test_sinkhorn_weights_doubly_stochastic_fp32():
 
 
 def test_split_choice_fills_the_last_wave():
-    # B = 32, K = 2500, 128-row blocks: 640 programs; H100: 132 SMs x (2 single, 3 split) slots
-    assert PT.choose_split(640, 264, 396) == 3
-    assert PT.choose_split(2000, 264, 396) == 1  # many waves: not worth a second phase
-    assert PT.choose_split(20, 264, 396) == 4  # one small sample: spread it
+    # B = 32, K = 2500, 128-row blocks: 640 programs; H100: 132 SMs x 2 phase-1 programs
+    assert PT.choose_split(640, 264) == 2  # 2.4 waves -> 4.85 waves
+    assert PT.choose_split(2640, 264) == 1  # whole waves already
+    assert PT.choose_split(20, 264) == 4  # one small sample: spread it
 
 
 def test_random_weights_bit_exact_with_cpu_hash():

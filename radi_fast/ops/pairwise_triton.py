@@ -106,16 +106,18 @@ class TritonConfig:
     as a fallback); ``False`` runs the online pass alone. ``shift_lo_log2``, ``shift_hi_log2``:
     the window of row sums the shifted pass accepts (a narrow one forces the fallback: tests).
     ``check_every``: host look at the Sinkhorn stopping flags every this many iterations.
-    ``sink_split``: column split of the Sinkhorn half-step: 1 the single-phase kernel, s >= 2 the
-    two-phase path with s column shares, 0 chosen by :func:`choose_split` from the SM count and
-    the programs one SM holds at once (``sink_ctas_per_sm`` for the single-phase kernel,
-    ``split_ctas_per_sm`` for the lean phase-1 kernel; 2 and 3 at the default tiles by the sm_90
-    register counts of kernels/sm90_report.py) to fill the last wave.
+    ``sink_phases``: 2 (default on a GPU): a lean shifted-pass kernel writes per-row partial sums
+    over ``sink_split`` column shares, a second kernel adds them and takes the online fallback
+    where needed (the shifted kernel then needs 108 registers instead of 195 at 128 x 128 tiles:
+    2 programs per SM instead of 1); 1: one kernel does both (the interpreter's default: fewer
+    launches). ``sink_split``: column shares (0: :func:`choose_split` from the SM count and
+    ``split_ctas_per_sm``, the phase-1 programs one SM holds at once, 2 at the default tiles by
+    the register count in kernels/sm90_report.py, to fill the last wave).
     Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=128,use_dot=0"``.
     """
 
     sink_bm: int = 128
-    sink_bn: int = 64
+    sink_bn: int = 128
     sink_warps: int = 8
     sink_stages: int = 3
     use_dot: bool = True
@@ -127,14 +129,14 @@ class TritonConfig:
     loss_warps: int = 8
     stats_bk: int = 128
     check_every: int = 4
+    sink_phases: int = 2
     sink_split: int = 0
-    sink_ctas_per_sm: int = 2
-    split_ctas_per_sm: int = 3
+    split_ctas_per_sm: int = 2
 
 
 # the interpreter's cost is per tile op, not per element: large tiles (the tests cover small ones)
-INTERPRETER_CONFIG = TritonConfig(sink_bm=128, sink_bn=128, sink_warps=4, sink_stages=1, loss_bm=128,
-                                  loss_bn=128, stats_bk=128)
+INTERPRETER_CONFIG = TritonConfig(sink_bm=128, sink_bn=128, sink_warps=4, sink_stages=1, sink_phases=1,
+                                  loss_bm=128, loss_bn=128, stats_bk=128)
 
 
 def parse_config_override(text: str, base: TritonConfig) -> TritonConfig:
@@ -152,7 +154,7 @@ def parse_config_override(text: str, base: TritonConfig) -> TritonConfig:
 def default_config(interpret: bool, dtype: torch.dtype) -> TritonConfig:
     cfg = INTERPRETER_CONFIG if interpret else TritonConfig()
     if dtype == torch.float64 and not interpret:  # fp64 tiles cost twice the registers
-        cfg = replace(cfg, sink_bm=64, sink_bn=64, sink_warps=4, sink_ctas_per_sm=2, loss_bm=64, loss_bn=64,
+        cfg = replace(cfg, sink_bm=64, sink_bn=64, sink_warps=4, split_ctas_per_sm=2, loss_bm=64, loss_bn=64,
                       loss_warps=4)
     override = os.environ.get("RADI_FAST_TRITON_CONFIG")
     if override:
@@ -215,35 +217,29 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
                          teacher=teacher.gather(1, order).contiguous(), T=T, dtype=dtype)
 
 
-def choose_split(n_programs: int, slots_single: int, slots_split: int, max_split: int = 4) -> int:
-    """Column split of the Sinkhorn half-step, from a wave-quantisation model.
-
-    1: the single-phase kernel, ``slots_single`` programs at once. s >= 2: the two-phase path, s
-    column shares per row block, ``slots_split`` programs of the lean phase-1 kernel at once,
-    charged 6% for the phase-2 launch and 1.5% per share (each re-reads its rows). Returns the
-    split with the best expected fill of the machine.
-    """
-
-    def fill(n, slots):
-        return n / (triton_cdiv(n, slots) * slots)
-
-    best, best_eff = 1, fill(n_programs, slots_single)
-    for split in range(2, max_split + 1):
-        eff = fill(n_programs * split, slots_split) * (1.0 - 0.06 - 0.015 * split)
+def choose_split(n_programs: int, slots: int, max_split: int = 4) -> int:
+    """Column shares per row block for the two-phase Sinkhorn half-step: the count that best
+    fills the last wave of ``n_programs * split`` phase-1 programs over ``slots`` concurrent ones,
+    each extra share charged 1.5% (it re-reads its rows and writes one more partial sum)."""
+    best, best_eff = 1, 0.0
+    for split in range(1, max_split + 1):
+        n = n_programs * split
+        eff = n / (triton_cdiv(n, slots) * slots) * (1.0 - 0.015 * (split - 1))
         if eff > best_eff + 1e-9:
             best, best_eff = split, eff
     return best
 
 
-def resolve_split(cfg: TritonConfig, n_programs: int, device: torch.device) -> int:
-    if not cfg.shift:
-        return 1  # the online pass keeps a running max: no split
+def resolve_phases(cfg: TritonConfig, n_programs: int, device: torch.device) -> Tuple[int, int]:
+    """(phases, column shares) of the Sinkhorn half-step for this launch."""
+    if not cfg.shift or cfg.sink_phases == 1:
+        return 1, 1  # the online pass keeps a running max: single phase, no split
     if cfg.sink_split > 0:
-        return cfg.sink_split
+        return 2, cfg.sink_split
     if device.type != "cuda":
-        return 1
-    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
-    return choose_split(n_programs, n_sm * cfg.sink_ctas_per_sm, n_sm * cfg.split_ctas_per_sm)
+        return 2, 1
+    slots = torch.cuda.get_device_properties(device).multi_processor_count * cfg.split_ctas_per_sm
+    return 2, choose_split(n_programs, slots)
 
 
 def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg, ks):
@@ -264,8 +260,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     if not (B and K):
         return F, G, 0
     rb = triton_cdiv(K, cfg.sink_bm)
-    split = resolve_split(cfg, B * rb, device)
-    part = torch.empty(split, B, K, dtype=p.dtype, device=device) if split > 1 else F
+    phases, split = resolve_phases(cfg, B * rb, device)
+    part = torch.empty(split, B, K, dtype=p.dtype, device=device) if phases == 2 else F
     TP = p.y.shape[1]
     common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, USE_DOT=cfg.use_dot, SHIFT=cfg.shift,
                   COMPUTE=_tl_dtype(p.dtype), SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2,
@@ -276,7 +272,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     for it in range(max_iter):
         prev, nxt = delta[it], delta[it + 1]
         for src, dst, write_delta in ((G, F, False), (F, G, True)):
-            if split > 1:
+            if phases == 2:
                 ks.half_step[(B, rb, split)](p.y, p.hs, p.n_valid, src, dst, prev, nxt, part, tol, K, split,
                                              WRITE_DELTA=write_delta, PHASE=1, **common)
                 ks.half_step[(B, rb)](p.y, p.hs, p.n_valid, src, dst, prev, nxt, part, tol, K, split,
