@@ -68,7 +68,7 @@ def kernel_specs():
                                 cfg.sink_warps),
                                ("sinkhorn_half_step_finalize", {"PHASE": 2, "BM": cfg.sink_bm, "BN": cfg.sink_bn},
                                 cfg.sink_warps),
-                               ("sinkhorn_half_step_ffma", {"USE_DOT": False, "BM": 64, "BN": 64}, 4)):
+                               ("sinkhorn_half_step_ffma", {"USE_DOT": False, "BM": 64, "BN": 64}, 8)):
         consts = {"T": T_BENCH, "TP": TP, "BM": 64, "BN": 64, "USE_DOT": True, "SHIFT": True, "WRITE_DELTA": True,
                   "COMPUTE": tl.float32, "SHIFT_LO": 2.0 ** cfg.shift_lo_log2, "SHIFT_HI": 2.0 ** cfg.shift_hi_log2,
                   "PHASE": 0}

@@ -34,11 +34,14 @@ from radi_fast.pairwise import prepare_pairwise, sinkhorn_log_potentials_cpu  # 
 
 # loss: relative + absolute; grad: absolute (entries are integer counts / |R_p|, so a single
 # hinge that flipped sign would show up as an error of 1 / |R_p| >> these tolerances)
+# on a GPU the Sinkhorn logits come from 3xTF32 products (~2^-22 relative, vs 2^-24 for the
+# interpreter's fp32): a looser loss tolerance there
+_LOSS32 = (3e-5, 1e-6) if DEVICE == "cpu" else (1e-4, 1e-6)
 TOL = {
     torch.float64: dict(loss=(1e-10, 1e-12), grad=1e-12),
-    torch.float32: dict(loss=(3e-5, 1e-6), grad=2e-6),
-    torch.bfloat16: dict(loss=(3e-5, 1e-6), grad=None),  # grad checked at bf16 resolution below
-    torch.float16: dict(loss=(3e-5, 1e-6), grad=None),
+    torch.float32: dict(loss=_LOSS32, grad=2e-6),
+    torch.bfloat16: dict(loss=_LOSS32, grad=None),  # grad checked at bf16 resolution below
+    torch.float16: dict(loss=_LOSS32, grad=None),
 }
 
 
