@@ -48,6 +48,8 @@ def kernel_specs():
                  "COMPUTE": "constexpr"}
     specs.append(("pairwise_stats", ks.stats, stats_sig,
                   {"TP": TP, "BK": cfg.stats_bk, "AUTO": True, "COMPUTE": tl.float32}, {"num_warps": 4}))
+    specs.append(("pairwise_stats_bf16", ks.stats, dict(stats_sig, mc_ptr="*bf16"),
+                  {"TP": TP, "BK": cfg.stats_bk, "AUTO": True, "COMPUTE": tl.float32}, {"num_warps": 4}))
     sink_sig = {"y_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "src_ptr": "*fp32", "dst_ptr": "*fp32",
                 "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "part_ptr": "*fp32", "tol": "fp32", "K": "i32",
                 "NSPLIT": "i32",
@@ -87,6 +89,16 @@ def kernel_specs():
         specs.append((f"margin_ranking_{label}", ks.loss, loss_sig,
                       {"MODE": mode, "T": T_BENCH, "TP": TP, "BM": cfg.loss_bm, "BN": cfg.loss_bn,
                        "COMPUTE": tl.float32}, {"num_warps": cfg.loss_warps}))
+    # the small tiles the CUDA run of tests/test_triton_pairwise.py uses (they must compile too)
+    for name, phase, bm, bn in (("test_sinkhorn_32x16", 0, 32, 16), ("test_sinkhorn_16x16_phase1", 1, 16, 16),
+                                ("test_sinkhorn_16x16_phase2", 2, 16, 16), ("test_sinkhorn_64x32_phase1", 1, 64, 32)):
+        specs.append((name, ks.half_step, sink_sig,
+                      {"T": T_BENCH, "TP": TP, "BM": bm, "BN": bn, "USE_DOT": True, "SHIFT": True,
+                       "WRITE_DELTA": True, "COMPUTE": tl.float32, "SHIFT_LO": 0.5, "SHIFT_HI": 2.0, "PHASE": phase},
+                      {"num_warps": cfg.sink_warps, "num_stages": cfg.sink_stages}))
+    specs.append(("test_margin_ranking_ot_16x32", ks.loss, loss_sig,
+                  {"MODE": 0, "T": T_BENCH, "TP": TP, "BM": 16, "BN": 32, "COMPUTE": tl.float32},
+                  {"num_warps": cfg.loss_warps}))
     sig64 = dict(loss_sig)
     sig64.update({k: "*fp64" for k in ("y_ptr", "hs_ptr", "f_ptr", "g_ptr", "lam_ptr", "teacher_ptr", "student_ptr",
                                        "loss_part_ptr")})

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import os
 import sys
 from dataclasses import dataclass, fields, replace
@@ -80,9 +79,12 @@ def kernels():
 
     interpreted = isinstance(mods["sinkhorn"].sinkhorn_half_step_kernel, InterpretedFunction)
     if interpreted != _interpret_requested():
-        from triton import knobs
+        try:  # Triton >= 3.4 caches the variable in its knobs
+            from triton import knobs
 
-        knobs.runtime.interpret = _interpret_requested()
+            knobs.runtime.interpret = _interpret_requested()
+        except (ImportError, AttributeError):
+            pass
         for name in _KERNEL_MODULES:
             mods[name] = importlib.reload(mods[name])
     return _Namespace(mods)
