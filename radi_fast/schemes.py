@@ -48,7 +48,7 @@ class SchemeConfig:
     ls_sigma: float = 0.1           # label smoothing amount (paper: 0.1, 0.3, 0.5)
     pl_topk: int = 3                # pseudo labels: the teacher's top-k (paper: 3, 5, 10)
     kd_alpha: float = 1.0           # vanilla KD weight
-    kd_tau: float = 1.0             # vanilla KD temperature
+    kd_tau: float = 8.0             # vanilla KD temperature
     dkd_alpha: float = 1.0          # DKD: weight of TCKD (target vs. rest)
     dkd_beta: float = 2.0           # DKD: weight of NCKD (among the non-targets)
     dkd_tau: float = 1.0            # DKD temperature
@@ -57,8 +57,8 @@ class SchemeConfig:
     ctkd_tau_range: float = 4.0
     ctkd_lambda_max: float = 1.0    # CTKD: final strength of the reversed gradient on theta
     ctkd_curriculum_epochs: int = 0  # epochs over which lambda rises 0 -> max (0: all epochs)
-    radi_p_alpha: float = 1.0       # RADI-P weight (paper searches 0.1 ... 1000)
-    margin: float = 1.0             # RADI-P margin m (paper searches 0.1, 1, 10)
+    radi_p_alpha: float = 3.0       # RADI-P weight (paper searches 0.1 ... 1000)
+    margin: float = 10.0            # RADI-P margin m (paper searches 0.1, 1, 10)
     margin_mode: str = "ot"         # ot | uniform | random | uncertainty
     lam: str = "auto"               # Sinkhorn smoothing: "auto" or a number
     top_k: int = 0                  # RADI-P keeps the teacher's top-k answers; 0 = auto: the paper's 2500, 100 on the synthetic benchmark
