@@ -12,8 +12,9 @@ Every benchmark goes through :func:`run_benchmark` (the ``bench_run`` fixture):
   ``torch.compile``, KeOps) are called once first so compilation and autotuning are excluded;
   the memory-measuring call(s) (two when a call takes under 3 s: the second is measured) and
   ``warmup_rounds`` more are warm-up; ``rounds`` is sized from the first call (``RADI_BENCH_SECONDS`` per benchmark, between ``RADI_BENCH_MIN_ROUNDS`` and
-  ``RADI_BENCH_MAX_ROUNDS``); the median is reported. On CUDA every timed function ends with
-  ``torch.cuda.synchronize()``;
+  ``RADI_BENCH_MAX_ROUNDS``); the median wall-clock time is reported, and on CPU also the median
+  process CPU time of the same rounds (``median_cpu_s``: what other processes on a shared machine
+  do not inflate). On CUDA every timed function ends with ``torch.cuda.synchronize()``;
 * peak memory of one call, per provider: on CUDA ``torch.cuda.max_memory_allocated`` minus the
   memory allocated before the call; on CPU the process's peak resident set (``VmHWM`` in
   ``/proc/self/status``, reset through ``/proc/self/clear_refs``) minus its resident set just
@@ -37,6 +38,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -243,9 +245,19 @@ def run_benchmark(benchmark, case: str, provider: P.Provider, inp: P.Inputs, gro
     del out
     rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, math.ceil(SECONDS_PER_BENCH / max(first_s, 1e-6)))))
     warmup = 0 if first_s > SLOW_CALL_S else WARMUP_ROUNDS
+    cpu_times = []
+
+    def timed():  # also the process CPU time of each call (robust to other processes on a shared CPU)
+        c0 = time.process_time()
+        result = fn()
+        cpu_times.append(time.process_time() - c0)
+        return result
+
     benchmark.extra_info.update(peak_mem_bytes=peak, first_call_s=first_s, compile_s=compile_s,
                                 max_rel_diff_vs_radi_fast=agree, load_avg=load_average())
-    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    if dev.type == "cpu" and len(cpu_times) > warmup:
+        benchmark.extra_info["median_cpu_s"] = statistics.median(cpu_times[warmup:])
 
 
 _SKIPS: list = []

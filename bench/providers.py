@@ -6,19 +6,22 @@ zero-argument callable (the timed function) that computes the same quantity as `
 ============  =======================================================================================
 case          providers
 ============  =======================================================================================
-radi_p        RADI-P forward + backward (loss and d loss / d student):
+radi_p        RADI-P forward + backward (loss and d loss / d student) with the package defaults
+              (``lam = "auto"``, margin 1, ``top_k = K``, Sinkhorn until ``max |log v_t - log v_(t-1)|
+              <= 1e-5``, at most 100 iterations: every provider uses this stopping test):
               ``radi_fast`` (``radi_pairwise_loss``: Triton on CUDA, the blockwise CPU path on CPU),
               ``literal`` (``radi_pairwise_loss_literal``: eq. 5 as [T, K, K], Algorithm 1 dense in
               the plain domain, eq. 4 dense, one sample at a time), ``dense`` (the best dense PyTorch
               formulation: cdist-style U, ``torch.logsumexp`` Sinkhorn on a materialised [B, K, K],
-              dense hinge, autograd backward) and ``dense_compiled`` (the same under
-              ``torch.compile``).
+              dense hinge, autograd backward) and ``dense_compiled`` (the same, its prologue, Sinkhorn
+              step and hinge each under ``torch.compile``).
 sinkhorn      Algorithm 1 alone, from the centred points z [B, K, T] to the potentials, at one
-              fixed ``lam`` and a fixed number of iterations (``tol = 0``) for every provider:
-              ``radi_fast``, ``literal`` (``sinkhorn_literal`` per sample on a cdist-style U),
-              ``dense`` / ``dense_compiled``, ``pot`` (``ot.bregman.sinkhorn_log``, torch backend),
-              ``geomloss`` (its dense "tensorized" softmin) and ``geomloss_keops`` (its online KeOps
-              softmin, where pykeops compiles).
+              fixed ``lam`` and exactly ``SINKHORN_ITERS`` iterations (``tol = 0``) for every
+              provider: ``radi_fast``, ``literal`` (``sinkhorn_literal`` per sample on a cdist-style
+              U), ``dense`` / ``dense_compiled``, ``pot`` (``ot.bregman.sinkhorn_log``, torch
+              backend), ``geomloss`` (its dense "tensorized" softmin) and ``geomloss_keops`` (its
+              online KeOps softmin, where pykeops compiles). Each provider builds its own cost from z
+              inside the timed function (radi_fast: its K x K kernel; KeOps: nothing).
 uncertainty   eq. 5 alone, [B, T, K] -> U [B, K, K]: ``radi_fast`` (``pairwise_uncertainty``),
               ``literal`` (``pairwise_uncertainty_literal``), ``dense`` / ``dense_compiled``
               (``torch.cdist(z, z) ** 2 / T``).
@@ -430,8 +433,9 @@ def _sinkhorn_radi_fast(inp: Inputs):
 
     def run():
         fs, gs = [], []
+        workspace = p.points.new_empty(min(B, sample_chunk) * K * K)  # as pairwise_hinge_cpu: one per call
         for sl in chunks(B, sample_chunk):
-            sol = sinkhorn_log_potentials_cpu(p, s["n_iter"], 0.0, sl)
+            sol = sinkhorn_log_potentials_cpu(p, s["n_iter"], 0.0, sl, out=workspace)
             fs.append(sol.f)
             gs.append(sol.g)
         sync(inp.dev)

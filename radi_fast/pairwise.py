@@ -270,10 +270,10 @@ def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s
         if not bool(active.any()):
             break
         # rows without a partner (padding, K_b < 2) would give log(0): pin them before use
-        if plain:
-            f_new = torch.bmm(G, torch.exp(g)[:, :, None]).squeeze(2).log_().neg_()
+        if plain:  # row vector x kernel (= kernel x column, symmetric): the fast BLAS layout, also batched
+            f_new = torch.bmm(torch.exp(g)[:, None, :], G).squeeze(1).log_().neg_()
             f_new = torch.where(row_ok, f_new, pinned)
-            g_new = torch.bmm(G, torch.exp(f_new)[:, :, None]).squeeze(2).log_().neg_()
+            g_new = torch.bmm(torch.exp(f_new)[:, None, :], G).squeeze(1).log_().neg_()
         else:  # f_i = -logsumexp_j(g_j + G_ij)
             f_new = torch.where(row_ok, _row_logsumexp(G, g).neg_(), pinned)
             g_new = _row_logsumexp(G, f_new).neg_()
