@@ -152,8 +152,8 @@ class PseudoLabel(Scheme):
         return targets.clamp(max=1).scatter(1, top, 1.0)
 
 
-def kl_div_logits(teacher: torch.Tensor, student: torch.Tensor, tau: float) -> torch.Tensor:
-    """``tau^2 KL(softmax(t/tau) || softmax(s/tau))``, batch mean."""
+def kl_div_logits(teacher: torch.Tensor, student: torch.Tensor, tau) -> torch.Tensor:
+    """``tau^2 KL(softmax(t/tau) || softmax(s/tau))``, batch mean (``tau`` a float or a tensor)."""
     lt, ls = F.log_softmax(teacher / tau, dim=1), F.log_softmax(student / tau, dim=1)
     return (lt.exp() * (lt - ls)).sum(dim=1).mean() * tau * tau
 
@@ -247,8 +247,7 @@ class CTKD(Scheme):
 
     def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
         tau = self.temperature()
-        lt, ls = F.log_softmax(teacher_logits / tau, dim=1), F.log_softmax(logits / tau, dim=1)
-        kd = (lt.exp() * (lt - ls)).sum(dim=1).mean() * tau.squeeze() ** 2
+        kd = kl_div_logits(teacher_logits, logits, tau).squeeze()
         return self.cfg.ctkd_alpha * kd, {"kd": kd.detach(), "tau": tau.detach().squeeze()}
 
 
