@@ -1,3 +1,11 @@
+import os
+
+# Triton fixes interpreted vs compiled when a kernel is decorated, so the mode must be chosen
+# before any test module imports the kernels: on a machine without a GPU the kernel tests run
+# under the interpreter (RADI_FAST_TEST_DEVICE=cuda runs them compiled on a GPU).
+if os.environ.get("RADI_FAST_TEST_DEVICE", "cpu") == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest
 import torch
 
