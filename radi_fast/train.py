@@ -602,7 +602,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\ntest metrics (%) on the full answer sets; deltas vs. baseline; "
+    deltas = "; deltas vs. baseline" if "baseline" in results["schemes"] else ""
+    print(f"\ntest metrics (%) on the full answer sets{deltas}; "
           f"results in {os.path.join(cfg.run.out_dir, 'results.json')}\n")
     print(results_table(results))
     print(f"\nwall time {results['wall_seconds']:.0f}s (CPU time {results['cpu_seconds']:.0f}s)")
