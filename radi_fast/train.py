@@ -5,6 +5,7 @@
     python -m radi_fast.train --dataset ivqa --data_dir data/iVQA --student_epochs 5
     python -m radi_fast.train --config my.json --resume          # flags override the file
     python -m radi_fast.train --help
+    torchrun --standalone --nproc_per_node 4 -m radi_fast.train  # DDP, one process per GPU (docs/training.md)
 
 Stage 1 trains a teacher with eq. 2 on the (insufficient) training labels. Stage 2 trains one
 student per scheme with ``L_cls + alpha * L_rank`` (or the compared scheme's loss), each from the
@@ -14,6 +15,10 @@ scored on the validation split, at the end on the test split (Acc@1, Hit@5, nDCG
 full answer sets), and a table comparing the schemes is printed and written to
 ``<out_dir>/results.json``. Checkpoints are written atomically after every epoch (and every
 ``--save_every`` steps); ``--resume`` continues every stage exactly where it stopped.
+
+Under ``torchrun`` every process runs this same pipeline on its shard of each global batch
+(``--batch_size`` is per process) with DistributedDataParallel (:class:`DistributedRuntime`,
+:mod:`radi_fast.distributed`); rank 0 alone logs, shows progress bars and writes files.
 
 The file reads top to bottom: configuration, runtime (the rank-aware hooks), checkpoints,
 evaluation, one training stage, the pipeline, the command line.
@@ -38,6 +43,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed as dist_utils
 from . import metrics
 from .data import EpochSampler, SyntheticConfig, VideoQACollate, VideoQAData, load_frozenbilm, make_synthetic
 from .model import ModelConfig, RadiModel, build_model
@@ -222,7 +228,7 @@ def scheme_specs(cfg: Config) -> List[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Runtime: where rank-awareness lives (one process here; torchrun/DDP plugs in by subclassing)
+# Runtime: where rank-awareness lives (one process; DistributedRuntime under torchrun)
 # --------------------------------------------------------------------------------------------
 class Halted(Exception):
     """Raised after ``--halt_after_steps`` steps, once the checkpoint is written."""
@@ -261,13 +267,59 @@ class Runtime:
         """The training sampler; it must have ``set_epoch`` (``set_start`` enables mid-epoch resume)."""
         return EpochSampler(n, seed=seed, rank=self.rank, world_size=self.world_size)
 
+    def all_gather_object(self, obj) -> list:
+        """``[obj of rank 0, obj of rank 1, ...]`` (used for the per-rank RNG states of checkpoints)."""
+        return [obj]
+
+    def average_grads(self, params) -> None:
+        """Average the gradients of parameters outside the DDP module (CTKD's temperature)."""
+
+    def close(self) -> None:
+        pass
+
+
+class DistributedRuntime(Runtime):
+    """One process of a ``torchrun`` job (:mod:`radi_fast.distributed` does the process group).
+
+    The student (and the teacher while it trains) is wrapped in DistributedDataParallel, which
+    averages the gradients over the ranks: with a per-rank batch ``b`` a step is a step on the
+    global batch of ``b * world_size`` samples, the union of the ranks' shards. The frozen teacher
+    is not wrapped: its logits and MC-dropout passes are computed locally on each rank's batch.
+    """
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return dist_utils.all_reduce_sum(t)
+
+    def barrier(self) -> None:
+        dist_utils.barrier()
+
+    def wrap_model(self, model: RadiModel) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        return DDP(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def all_gather_object(self, obj) -> list:
+        return dist_utils.all_gather_object(obj)
+
+    def average_grads(self, params) -> None:
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(dist_utils.all_reduce_sum(p.grad) / self.world_size)
+
+    def close(self) -> None:
+        dist_utils.cleanup()
+
 
 def make_runtime(cfg: Config) -> Runtime:
+    """A :class:`DistributedRuntime` under ``torchrun`` (it joins the process group: ``nccl`` on
+    GPUs, ``gloo`` on the CPU), else a single-process :class:`Runtime`."""
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    if dist_utils.launched():
+        dev = dist_utils.init(cfg.run.device)
+        return DistributedRuntime(device=dev, rank=dist_utils.rank(), world_size=dist_utils.world_size())
     dev = cfg.run.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
     return Runtime(device=torch.device(dev))
 
 
@@ -375,6 +427,11 @@ def train_stage(stage: str, model: RadiModel, data: VideoQAData, scheme, cfg: Co
     Checkpoint ``<out_dir>/checkpoints/<stage>.pt`` after every epoch (and every ``save_every``
     steps). With ``--resume`` a finished stage is loaded and skipped, an unfinished one continues
     from its last checkpoint with the same optimizer, schedule, RNG and data order.
+
+    Randomness: each rank seeds its global RNGs (dropout, MC dropout) with ``seed + rank``, and
+    the generator passed to the loss (RADI-L's sampler, RADI-P's random margins, STListNet) is
+    re-seeded before every step with ``distributed.loss_seed(seed, rank, epoch, step)``. Under
+    torchrun every rank reads the same checkpoint, which holds every rank's RNG states.
     """
     o = cfg.optim
     path = os.path.join(cfg.run.out_dir, "checkpoints", re.sub(r"[^A-Za-z0-9_.=-]+", "_", stage) + ".pt")
@@ -388,11 +445,17 @@ def train_stage(stage: str, model: RadiModel, data: VideoQAData, scheme, cfg: Co
     steps_per_epoch = len(loader)
     total = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total, int(o.warmup_frac * total)))
-    loss_gen = torch.Generator().manual_seed(seed)
-    seed_everything(seed)
+    loss_gen = torch.Generator()  # re-seeded every step with dist_utils.loss_seed(seed, rank, epoch, step)
+    seed_everything(seed + rt.rank)
     epoch, batch_in_epoch, history, loss_sum, n_loss = 0, 0, [], 0.0, 0
 
-    if cfg.run.resume and os.path.isfile(path):
+    found = cfg.run.resume and os.path.isfile(path)
+    if rt.world_size > 1 and cfg.run.resume:
+        n_found = int(rt.all_reduce_sum(torch.tensor([float(found)], dtype=torch.float64)).item())
+        if 0 < n_found < rt.world_size:
+            raise ValueError(f"{path} exists for {n_found} of {rt.world_size} ranks: --resume needs --out_dir on a "
+                             "file system that every node shares")
+    if found:
         ck = load_checkpoint(path)
         if ck.get("fingerprint") != fingerprint:
             old = ck.get("fingerprint", {})
@@ -405,20 +468,30 @@ def train_stage(stage: str, model: RadiModel, data: VideoQAData, scheme, cfg: Co
         if ck["done"]:
             rt.log(f"[{stage}] finished in {path}: reusing it")
             return {"history": history, "val": history[-1]["val"] if history else {}}
+        if ck.get("world_size", 1) != rt.world_size:
+            raise ValueError(f"checkpoint {path} was written by {ck.get('world_size', 1)} process(es), this run has "
+                             f"{rt.world_size}: the global batch and data shards differ; relaunch with as many "
+                             "processes, or use another --out_dir")
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
-        set_rng_state(ck["rng"], loss_gen)
+        rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]  # one state per rank
+        set_rng_state(rngs[rt.rank], loss_gen)
         epoch, batch_in_epoch, loss_sum, n_loss = ck["epoch"], ck["batch"], ck["loss_sum"], ck["n_loss"]
         rt.log(f"[{stage}] resuming at epoch {epoch + 1}, batch {batch_in_epoch} from {path}")
 
     def checkpoint(done: bool = False) -> None:
+        # collectives first (every rank): every rank's RNG states, and the running loss sum made
+        # the mean over ranks on every rank (so a resumed rank continues from the shared value)
+        nonlocal loss_sum
+        rngs = rt.all_gather_object(rng_state(loss_gen))
+        loss_sum = float(rt.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))[0]) / rt.world_size
         if rt.is_main:
             save_checkpoint(path, {
                 "stage": stage, "fingerprint": fingerprint, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scheme": scheme.state_dict(), "rng": rng_state(loss_gen), "epoch": epoch,
+                "scheme": scheme.state_dict(), "rng": rngs, "world_size": rt.world_size, "epoch": epoch,
                 "batch": batch_in_epoch, "loss_sum": loss_sum, "n_loss": n_loss, "history": history, "done": done})
-        rt.barrier()
+        rt.barrier()  # the other ranks wait until the checkpoint is on disk
 
     if teacher is not None:
         teacher.to(rt.device).eval()
@@ -444,13 +517,15 @@ def train_stage(stage: str, model: RadiModel, data: VideoQAData, scheme, cfg: Co
                     t_logits, t_mc = teacher.teacher_outputs(batch, scheme.mc_samples)
             with autocast(cfg, rt):
                 logits = net(batch)
+            loss_gen.manual_seed(dist_utils.loss_seed(seed, rt.rank, epoch, batch_in_epoch))
             loss, parts = scheme.loss(logits, batch["targets"], t_logits, t_mc if scheme.mc_samples else None,
                                       loss_gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"[{stage}] non-finite loss {loss.item()} at epoch {epoch + 1}, "
                                          f"batch {batch_in_epoch}; parts: { {k: float(v) for k, v in parts.items()} }")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under DDP: gradients averaged over the ranks
+            rt.average_grads(scheme.parameters())
             if o.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             optimizer.step()
@@ -470,6 +545,8 @@ def train_stage(stage: str, model: RadiModel, data: VideoQAData, scheme, cfg: Co
                     raise Halted(f"[{stage}] halted after {rt.steps_this_run} steps; rerun with --resume")
         bar.close()
         val = evaluate(model, data.val, data.n_answers, cfg, rt)
+        # the mean over ranks of each rank's mean batch loss (= the mean global-batch loss)
+        loss_sum = float(rt.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))[0]) / rt.world_size
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n_loss, 1), "val": val,
                         "seconds": time.time() - t0})
         rt.log(f"[{stage}] epoch {epoch + 1}/{epochs}  loss {loss_sum / max(n_loss, 1):.4f}  val {fmt_metrics(val)}"
@@ -517,7 +594,9 @@ def run(cfg: Config, rt: Optional[Runtime] = None) -> dict:
         with open(os.path.join(cfg.run.out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=2)
     rt.log(f"data: {cfg.data.dataset}  train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}  "
-           f"answers {data.n_answers}  device {rt.device}  precision {cfg.run.precision}")
+           f"answers {data.n_answers}  device {rt.device}  precision {cfg.run.precision}"
+           + (f"  processes {rt.world_size} (global batch {rt.world_size * cfg.optim.batch_size})"
+              if rt.world_size > 1 else ""))
     # what a stage's checkpoint must agree with on --resume
     base_fp = {f"{s}.{k}": v for s in ("data", "synthetic", "model", "optim") for k, v in asdict(getattr(cfg, s)).items()}
     base_fp.update({"run.seed": cfg.run.seed, "run.precision": cfg.run.precision})
@@ -563,7 +642,10 @@ def run(cfg: Config, rt: Optional[Runtime] = None) -> dict:
         del student
 
     results["wall_seconds"] = time.time() - t_start
-    results["cpu_seconds"] = time.process_time() - cpu_start  # this process's CPU time, all threads
+    # CPU time of all threads of all processes (summed over the ranks)
+    results["cpu_seconds"] = float(rt.all_reduce_sum(torch.tensor([time.process_time() - cpu_start],
+                                                                  dtype=torch.float64))[0])
+    results["world_size"] = rt.world_size
     if rt.is_main:
         tmp = os.path.join(cfg.run.out_dir, "results.json.tmp")
         with open(tmp, "w") as f:
@@ -593,15 +675,24 @@ def results_table(results: dict) -> str:
 # Command line
 # --------------------------------------------------------------------------------------------
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line; under ``torchrun`` every rank runs it and rank 0 alone prints the table."""
+    rt = None
     try:
         cfg = parse_args(argv)
-        results = run(cfg)
+        rt = make_runtime(cfg)
+        results = run(cfg, rt)
     except Halted as e:
-        print(str(e), file=sys.stderr)
+        if rt is None or rt.is_main:
+            print(str(e), file=sys.stderr)
         return 3
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if rt is not None:
+            rt.close()
+    if not rt.is_main:
+        return 0
     deltas = "; deltas vs. baseline" if "baseline" in results["schemes"] else ""
     print(f"\ntest metrics (%) on the full answer sets{deltas}; "
           f"results in {os.path.join(cfg.run.out_dir, 'results.json')}\n")
