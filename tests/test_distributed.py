@@ -27,6 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"n_train": 64, "n_val": 48, "n_test": 48, "n_answers": 120, "d_model": 16, "n_layers": 2, "n_heads": 2,
         "teacher_epochs": 2, "student_epochs": 2, "mc_samples": 3, "hot": 10, "cold": 5, "top_k": 20,
         "progress": False, "threads": 1}
+# keep gloo's connections on the loopback device (Linux names it lo); elsewhere gloo's default
+LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo"} if os.path.exists("/sys/class/net/lo") else {}
 
 
 def _free_port() -> int:
@@ -45,7 +47,7 @@ def torchrun(tmp_path, out_dir, nproc=2, **settings) -> subprocess.Popen:
     cfg = tmp_path / f"{os.path.basename(out_dir)}.json"
     cfg.write_text(json.dumps({**TINY, "out_dir": str(out_dir), **settings}))
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+           "OMP_NUM_THREADS": "1", **LOOPBACK}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "radi_fast.train", "--config", str(cfg)]
@@ -55,7 +57,7 @@ def torchrun(tmp_path, out_dir, nproc=2, **settings) -> subprocess.Popen:
 def _rank_main(local_rank: int, world: int, port: int, argv: list, expect: int) -> None:
     os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
                        "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       "GLOO_SOCKET_IFNAME": "lo"})
+                       **LOOPBACK})
     code = T.main(argv)
     if code != expect:
         raise RuntimeError(f"rank {local_rank}: radi_fast.train exited with {code}, expected {expect}")
