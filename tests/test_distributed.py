@@ -163,6 +163,9 @@ def test_halted_then_resumed_two_process_run_is_exact(tmp_path):
     ck = torch.load(tmp_path / "halted" / "checkpoints" / "student-radi_l_list_loss=stlistnet.pt", weights_only=False)
     assert (ck["epoch"], ck["batch"], ck["world_size"], len(ck["rng"])) == (1, 2, 2, 2)
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # each rank its own stream
+    # one process may reuse the finished teacher, but not continue a stage that 2 processes began
+    with pytest.raises(ValueError, match="written by 2 process"):
+        T.run(T.config_from_dict({**TINY, **common, "resume": True, "out_dir": str(tmp_path / "halted")}))
     forked_run(tmp_path, tmp_path / "halted", resume=True, **common)
 
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
