@@ -10,11 +10,13 @@ Every benchmark goes through :func:`run_benchmark` (the ``bench_run`` fixture):
   for a smoke run); a provider that would not fit the memory budget is skipped with its estimate;
 * timing: pytest-benchmark in pedantic mode, one call per round; compiled providers (Triton,
   ``torch.compile``, KeOps) are called once first so compilation and autotuning are excluded;
-  the memory-measuring call(s) (two when a call takes under 3 s: the second is measured) and
-  ``warmup_rounds`` more are warm-up; ``rounds`` is sized from the first call (``RADI_BENCH_SECONDS`` per benchmark, between ``RADI_BENCH_MIN_ROUNDS`` and
-  ``RADI_BENCH_MAX_ROUNDS``); the median wall-clock time is reported, and on CPU also the median
-  process CPU time of the same rounds (``median_cpu_s``: what other processes on a shared machine
-  do not inflate). On CUDA every timed function ends with ``torch.cuda.synchronize()``;
+  the memory-measuring call(s) (two when a call takes under 1 s: the second is measured) are
+  the warm-up (``RADI_BENCH_WARMUP`` adds rounds); ``rounds`` is sized from the first call
+  (``RADI_BENCH_SECONDS`` per benchmark, at least ``RADI_BENCH_MIN_ROUNDS`` = 3, or 5 for calls
+  under 1 s, at most ``RADI_BENCH_MAX_ROUNDS`` = 15); the median wall-clock time is reported,
+  and on CPU also the median process CPU time of the same rounds (``median_cpu_s``: what other
+  processes on a shared machine do not inflate). On CUDA every timed function ends with
+  ``torch.cuda.synchronize()``;
 * peak memory of one call, per provider: on CUDA ``torch.cuda.max_memory_allocated`` minus the
   memory allocated before the call; on CPU the process's peak resident set (``VmHWM`` in
   ``/proc/self/status``, reset through ``/proc/self/clear_refs``) minus its resident set just
@@ -62,11 +64,12 @@ def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
-SECONDS_PER_BENCH = _env_float("RADI_BENCH_SECONDS", 1.5)
+SECONDS_PER_BENCH = _env_float("RADI_BENCH_SECONDS", 1.0)
 MIN_ROUNDS = int(_env_float("RADI_BENCH_MIN_ROUNDS", 3))
 MAX_ROUNDS = int(_env_float("RADI_BENCH_MAX_ROUNDS", 15))
-WARMUP_ROUNDS = int(_env_float("RADI_BENCH_WARMUP", 1))
-SLOW_CALL_S = 3.0  # calls slower than this get no extra warm-up round (the memory call warmed up)
+FAST_MIN_ROUNDS = 5  # calls under SLOW_CALL_S get at least this many rounds
+WARMUP_ROUNDS = int(_env_float("RADI_BENCH_WARMUP", 0))  # beyond the memory-measuring call(s)
+SLOW_CALL_S = 1.0  # calls faster than this are measured (memory) on a second, warm call
 
 
 # ----------------------------------------------------------------------------- machine info
@@ -243,8 +246,9 @@ def run_benchmark(benchmark, case: str, provider: P.Provider, inp: P.Inputs, gro
     agree = P.agreement(case, provider.name, out, P.REFERENCE_OUTPUTS[key]) \
         if key in P.REFERENCE_OUTPUTS and provider.name != "radi_fast" else None
     del out
-    rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, math.ceil(SECONDS_PER_BENCH / max(first_s, 1e-6)))))
-    warmup = 0 if first_s > SLOW_CALL_S else WARMUP_ROUNDS
+    min_rounds = MIN_ROUNDS if first_s > SLOW_CALL_S else max(MIN_ROUNDS, FAST_MIN_ROUNDS)
+    rounds = int(min(MAX_ROUNDS, max(min_rounds, math.ceil(SECONDS_PER_BENCH / max(first_s, 1e-6)))))
+    warmup = WARMUP_ROUNDS
     cpu_times = []
 
     def timed():  # also the process CPU time of each call (robust to other processes on a shared CPU)
