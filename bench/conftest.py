@@ -26,9 +26,9 @@ Every benchmark goes through :func:`run_benchmark` (the ``bench_run`` fixture):
   OpenMP barriers stall badly under oversubscription).
 
 At the end of the session the results (every benchmark of the session, the sampler's included)
-go to ``bench/results/<device>.json`` (``RADI_BENCH_JSON`` overrides) with the device name, the
-versions, the date and the load average; ``python bench/report.py`` turns them into tables
-and plots.
+go to ``bench/results/<device>.json`` (``bench/results/partial/<device>.json`` for a partial run:
+``-k``, single files; ``RADI_BENCH_JSON`` overrides) with the device name, the versions, the
+date and the load average; ``python bench/report.py`` turns them into tables and plots.
 """
 from __future__ import annotations
 
@@ -319,6 +319,27 @@ def _record(bench) -> Dict[str, Any]:
     return rec
 
 
+_DESELECTED = [0]
+
+
+def pytest_deselected(items):
+    _DESELECTED[0] += len(items)
+
+
+def _partial_run(session) -> bool:
+    """A run of part of the suite (-k, -m, single files or tests, deselection): its results go to
+    ``bench/results/partial/`` so they never replace a whole session's file (whose ratios all come
+    from one run)."""
+    opt = session.config.option
+    if getattr(opt, "keyword", "") or getattr(opt, "markexpr", "") or _DESELECTED[0]:
+        return True
+    for arg in session.config.args:
+        path = os.path.abspath(arg.split("::")[0])
+        if not os.path.isdir(path) or not BENCH_DIR.startswith(path):
+            return True
+    return False
+
+
 def pytest_sessionfinish(session, exitstatus):
     bs = getattr(session.config, "_benchmarksession", None)
     if bs is None or not session.config.getoption("benchmark_only", default=False):
@@ -340,7 +361,10 @@ def pytest_sessionfinish(session, exitstatus):
         "results": records,
         "skipped": _SKIPS,
     }
-    path = os.environ.get("RADI_BENCH_JSON") or os.path.join(RESULTS_DIR, f"{device_slug(dev)}.json")
+    partial = _partial_run(session)
+    doc["partial_run"] = partial
+    default = os.path.join(RESULTS_DIR, "partial" if partial else "", f"{device_slug(dev)}.json")
+    path = os.environ.get("RADI_BENCH_JSON") or default
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

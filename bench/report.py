@@ -324,31 +324,40 @@ def plot_case(doc: dict, case: str, slug: str, outdir: str) -> List[str]:
     variant0 = max(counts, key=lambda v: (counts[v], -len(str(v))))  # the main setting (most shapes)
     Bs = sorted({k[1] for k in rows if k[0] == variant0})
     provs = providers_in(rows)
+    colors = {p: f"C{i}" for i, p in enumerate(PROVIDER_ORDER)}
+    Ks = sorted({k[2] for k in rows if k[0] == variant0})
     written = []
     for metric, label, scale in (("median_s", "median time (s)", 1.0), ("peak_mem_bytes", "peak memory (MiB)", 2**-20)):
         fig, axes = plt.subplots(1, len(Bs), figsize=(5 * len(Bs), 4), squeeze=False)
-        any_line = False
+        handles = {}
         for ax, B in zip(axes[0], Bs):
             for p in provs:
                 pts = sorted((k[2], d[p].get(metric)) for k, d in rows.items()
                              if k[0] == variant0 and k[1] == B and p in d and d[p].get(metric) is not None)
                 pts = [(x, y * scale) for x, y in pts if y and y > 0]
                 if pts:
-                    any_line = True
-                    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o",
-                            linewidth=2.5 if p == "radi_fast" else 1.2, label=p)
+                    (line,) = ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", color=colors.get(p),
+                                      linewidth=2.5 if p == "radi_fast" else 1.2, label=p)
+                    handles.setdefault(p, line)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.set_xticks(Ks)
+            ax.set_xticklabels([str(k) for k in Ks])
+            ax.minorticks_off()
+            ax.set_xlim(min(Ks) / 1.4, max(Ks) * 1.4)
             ax.set_xlabel("K (answers)")
             ax.set_ylabel(label)
-            ax.set_title(f"{CASE_TITLES[case].split(',')[0]}, B={B}")
-            ax.grid(True, which="both", alpha=0.3)
-        if not any_line:
+            ax.set_title(f"{CASE_TITLES[case].split(',')[0]}, B={B}", fontsize=10)
+            ax.grid(True, which="major", alpha=0.3)
+        if not handles:
             plt.close(fig)
             continue
-        axes[0][0].legend(fontsize=8)
-        fig.suptitle(f"{doc['machine']['device']}", fontsize=9)
-        fig.tight_layout()
+        order = [p for p in provs if p in handles]
+        fig.legend([handles[p] for p in order], order, loc="lower center", ncol=min(len(order), 7), fontsize=8,
+                   frameon=False)
+        var = ", ".join(f"{k} {v}" for k, v in variant0)
+        fig.suptitle(f"{doc['machine']['device']}" + (f" ({var})" if var else ""), fontsize=9)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
         path = os.path.join(outdir, f"{slug}-{case}-{'time' if metric == 'median_s' else 'memory'}.png")
         fig.savefig(path, dpi=90)
         plt.close(fig)
