@@ -428,10 +428,14 @@ def pairwise_uncertainty(mc_logits: torch.Tensor) -> torch.Tensor:
     validate_pairwise_inputs(None, mc_logits, None, None, name_mc="mc_logits")
     dtype = compute_dtype(mc_logits)
     mc = mc_logits.to(dtype)
-    z = (mc - mc.mean(dim=1, keepdim=True)).transpose(1, 2)
+    z = (mc - mc.mean(dim=1, keepdim=True)).transpose(1, 2).contiguous()
     sq = (z * z).sum(-1)
-    U = (sq[:, :, None] + sq[:, None, :] - 2 * torch.bmm(z, z.transpose(1, 2))).clamp_min(0) / mc.shape[1]
-    return U * (1 - torch.eye(U.shape[1], dtype=dtype, device=U.device))
+    B, K, T = z.shape
+    # one [B, K, K] allocation: s_i - 2 <z_i, z_j>, then + s_j, clamp (rounding), / T in place
+    U = torch.baddbmm(sq[:, :, None], z, z.transpose(1, 2), alpha=-2, out=z.new_empty(B, K, K))
+    U.add_(sq[:, None, :]).clamp_min_(0).div_(T)
+    U.diagonal(dim1=1, dim2=2).zero_()
+    return U
 
 
 def sinkhorn_margin_weights(mc_logits: torch.Tensor, lam="auto", max_iter: int = DEFAULT_MAX_ITER,
