@@ -64,6 +64,41 @@ TF32_MASK = tl.constexpr(0xFFFFE000)
 
 
 @triton.jit
+def tile_logits(y_b, hs_b, src_b, yi, yi_b, yi_s, s_i, rows, row_ok, j0, c_end, K,
+                T: tl.constexpr, TP: tl.constexpr, BN: tl.constexpr, USE_DOT: tl.constexpr, COMPUTE: tl.constexpr):
+    """The base-2 logits ``x_ij = <y_i, y_j> + a_j - S_i`` of one [BM, BN] tile, columns
+    ``j0 .. j0 + BN`` below ``c_end`` (the others get PAD_LOGIT through a_j); returns (x, cols, col_ok).
+
+    With USE_DOT the augmented lanes ``[y_i, 1, -S_i] . [y_j, a_j, 1]`` give the whole tile in one
+    product (3xTF32 in fp32: small*big + big*small + big*big; finite operands, no NaN fix-up);
+    otherwise an FFMA loop over the T lanes."""
+    offs_t = tl.arange(0, TP)
+    cols = j0 + tl.arange(0, BN)
+    col_ok = cols < c_end
+    a = tl.load(src_b + cols, mask=col_ok, other=0.0) - tl.load(hs_b + cols, mask=col_ok, other=0.0)
+    a = tl.where(col_ok, a, PAD_LOGIT)
+    if USE_DOT:
+        yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :], mask=(offs_t[:, None] < T) & col_ok[None, :],
+                     other=0.0)
+        yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
+        if COMPUTE == tl.float64:
+            x = tl.dot(yi, yj, input_precision="ieee")
+        else:
+            yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
+            yj_s = yj - yj_b
+            x = tl.dot(yi_s, yj_b, input_precision="tf32")
+            x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
+            x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
+    else:
+        x = a[None, :] - s_i[:, None]
+        for t in tl.static_range(T):
+            yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
+            yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
+            x += yi_t[:, None] * yj_t[None, :]
+    return x, cols, col_ok
+
+
+@triton.jit
 def sinkhorn_half_step_kernel(
     y_ptr,  # [B, TP, K] scaled centred points (lanes t >= T are 0)
     hs_ptr,  # [B, K] ||y||^2 / 2
@@ -106,6 +141,9 @@ def sinkhorn_half_step_kernel(
         if COMPUTE == tl.float32:  # TF32 split of the loop-invariant row operand: yi = yi_b + yi_s
             yi_b = (((yi.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
             yi_s = yi - yi_b
+        else:  # fp64 uses one exact dot; the split operands are unused
+            yi_b = yi
+            yi_s = yi
 
         need_online = True
         if SHIFT:
@@ -122,29 +160,8 @@ def sinkhorn_half_step_kernel(
                     c1 = tl.minimum(kb, c0 + per)
                 l_i = tl.zeros([BM], COMPUTE)
                 for j0 in range(c0, c1, BN):
-                    cols = j0 + tl.arange(0, BN)
-                    col_ok = cols < c1
-                    a = tl.load(src_b + cols, mask=col_ok, other=0.0) - tl.load(hs_b + cols, mask=col_ok, other=0.0)
-                    a = tl.where(col_ok, a, PAD_LOGIT)
-                    if USE_DOT:  # x_ij = <y_i, y_j> + a_j - S_i through the augmented lanes
-                        yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
-                                     mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
-                        yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
-                        if COMPUTE == tl.float64:
-                            x = tl.dot(yi, yj, input_precision="ieee")
-                        else:  # 3xTF32: small*big + big*small + big*big (finite operands: no NaN fix-up)
-                            yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32,
-                                                                                               bitcast=True)
-                            yj_s = yj - yj_b
-                            x = tl.dot(yi_s, yj_b, input_precision="tf32")
-                            x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
-                            x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
-                    else:
-                        x = a[None, :] - s_i[:, None]
-                        for t in tl.static_range(T):
-                            yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
-                            yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
-                            x += yi_t[:, None] * yj_t[None, :]
+                    x, cols, col_ok = tile_logits(y_b, hs_b, src_b, yi, yi_b, yi_s, s_i, rows, row_ok, j0, c1, K,
+                                                  T, TP, BN, USE_DOT, COMPUTE)
                     if (j0 < i0 + BM) & (i0 < j0 + BN):  # this tile meets the diagonal
                         x = tl.where(rows[:, None] == cols[None, :], float("-inf"), x)
                     l_i += tl.sum(tl.exp2(x), axis=1)
@@ -159,29 +176,8 @@ def sinkhorn_half_step_kernel(
                 m_i = tl.full([BM], float("-inf"), COMPUTE)
                 l_i = tl.zeros([BM], COMPUTE)
                 for j0 in range(0, kb, BN):
-                    cols = j0 + tl.arange(0, BN)
-                    col_ok = cols < kb
-                    a = tl.load(src_b + cols, mask=col_ok, other=0.0) - tl.load(hs_b + cols, mask=col_ok, other=0.0)
-                    a = tl.where(col_ok, a, PAD_LOGIT)
-                    if USE_DOT:
-                        yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
-                                     mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
-                        yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
-                        if COMPUTE == tl.float64:
-                            x = tl.dot(yi, yj, input_precision="ieee")
-                        else:
-                            yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32,
-                                                                                               bitcast=True)
-                            yj_s = yj - yj_b
-                            x = tl.dot(yi_s, yj_b, input_precision="tf32")
-                            x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
-                            x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
-                    else:
-                        x = a[None, :] - s_i[:, None]
-                        for t in tl.static_range(T):
-                            yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
-                            yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
-                            x += yi_t[:, None] * yj_t[None, :]
+                    x, cols, col_ok = tile_logits(y_b, hs_b, src_b, yi, yi_b, yi_s, s_i, rows, row_ok, j0, kb, K,
+                                                  T, TP, BN, USE_DOT, COMPUTE)
                     x = tl.where(col_ok[None, :], x, float("-inf"))
                     if (j0 < i0 + BM) & (i0 < j0 + BN):
                         x = tl.where(rows[:, None] == cols[None, :], float("-inf"), x)
