@@ -23,11 +23,10 @@ pairwise pass: with the answers sorted by the teacher it is ``sum_i #{j: t_j < t
 import triton
 import triton.language as tl
 
-from .common import LN2, lowbias32
+from .common import LN2, augmented_dot, lowbias32, split_tf32
 
 UNCERTAINTY_EPS = tl.constexpr(1e-6)
 UNIFORM_SCALE = tl.constexpr(1.0 / (1 << 24))
-TF32_MASK = tl.constexpr(0xFFFFE000)
 
 
 @triton.jit
@@ -71,8 +70,10 @@ def margin_ranking_kernel(
                          other=0.0)
             yi = tl.where(offs_t[None, :] == T, 1.0, tl.where(offs_t[None, :] == T + 1, fi[:, None], yi))
             if COMPUTE == tl.float32:
-                yi_b = (((yi.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
-                yi_s = yi - yi_b
+                yi_b, yi_s = split_tf32(yi)  # loop-invariant half of the 3xTF32 split
+            else:  # fp64: one exact dot, the split operands are unused
+                yi_b = yi
+                yi_s = yi
         if MODE == 2:
             hrow = tl.load(rowhash_ptr + b).to(tl.uint32)
             hi = lowbias32(hrow ^ tl.load(ids_ptr + kvec + rows, mask=row_ok, other=0).to(tl.uint32))
@@ -90,14 +91,7 @@ def margin_ranking_kernel(
                 yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
                              mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
                 yj = tl.where(offs_t[:, None] == T, gj[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
-                if COMPUTE == tl.float64:
-                    x = tl.dot(yi, yj, input_precision="ieee")
-                else:
-                    yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
-                    yj_s = yj - yj_b
-                    x = tl.dot(yi_s, yj_b, input_precision="tf32")
-                    x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
-                    x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
+                x = augmented_dot(yi, yi_b, yi_s, yj, COMPUTE)
                 w = tl.exp2(x)
             elif MODE == 1:
                 w = tl.full([BM, BN], 1.0, COMPUTE)

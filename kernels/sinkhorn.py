@@ -56,11 +56,9 @@ every few iterations, to stop launching once every sample is frozen.
 import triton
 import triton.language as tl
 
-from .common import LN2
+from .common import LN2, augmented_dot, split_tf32
 
 PAD_LOGIT = tl.constexpr(-1e30)
-# keeps sign, exponent and the 10 mantissa bits that a TF32 MMA reads (after +0x1000: round to nearest)
-TF32_MASK = tl.constexpr(0xFFFFE000)
 
 
 @triton.jit
@@ -81,14 +79,7 @@ def tile_logits(y_b, hs_b, src_b, yi, yi_b, yi_s, s_i, rows, row_ok, j0, c_end, 
         yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :], mask=(offs_t[:, None] < T) & col_ok[None, :],
                      other=0.0)
         yj = tl.where(offs_t[:, None] == T, a[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
-        if COMPUTE == tl.float64:
-            x = tl.dot(yi, yj, input_precision="ieee")
-        else:
-            yj_b = (((yj.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
-            yj_s = yj - yj_b
-            x = tl.dot(yi_s, yj_b, input_precision="tf32")
-            x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
-            x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
+        x = augmented_dot(yi, yi_b, yi_s, yj, COMPUTE)
     else:
         x = a[None, :] - s_i[:, None]
         for t in tl.static_range(T):
@@ -139,8 +130,7 @@ def sinkhorn_half_step_kernel(
                      other=0.0)
         yi = tl.where(offs_t[None, :] == T, 1.0, tl.where(offs_t[None, :] == T + 1, -s_i[:, None], yi))  # [BM, TP]
         if COMPUTE == tl.float32:  # TF32 split of the loop-invariant row operand: yi = yi_b + yi_s
-            yi_b = (((yi.to(tl.uint32, bitcast=True) + 0x1000) & TF32_MASK)).to(tl.float32, bitcast=True)
-            yi_s = yi - yi_b
+            yi_b, yi_s = split_tf32(yi)
         else:  # fp64 uses one exact dot; the split operands are unused
             yi_b = yi
             yi_s = yi
