@@ -154,14 +154,6 @@ def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice, cols: slice = s
     return U.add_(p.sq[s, None, cols]).clamp_min_(0).div_(p.T)
 
 
-def pair_allowed_block(p: PairwiseProblem, s: slice, rows: slice) -> torch.Tensor:
-    """Valid row, valid column, not the diagonal: [b, r, K] bool."""
-    K = p.valid.shape[1]
-    r = torch.arange(K, device=p.valid.device)[rows]
-    off_diag = r[:, None] != torch.arange(K, device=p.valid.device)[None, :]
-    return p.valid[s, rows, None] & p.valid[s, None, :] & off_diag[None]
-
-
 def chunks(total: int, size: int, start: int = 0):
     for first in range(start, total, max(1, size)):
         yield slice(first, min(total, first + max(1, size)))
@@ -449,17 +441,13 @@ def sinkhorn_margin_weights(mc_logits: torch.Tensor, lam="auto", max_iter: int =
     """
     validate_pairwise_inputs(None, mc_logits, None, None, name_mc="mc_logits")
     lam_value = validate_sinkhorn_args(lam, max_iter, tol)
-    p = prepare_pairwise_unsorted(mc_logits, lam_value)
-    W = sinkhorn_log_potentials_cpu(p, max_iter, tol, slice(None)).weights(slice(None), slice(None))
-    allowed = pair_allowed_block(p, slice(None), slice(None))
-    return torch.where(allowed, W, torch.zeros((), dtype=W.dtype))
-
-
-def prepare_pairwise_unsorted(mc_logits: torch.Tensor, lam: Optional[float]) -> PairwiseProblem:
-    """The problem on all K answers in their original order (for the dense public helpers)."""
     B, _, K = mc_logits.shape
-    p = prepare_pairwise(mc_logits, torch.zeros(B, K, dtype=mc_logits.dtype, device=mc_logits.device), K, lam, None)
-    return p  # all-tied teacher keeps the original order (stable sort)
+    # an all-tied teacher keeps every answer in its original order (stable sort), no truncation
+    tied = torch.zeros(B, K, dtype=mc_logits.dtype, device=mc_logits.device)
+    p = prepare_pairwise(mc_logits, tied, K, lam_value, None)
+    W = sinkhorn_log_potentials_cpu(p, max_iter, tol, slice(None)).weights(slice(None), slice(None))
+    off_diagonal = ~torch.eye(K, dtype=torch.bool, device=W.device)
+    return torch.where(off_diagonal, W, torch.zeros((), dtype=W.dtype))
 
 
 def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,

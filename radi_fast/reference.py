@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from ._random import pair_uniform
+from ._validation import reduce
 
 UNCERTAINTY_EPS = 1e-6
 
@@ -129,11 +130,7 @@ def radi_pairwise_loss_literal(student_logits: torch.Tensor, teacher_mc_logits: 
                                    seed=seed, row=b, answer_ids=order, logit_scale=float(mc[b][:, order].abs().max()))
         losses.append(margin_ranking_loss_literal(student_logits[b, order], t_all[b, order], margin * W))
     per_sample = torch.stack(losses)
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
+    return reduce(per_sample, reduction)
 
 
 def classification_loss_literal(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ._validation import reduce
+
 __all__ = [
     "draw_probability_literal",
     "lambda_loss_literal",
@@ -192,8 +194,4 @@ def radi_listwise_loss_literal(student_logits: torch.Tensor, teacher_logits: tor
         u = None if uniforms is None else [float(x) for x in uniforms[b][: len(ids)]]
         losses.append(listwise_row_loss_literal(s, t, ids, loss, beta=beta, uniforms=u, sigma=sigma, mu=mu))
     per_row = torch.stack(losses)
-    if reduction == "mean":
-        return per_row.mean()
-    if reduction == "sum":
-        return per_row.sum()
-    return per_row
+    return reduce(per_row, reduction)
