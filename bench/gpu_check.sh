@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# One prepared GPU check for the Triton RADI-P kernels (issue 3), for a machine with CUDA:
-#   1. the CUDA correctness tests: tests/test_triton_pairwise.py with RADI_FAST_TEST_DEVICE=cuda
-#      (the compiled kernels against the float64 literal reference; same tests as the interpreter run);
-#   2. the RADI-P benchmark of the issue's Targets (bench/gpu_pairwise.py): B=32, T=10, K=2500,
-#      20 Sinkhorn iterations, fp32, forward+backward, radi_fast vs literal vs dense (eager, compiled),
-#      peak extra memory, Sinkhorn-iteration time against the exp roofline, a tile sweep.
-# Results: JSON with the device name in $OUT (when set) and in bench/results/; logs in $OUT.
-# Usage: bash bench/gpu_check.sh [extra gpu_pairwise.py flags, e.g. --skip-literal --rounds 3]
-# Without a GPU: bash bench/gpu_check.sh --dry-run   (CPU smoke test of the script's parts)
+# The one prepared GPU check (fits one 10-minute device call), for a machine with CUDA:
+#   0. install: pip --no-build-isolation (the CUDA sampler builds against the installed torch);
+#   1. the RADI-P benchmark (bench/gpu_pairwise.py): B=32, T=10, K=2500, 20 fixed Sinkhorn
+#      iterations, fp32, fwd+bwd vs literal / dense / dense torch.compile, peak memory, one
+#      Sinkhorn iteration against the MUFU.EX2 limit, a tile sweep, the package defaults;
+#   2. the CUDA correctness tests, without -x: tests/test_triton_pairwise.py (compiled kernels
+#      against the float64 literal reference) and the CUDA sampler tests;
+#   3. the training-step benchmark at B=64, N=2500 (RADI-P's overhead over KD);
+#   4. Nsight Compute on the Sinkhorn row-sum kernel (when ncu is there and time is left).
+# Prints every target as PASS/FAIL. Results: JSON + logs in $OUT (when set) and bench/results/.
+# Usage: bash bench/gpu_check.sh            Without a GPU: bash bench/gpu_check.sh --dry-run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=bench/results
@@ -16,27 +18,82 @@ mkdir -p "$RESULTS" "$LOGS"
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 unset TRITON_INTERPRET
 PY=${PYTHON:-python3}
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
 
 if [[ " $* " == *" --dry-run "* ]]; then
-  exec "$PY" bench/gpu_pairwise.py --out "$LOGS" "$@"
+  exec "$PY" bench/gpu_pairwise.py --out "$LOGS" --dry-run
 fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_check.sh: torch sees no CUDA device (use --dry-run on a CPU machine)" >&2
   exit 2
 fi
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$LOGS/gpu_check_device.txt"
-"$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOGS/gpu_check_device.txt"
+{
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
+  "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  echo "commit $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | wc -l) uncommitted paths"
+  echo "== 0. install"
+  MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 timeout 240 "$PY" -m pip install -q --no-index --no-build-isolation \
+    --no-deps --use-pep517 -e . 2>&1 | tail -5
+  "$PY" -c "import radi_fast, json; print(json.dumps(radi_fast.backend_info()))"
+} 2>&1 | tee "$LOGS/gpu_check_setup.log"
 
-echo "== 1. CUDA correctness tests"
-RADI_FAST_TEST_DEVICE=cuda timeout 400 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_triton_pairwise.py \
-  2>&1 | tee "$LOGS/gpu_check_pytest.log"
-tests_rc=${PIPESTATUS[0]}
-echo "tests exit code: $tests_rc"
-
-echo "== 2. RADI-P benchmark"
+echo "== 1. RADI-P benchmark ($(elapsed) s)"
 declare -a outs=(--out "$RESULTS")
 [[ "$LOGS" != "$RESULTS" ]] && outs+=(--out "$LOGS")
-timeout 500 "$PY" bench/gpu_pairwise.py "${outs[@]}" "$@" 2>&1 | tee "$LOGS/gpu_check_bench.log"
+timeout 260 "$PY" bench/gpu_pairwise.py "${outs[@]}" "$@" 2>&1 | tee "$LOGS/gpu_check_bench.log"
 bench_rc=${PIPESTATUS[0]}
-echo "benchmark exit code: $bench_rc"
-[[ $tests_rc -eq 0 && $bench_rc -eq 0 ]]
+
+echo "== 2. CUDA correctness tests ($(elapsed) s)"
+RADI_FAST_TEST_DEVICE=cuda timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_pairwise.py \
+  2>&1 | tee "$LOGS/gpu_check_pytest.log"
+tests_rc=${PIPESTATUS[0]}
+RADI_FAST_TEST_DEVICE=cuda timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_sampler_op.py -k cuda \
+  2>&1 | tail -3 | tee -a "$LOGS/gpu_check_pytest.log"
+sampler_rc=${PIPESTATUS[0]}
+
+echo "== 3. training step, B=64, N=2500 ($(elapsed) s)"
+RADI_BENCH_JSON="$LOGS/gpu_train_step.json" timeout 120 "$PY" -m pytest -q -p no:cacheprovider \
+  bench/test_bench_train_step.py --benchmark-only -k N2500 2>&1 | tail -4 | tee "$LOGS/gpu_check_train.log"
+"$PY" - "$LOGS/gpu_train_step.json" <<'EOF' 2>&1 | tee -a "$LOGS/gpu_check_train.log"
+import json, sys
+try:
+    doc = json.load(open(sys.argv[1]))
+except Exception as exc:
+    print("TARGET n/a   RADI-P adds <= 3 ms per training step over KD (no train-step results:", exc, ")")
+    sys.exit(0)
+ms = {}
+for r in doc["results"]:
+    s = r.get("scheme") or r.get("provider")
+    t = r.get("median_s", 0) * 1e3
+    if s:
+        ms[s] = t
+print("train step ms:", json.dumps(ms))
+if "radi_p" in ms and "kd" in ms:
+    d = ms["radi_p"] - ms["kd"]
+    print(f"TARGET {'PASS' if d <= 3.0 else 'FAIL'}  RADI-P adds <= 3 ms per training step over KD (adds {d:.2f} ms)")
+EOF
+
+echo "== 4. Nsight Compute, Sinkhorn row sums ($(elapsed) s)"
+if command -v ncu >/dev/null && [[ $(elapsed) -lt 480 ]]; then
+  cat > /tmp/radi_ncu_case.py <<'EOF'
+import torch
+from radi_fast.ops import pairwise_triton as PT
+g = torch.Generator().manual_seed(0)
+mc = (torch.randn(32, 1, 2500, generator=g) * 2 + 0.5 * torch.randn(32, 10, 2500, generator=g)).cuda()
+cfg, ks = PT.default_config(False, torch.float32), PT.kernels()
+p = PT.prepare_triton(mc, None, 2500, None, None, cfg, ks)
+PT.sinkhorn_potentials_triton(p, 3, 0.0, cfg, ks)
+torch.cuda.synchronize()
+EOF
+  timeout $(( 560 - $(elapsed) )) ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \
+    --section ComputeWorkloadAnalysis -k regex:sinkhorn_row_sums --launch-skip 2 --launch-count 1 \
+    "$PY" /tmp/radi_ncu_case.py > "$LOGS/gpu_check_ncu.log" 2>&1
+  grep -E "Throughput|Busy|Issue|Eligible|Occupancy|Registers|Warp Cycles|Duration|Pipe" "$LOGS/gpu_check_ncu.log" | head -40
+else
+  echo "skipped (no ncu, or too little time left)"
+fi
+
+echo "== summary ($(elapsed) s): bench $bench_rc, tests $tests_rc, sampler tests $sampler_rc"
+grep -h "^TARGET" "$LOGS/gpu_check_bench.log" "$LOGS/gpu_check_train.log" 2>/dev/null
+[[ $tests_rc -eq 0 && $bench_rc -eq 0 && $sampler_rc -eq 0 ]]

@@ -1,4 +1,4 @@
-"""RADI-P benchmark on a CUDA GPU: the Targets of issue 3, written to JSON.
+"""RADI-P benchmark on a CUDA GPU: speed, memory and the hardware limit, written to JSON.
 
 Forward + backward of ``radi_pairwise_loss`` at B = 32, T = 10, K = 2500 (N = K, top_k = 2500),
 20 Sinkhorn iterations (``max_iter=20, tol=0``), fp32, ``margin_mode="ot"``, against
@@ -12,6 +12,8 @@ Forward + backward of ``radi_pairwise_loss`` at B = 32, T = 10, K = 2500 (N = K,
 Timing: CUDA events around each call, ``--warmup`` untimed calls first (compilation included
 there), median of ``--rounds``. Peak extra memory: ``torch.cuda.max_memory_allocated`` minus the
 memory allocated before the call (inputs excluded, outputs and gradients included).
+With the package defaults (lam auto, tol 1e-5) the same forward + backward is also timed at
+B = 32 and 128 (K = 2500, fp32) and B = 256, N = 4096 (bf16, top 2500).
 
 Sinkhorn: the time of one iteration (two half-step kernels) is ``(t(20 it) - t(2 it)) / 18`` of
 the Sinkhorn stage alone; one iteration evaluates ``2 sum_b K_b (K_b - 1)`` exponentials (4e8 at
@@ -41,9 +43,18 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 MUFU_EX2_PER_SM_PER_CLOCK = 16
-SWEEP = ("sink_split=1", "sink_split=2", "sink_split=3", "sink_split=4", "sink_phases=1",
-         "sink_bn=64,sink_split=2", "sink_bn=64,sink_split=3", "sink_bm=64,sink_bn=128,sink_warps=4,sink_split=2",
-         "sink_split=2,sink_stages=2", "sink_phases=1,shift=0")
+# per-iteration Sinkhorn time of other tile configurations (TritonConfig overrides)
+SWEEP = ("sink_split=1", "sink_split=2", "sink_split=3", "sink_stages=3", "sink_acc=1",
+         "sink_bm=128,sink_bn=64,sink_warps=4,sink_stages=3,split_ctas_per_sm=3",
+         "sink_bm=64,sink_bn=64,sink_warps=4,sink_stages=3,split_ctas_per_sm=5",
+         "sink_bm=64,sink_bn=64,sink_warps=4,sink_stages=3,sink_acc=1,split_ctas_per_sm=4",
+         "sink_bm=128,sink_bn=64,sink_warps=8,sink_stages=3")
+# the issue's targets at the benchmark shape (H100)
+TARGET_ITERATION_US = 160.0
+STRETCH_ITERATION_US = 95.0
+TARGET_FIXED_MS = 4.5
+TARGET_DEFAULTS_MS = 1.5
+FLASHSINKHORN_ITERATION_US = 2930.0  # FlashSinkhorn 0.4.1, 32 samples one by one, same H100 type (issue notes)
 
 
 def parse_args(argv=None):
@@ -271,14 +282,15 @@ def run(args):
         sink[f"{label}_mhz"] = float(mhz)
     result["sinkhorn"] = sink
     ks = PT.kernels()
-    stud = student.gather(1, p.order).contiguous()
-    F, G, _ = PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg, ks)
+    stud = torch.zeros(B, p.padded, device=device)
+    stud[:, :p.order.shape[1]] = student.gather(1, p.order)
+    PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg, ks)
     result["stages_ms"] = {
-        "prepare (sort, gather, stats kernel)": timer.measure(
+        "prepare (sort, gather, stats kernels)": timer.measure(
             lambda: PT.prepare_triton(mc, None, 2500, None, None, cfg, ks), args.warmup, args.rounds)["median_ms"],
         f"sinkhorn ({iters} iterations)": st_full["median_ms"],
         "loss kernel (eq. 4 + gradient counts)": timer.measure(
-            lambda: PT.margin_loss_triton(stud, p, F, G, 1.0, "ot", 0, cfg, ks), args.warmup,
+            lambda: PT.margin_loss_triton(stud, p, 1.0, "ot", 0, cfg, ks), args.warmup,
             args.rounds)["median_ms"],
     }
     print(f"  sinkhorn {json.dumps(sink)}", flush=True)
@@ -298,6 +310,26 @@ def run(args):
         print(f"  sweep {sweep[-1]}", flush=True)
     result["sinkhorn_sweep"] = sweep
 
+    # the package defaults (lam auto, tol 1e-5, max_iter 100)
+    defaults = []
+    cases = [(B, K, K, torch.float32)] if args.dry_run else [(32, 2500, 2500, torch.float32),
+                                                            (128, 2500, 2500, torch.float32),
+                                                            (256, 4096, 2500, torch.bfloat16)]
+    for b, n, top, dt in cases:
+        s_d, mc_d = make_inputs(b, T, n, device, seed=1)
+        s_d, mc_d = s_d.to(dt), mc_d.to(dt)
+        fn = lambda s: radi_fast.radi_pairwise_loss(s, mc_d, backend="triton", top_k=top)  # noqa: E731
+        try:
+            fwd_bwd(fn, s_d)
+            entry = timer.measure(lambda: fwd_bwd(fn, s_d), args.warmup, args.rounds)
+            entry.update(B=b, N=n, top_k=top, dtype=str(dt).replace("torch.", ""),
+                         peak_extra_mb=timer.peak_extra_mb(lambda: fwd_bwd(fn, s_d)))
+        except Exception as exc:
+            entry = {"B": b, "N": n, "error": repr(exc)[:300]}
+        defaults.append(entry)
+        print(f"  defaults {json.dumps({k: v for k, v in entry.items() if k != 'rounds_ms'})}", flush=True)
+    result["defaults"] = defaults
+
     prov = result["providers"]
     fast = prov.get("radi_fast", {}).get("median_ms")
     if fast:
@@ -306,14 +338,25 @@ def run(args):
         best_dense = min((prov[n]["median_ms"] for n in ("dense", "dense_compiled") if "median_ms" in prov.get(n, {})),
                          default=None)
         frac = sink.get("fraction_of_exp_roofline_at_max_clock")
+        compiled_ms = prov.get("dense_compiled", {}).get("median_ms")
+        literal_ms = prov.get("literal", {}).get("median_ms")
+        default_ms = defaults[0].get("median_ms") if defaults else None
+        it_us = sink["per_iteration_us"]
         result["targets"] = {
-            "literal_at_least_50x": None if "median_ms" not in prov.get("literal", {}) else
-            prov["literal"]["median_ms"] / fast >= 50,
-            "best_dense_at_least_5x": None if best_dense is None else best_dense / fast >= 5,
-            "peak_extra_memory_under_64MB": None if prov["radi_fast"].get("peak_extra_mb") is None else
+            f"sinkhorn iteration <= {TARGET_ITERATION_US:.0f} us (>= 60% of the MUFU limit)": it_us <= TARGET_ITERATION_US,
+            f"stretch: sinkhorn iteration <= {STRETCH_ITERATION_US:.0f} us": it_us <= STRETCH_ITERATION_US,
+            f"fwd+bwd, {iters} fixed iterations <= {TARGET_FIXED_MS} ms": fast <= TARGET_FIXED_MS,
+            ">= 7.5x dense torch.compile": None if compiled_ms is None else compiled_ms / fast >= 7.5,
+            ">= 30x literal": None if literal_ms is None else literal_ms / fast >= 30,
+            f"fwd+bwd with defaults <= {TARGET_DEFAULTS_MS} ms": None if default_ms is None else
+            default_ms <= TARGET_DEFAULTS_MS,
+            "peak extra memory < 64 MB": None if prov["radi_fast"].get("peak_extra_mb") is None else
             prov["radi_fast"]["peak_extra_mb"] < 64,
-            "sinkhorn_at_least_50pct_of_exp_roofline": None if frac is None else frac >= 0.5,
+            ">= 6x FlashSinkhorn per iteration (its 2.93 ms, measured before on an H100)":
+                FLASHSINKHORN_ITERATION_US / it_us >= 6 if it_us > 0 else None,
         }
+        result["fraction_of_exp_limit"] = frac
+        result["best_dense_speedup"] = None if best_dense is None else best_dense / fast
     return result
 
 
@@ -336,6 +379,8 @@ def main(argv=None):
     result = run(args)
     for path in write(result, outs):
         print(f"wrote {path}")
+    for name, ok in result.get("targets", {}).items():
+        print(f"TARGET {'PASS' if ok else ('n/a ' if ok is None else 'FAIL')}  {name}")
     return result
 
 

@@ -1,11 +1,14 @@
-"""Small Triton helpers shared by the RADI-P kernels.
+"""Small Triton helpers shared by the RADI-P kernels (derivations: docs/triton.md).
 
-* exponentials are ``tl.exp2`` on base-2 logits: for fp32 Triton lowers it to
-  ``ex2.approx.ftz.f32``, a single MUFU.EX2 in SASS (no denormal fix-up, no multiply by log2 e).
-* :func:`split_tf32`, :func:`augmented_dot` — the 3xTF32 product of the augmented point lanes
-  that gives a tile's logits (fp32), or one exact dot (fp64).
-* :func:`lowbias32` — Wellons' lowbias32 hash on uint32, bit-for-bit the integer hash of
-  ``radi_fast._random`` (the "random" margin mode).
+* Exponentials are ``tl.exp2`` on base-2 logits: for fp32 Triton lowers it to
+  ``ex2.approx.ftz.f32``, one MUFU.EX2 in SASS.
+* The augmented points ``Z [B, KP, TP]`` (answer-major, ``TP`` lanes contiguous) hold per answer
+  ``[y (T lanes), p, q, 1, 0...]`` with ``p = F - hs``, ``q = G - hs`` (base-2 potentials minus
+  the half squared norm). In fp32 they are stored split, ``Z = Zb + Zs`` with ``Zb`` exact in
+  TF32, so a column tile goes from global memory to shared memory and into the tensor cores
+  with no register pass. :func:`row_operand` turns a row tile into ``[y, 0, 1, p]`` ("F" side:
+  ``x_ij = <y_i, y_j> + p_i + q_j``) or ``[y, 1, 0, q]`` ("G" side: ``<y_i, y_j> + q_i + p_j``).
+* :func:`lowbias32` is Wellons' lowbias32 hash on uint32, bit-for-bit ``radi_fast._random``.
 """
 import triton
 import triton.language as tl
@@ -15,6 +18,8 @@ LN2_F = 0.6931471805599453
 # constexpr copies for use inside @triton.jit functions (plain globals are not allowed there)
 LOG2E = tl.constexpr(LOG2E_F)
 LN2 = tl.constexpr(LN2_F)
+# a finite "minus infinity" for padded answers: exp2 of it is 0, and its TF32 split is finite
+PAD_LOGIT = tl.constexpr(-1e30)
 # keeps sign, exponent and the 10 mantissa bits that a TF32 MMA reads (after +0x1000: round to nearest)
 TF32_MASK = tl.constexpr(0xFFFFE000)
 
@@ -27,17 +32,48 @@ def split_tf32(x):
 
 
 @triton.jit
-def augmented_dot(yi, yi_b, yi_s, yj, COMPUTE: tl.constexpr):
-    """``yi @ yj`` for the augmented lanes: fp64 one IEEE dot; fp32 3xTF32 (small*big + big*small
-    + big*big; finite operands, so no NaN fix-up), ``yi_b, yi_s = split_tf32(yi)`` hoisted by the caller."""
-    if COMPUTE == tl.float64:
-        x = tl.dot(yi, yj, input_precision="ieee")
+def load_points(zb_ptr, zs_ptr, idx, offs_t, TP: tl.constexpr, SPLIT: tl.constexpr):
+    """``Z[idx]`` as a [len(idx), TP] tile (``Zb + Zs`` when SPLIT: exact)."""
+    ptrs = idx[:, None] * TP + offs_t[None, :]
+    z = tl.load(zb_ptr + ptrs)
+    if SPLIT:
+        z += tl.load(zs_ptr + ptrs)
+    return z
+
+
+@triton.jit
+def row_operand(z, offs_t, T: tl.constexpr, G_SIDE: tl.constexpr, SPLIT: tl.constexpr):
+    """Rows ``[y, 0, 1, p]`` (F side) or ``[y, 1, 0, q]`` (G side) from a [BM, TP] tile of Z,
+    split for the 3xTF32 product (fp64: ``(r, r)``, the second unused)."""
+    lane = offs_t[None, :]
+    own = tl.sum(tl.where(lane == T + G_SIDE, z, 0.0), axis=1)  # p (F side) or q (G side)
+    one_lane = T + 1 - G_SIDE
+    r = tl.where(lane < T, z, tl.where(lane == one_lane, 1.0, tl.where(lane == T + 2, own[:, None], 0.0)))
+    if SPLIT:
+        rb, rs = split_tf32(r)
     else:
-        yj_b, yj_s = split_tf32(yj)
-        x = tl.dot(yi_s, yj_b, input_precision="tf32")
-        x = tl.dot(yi_b, yj_s, x, input_precision="tf32")
-        x = tl.dot(yi_b, yj_b, x, input_precision="tf32")
-    return x
+        rb = r
+        rs = r
+    return rb, rs
+
+
+@triton.jit
+def column_logits(zb_ptr, zs_ptr, rb, rs, j0, offs_t, BN: tl.constexpr, TP: tl.constexpr, SPLIT: tl.constexpr):
+    """Logits of one [BM, BN] tile, columns ``j0 .. j0 + BN``: rows ``(rb, rs)`` from
+    :func:`row_operand` times the column points. fp32: 3xTF32 (small*big + big*small + big*big; the
+    small*small term, ~2^-22 relative, is dropped); fp64: one IEEE product. The column loads are
+    unmasked (Z is padded to a whole number of tiles), so they stream straight to shared memory."""
+    cols = j0 + tl.arange(0, BN)
+    ptrs = cols[:, None] * TP + offs_t[None, :]
+    zjb = tl.trans(tl.load(zb_ptr + ptrs))
+    if SPLIT:
+        zjs = tl.trans(tl.load(zs_ptr + ptrs))
+        x = tl.dot(rs, zjb, input_precision="tf32")
+        x = tl.dot(rb, zjs, x, input_precision="tf32")
+        x = tl.dot(rb, zjb, x, input_precision="tf32")
+    else:
+        x = tl.dot(rb, zjb, input_precision="ieee")
+    return x, cols
 
 
 @triton.jit

@@ -1,120 +1,142 @@
 """Eq. 4, the soft-margin ranking loss, and its gradient w.r.t. the student, in one pass.
 
-Per sample (answers in teacher order, so every ordered pair ``t_i > t_j`` has ``i < j``: a
-program owning rows ``[i0, i0 + BM)`` visits only the column tiles from its own diagonal tile on):
+Answers are in teacher order (every ordered pair ``t_i > t_j`` has ``i < j``). A program owns
+``BM`` rows of one sample and visits every column tile, so each row's gradient count is a row
+reduction (no atomics, no column reductions across warps; the gradient is bitwise reproducible):
 
-    h_ij = max(0, m W_ij - (s_i - s_j))  over  t_i > t_j, i, j < K_b
-    loss_b = sum h_ij / |R_p|,   dL/ds_i = (#{j: j > i active} - #{j: i > j active}) / |R_p|
+    upper pairs (j > i): h_ij = m W_ij - (s_i - s_j) over t_i > t_j  -> loss, count_i -= 1
+    lower pairs (j < i): h_ji = m W_ji - (s_j - s_i) over t_j > t_i  -> count_i += 1
 
-``W`` by margin mode (``MODE``): 0 "ot" ``exp(f_i + g_j - U_ij / lam)`` from the final Sinkhorn
-potentials, ``log2 W_ij = (F_i - hs_i) + (G_j - hs_j) + <y_i, y_j>``: one matrix product over
-the same augmented points as the Sinkhorn kernel (3xTF32 on tensor cores), so W is evaluated on
-exactly the kernel the potentials were fitted to; 1 "uniform" 1; 2 "random" the counter hash of
-``radi_fast._random`` (seed, row, answer ids) in uint32; 3 "uncertainty" ``1 / (U_ij + 1e-6)``
-with U from the direct difference ``||y_i - y_j||^2`` over T (no cancellation for close answers,
-where 1 / U is steepest). Nothing of size K x K is ever stored.
-
-Outputs, all deterministic: per-(sample, row block) partial sums of the hinge (summed by the
-caller) and integer gradient counts ``cnt[b, i]`` (``#{j: j > i active} - #{j: i > j active}``)
-accumulated with int32 atomics, which are exact and order independent. ``|R_p|`` needs no
-pairwise pass: with the answers sorted by the teacher it is ``sum_i #{j: t_j < t_i}``, one
-``searchsorted`` in the caller.
+``loss_b = sum h / |R_p|`` (the caller divides), ``dL/ds_i = count_i / |R_p|``. W by margin mode
+(``MODE``): 0 "ot" ``2^(<y_i, y_j> + p_i + q_j)`` from the final Sinkhorn state in Z (lower
+pairs: ``p_j + q_i``), the same 3xTF32 product as the Sinkhorn kernel; 1 "uniform" 1; 2 "random"
+the counter hash of ``radi_fast._random`` (seed, row, answer ids); 3 "uncertainty"
+``1 / (U_ij + 1e-6)`` with U from the direct difference ``||y_i - y_j||^2`` (no cancellation for
+close answers). Padded answers carry a NaN teacher score, so no pair with them is ordered.
 """
 import triton
 import triton.language as tl
 
-from .common import LN2, augmented_dot, lowbias32, split_tf32
+from .common import LN2, column_logits, load_points, lowbias32, row_operand
 
 UNCERTAINTY_EPS = tl.constexpr(1e-6)
 UNIFORM_SCALE = tl.constexpr(1.0 / (1 << 24))
 
 
 @triton.jit
+def _weights(zb_b, zs_b, yt_b, rb, rs, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
+             T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, MODE: tl.constexpr,
+             LOWER: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr):
+    """W of the [BM, BN] tile at columns j0 (upper: W_ij; LOWER: W_ji); symmetric modes give the
+    same bits both ways (ot: the same up to the order of the product's additions)."""
+    cols = j0 + tl.arange(0, BN)
+    if MODE == 0:
+        x, cols = column_logits(zb_b, zs_b, rb, rs, j0, offs_t, BN, TP, SPLIT)
+        w = tl.exp2(x)
+    elif MODE == 1:
+        w = tl.full([BM, BN], 1.0, COMPUTE)
+    elif MODE == 2:
+        idj = tl.load(ids_b + cols).to(tl.uint32)
+        if LOWER:  # hash(row, id_j, id_i)
+            h = lowbias32(lowbias32(hrow ^ idj)[None, :] ^ tl.load(ids_b + rows).to(tl.uint32)[:, None])
+        else:  # hash(row, id_i, id_j); h_rows = lowbias32(hrow ^ id_i)
+            h = lowbias32(h_rows[:, None] ^ idj[None, :])
+        w = (h >> 8).to(COMPUTE) * UNIFORM_SCALE
+    else:
+        d2 = tl.zeros([BM, BN], COMPUTE)
+        for t in tl.static_range(T):  # lane-major copy of y: coalesced loads
+            diff = tl.load(yt_b + t * KP + rows)[:, None] - tl.load(yt_b + t * KP + cols)[None, :]
+            d2 += diff * diff
+        w = 1.0 / (d2 * u_scale + UNCERTAINTY_EPS)
+    return w, cols
+
+
+@triton.jit
 def margin_ranking_kernel(
-    y_ptr,  # [B, TP, K] scaled centred points (lanes t >= T are 0)
-    hs_ptr,  # [B, K] ||y||^2 / 2 (MODE 0)
-    f_ptr, g_ptr,  # [B, K] Sinkhorn potentials, base 2 (MODE 0)
+    zb_ptr, zs_ptr,  # [B, KP, TP] augmented points with the final potentials (MODE 0)
+    yt_ptr,  # [B, TP, KP] the points y, lane-major (MODE 3)
     nvalid_ptr,  # [B] int64 K_b
     lam_ptr,  # [B] lam (MODE 3: U = ||y_i - y_j||^2 lam ln2 / 2)
-    teacher_ptr,  # [B, K] teacher scores in teacher order
-    student_ptr,  # [B, K] student scores, gathered in the same order
-    ids_ptr,  # [B, K] int64 answer ids (MODE 2)
+    teacher_ptr,  # [B, KP] teacher scores in teacher order, NaN on padding
+    student_ptr,  # [B, KP] student scores, gathered in the same order
+    ids_ptr,  # [B, KP] int64 answer ids (MODE 2)
     rowhash_ptr,  # [B] int64 holding uint32 lowbias32(lowbias32(seed) ^ b) (MODE 2)
-    loss_part_ptr,  # [B, NB] partial hinge sums
-    cnt_ptr,  # [B, K] int32 gradient counts (zero-initialised)
+    loss_part_ptr,  # out [B, NB] partial hinge sums
+    cnt_ptr,  # out [B, K] int32 gradient counts
     margin,
-    K, NB,
+    K, KP, NB,
     MODE: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    COMPUTE: tl.constexpr,
+    SPLIT: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     ib = tl.program_id(1)
     i0 = ib * BM
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
     rows = i0 + tl.arange(0, BM)
-    row_ok = rows < kb
-    # the hinge sum stays per pair (reduced once at the end); the active counts per row are reduced
-    # per tile (fewer registers than a per-pair integer accumulator: no spills in any mode)
-    loss_acc = tl.zeros([BM, BN], COMPUTE)
+    loss_rows = tl.zeros([BM], COMPUTE)
     cnt_rows = tl.zeros([BM], tl.int32)
     if i0 < kb:
-        y_b = y_ptr + b * TP * K
-        kvec = b * K
+        kvec = b * KP
         offs_t = tl.arange(0, TP)
-        ti = tl.load(teacher_ptr + kvec + rows, mask=row_ok, other=0.0).to(COMPUTE)
-        si = tl.load(student_ptr + kvec + rows, mask=row_ok, other=0.0).to(COMPUTE)
-        if MODE == 0:  # rows [y_i, 1, F_i - hs_i] . columns [y_j, G_j - hs_j, 1] = log2 W_ij
-            fi = tl.load(f_ptr + kvec + rows, mask=row_ok, other=0.0) - tl.load(hs_ptr + kvec + rows, mask=row_ok,
-                                                                             other=0.0)
-            yi = tl.load(y_b + offs_t[None, :] * K + rows[:, None], mask=(offs_t[None, :] < T) & row_ok[:, None],
-                         other=0.0)
-            yi = tl.where(offs_t[None, :] == T, 1.0, tl.where(offs_t[None, :] == T + 1, fi[:, None], yi))
-            if COMPUTE == tl.float32:
-                yi_b, yi_s = split_tf32(yi)  # loop-invariant half of the 3xTF32 split
-            else:  # fp64: one exact dot, the split operands are unused
-                yi_b = yi
-                yi_s = yi
+        zb_b = zb_ptr + b * KP * TP
+        zs_b = zs_ptr + b * KP * TP
+        yt_b = yt_ptr + b * KP * TP
+        ids_b = ids_ptr + kvec
+        ti = tl.load(teacher_ptr + kvec + rows).to(COMPUTE)
+        si = tl.load(student_ptr + kvec + rows).to(COMPUTE)
+        # operands of the weights (unused ones are placeholders the compiler drops)
+        rb_up = si[:, None]
+        rs_up = si[:, None]
+        rb_lo = si[:, None]
+        rs_lo = si[:, None]
+        h_rows = rows.to(tl.uint32)
+        hrow = tl.zeros([], tl.uint32)
+        u_scale = tl.zeros([], COMPUTE)
+        if MODE == 0:
+            z_rows = load_points(zb_b, zs_b, rows, offs_t, TP, SPLIT)
+            rb_up, rs_up = row_operand(z_rows, offs_t, T, 0, SPLIT)
+            rb_lo, rs_lo = row_operand(z_rows, offs_t, T, 1, SPLIT)
         if MODE == 2:
             hrow = tl.load(rowhash_ptr + b).to(tl.uint32)
-            hi = lowbias32(hrow ^ tl.load(ids_ptr + kvec + rows, mask=row_ok, other=0).to(tl.uint32))
+            h_rows = lowbias32(hrow ^ tl.load(ids_b + rows).to(tl.uint32))
         if MODE == 3:
             u_scale = tl.load(lam_ptr + b).to(COMPUTE) * (0.5 * LN2)
-        for j0 in range((i0 // BN) * BN, kb, BN):
-            cols = j0 + tl.arange(0, BN)
-            col_ok = cols < kb
-            tj = tl.load(teacher_ptr + kvec + cols, mask=col_ok, other=0.0).to(COMPUTE)
-            sj = tl.load(student_ptr + kvec + cols, mask=col_ok, other=0.0).to(COMPUTE)
-            ordered = (ti[:, None] > tj[None, :]) & row_ok[:, None] & col_ok[None, :]
-            if MODE == 0:
-                gj = tl.load(g_ptr + kvec + cols, mask=col_ok, other=0.0) - tl.load(hs_ptr + kvec + cols,
-                                                                                 mask=col_ok, other=0.0)
-                yj = tl.load(y_b + offs_t[:, None] * K + cols[None, :],
-                             mask=(offs_t[:, None] < T) & col_ok[None, :], other=0.0)
-                yj = tl.where(offs_t[:, None] == T, gj[None, :], tl.where(offs_t[:, None] == T + 1, 1.0, yj))
-                x = augmented_dot(yi, yi_b, yi_s, yj, COMPUTE)
-                w = tl.exp2(x)
-            elif MODE == 1:
-                w = tl.full([BM, BN], 1.0, COMPUTE)
-            elif MODE == 2:
-                idj = tl.load(ids_ptr + kvec + cols, mask=col_ok, other=0).to(tl.uint32)
-                h = lowbias32(hi[:, None] ^ idj[None, :])
-                w = (h >> 8).to(COMPUTE) * UNIFORM_SCALE
-            else:  # direct difference: no cancellation for close answers, where 1 / U is steepest
-                d2 = tl.zeros([BM, BN], COMPUTE)
-                for t in tl.static_range(T):
-                    yi_t = tl.load(y_b + t * K + rows, mask=row_ok, other=0.0)
-                    yj_t = tl.load(y_b + t * K + cols, mask=col_ok, other=0.0)
-                    diff = yi_t[:, None] - yj_t[None, :]
-                    d2 += diff * diff
-                w = 1.0 / (d2 * u_scale + UNCERTAINTY_EPS)
+        n_cols = tl.cdiv(kb, BN) * BN
+        d0 = (i0 // BN) * BN  # tiles meeting the diagonal: [d0, d1)
+        d1 = tl.minimum(tl.cdiv(i0 + BM, BN) * BN, n_cols)
+        for j0 in range(0, d0, BN):  # lower tiles: j < i for every pair
+            w, cols = _weights(zb_b, zs_b, yt_b, rb_lo, rs_lo, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
+                               T, TP, BM, BN, MODE, True, SPLIT, COMPUTE)
+            tj = tl.load(teacher_ptr + kvec + cols).to(COMPUTE)
+            sj = tl.load(student_ptr + kvec + cols).to(COMPUTE)
+            # the pair (j, i): the same expression as the upper pass of row j, so both agree
+            active = (tj[None, :] > ti[:, None]) & (margin * w - (sj[None, :] - si[:, None]) > 0.0)
+            cnt_rows += tl.sum(active.to(tl.int32), axis=1)
+        for j0 in range(d0, d1, BN):  # diagonal tiles: both kinds, by position
+            tj_cols = j0 + tl.arange(0, BN)
+            tj = tl.load(teacher_ptr + kvec + tj_cols).to(COMPUTE)
+            sj = tl.load(student_ptr + kvec + tj_cols).to(COMPUTE)
+            w_lo, cols = _weights(zb_b, zs_b, yt_b, rb_lo, rs_lo, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
+                                  T, TP, BM, BN, MODE, True, SPLIT, COMPUTE)
+            lower = ((cols[None, :] < rows[:, None]) & (tj[None, :] > ti[:, None])
+                     & (margin * w_lo - (sj[None, :] - si[:, None]) > 0.0))
+            w_up, cols = _weights(zb_b, zs_b, yt_b, rb_up, rs_up, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
+                                  T, TP, BM, BN, MODE, False, SPLIT, COMPUTE)
+            hinge = margin * w_up - (si[:, None] - sj[None, :])
+            upper = (cols[None, :] > rows[:, None]) & (ti[:, None] > tj[None, :]) & (hinge > 0.0)
+            loss_rows += tl.sum(tl.where(upper, hinge, 0.0), axis=1)
+            cnt_rows += tl.sum(lower.to(tl.int32), axis=1) - tl.sum(upper.to(tl.int32), axis=1)
+        for j0 in range(d1, n_cols, BN):  # upper tiles: j > i for every pair
+            w, cols = _weights(zb_b, zs_b, yt_b, rb_up, rs_up, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
+                               T, TP, BM, BN, MODE, False, SPLIT, COMPUTE)
+            tj = tl.load(teacher_ptr + kvec + cols).to(COMPUTE)
+            sj = tl.load(student_ptr + kvec + cols).to(COMPUTE)
             hinge = margin * w - (si[:, None] - sj[None, :])
-            active = ordered & (hinge > 0.0)
-            loss_acc += tl.where(active, hinge, 0.0)
-            act = active.to(tl.int32)
-            cnt_rows += tl.sum(act, axis=1)
-            tl.atomic_add(cnt_ptr + kvec + cols, tl.sum(act, axis=0), mask=col_ok)
-        tl.atomic_add(cnt_ptr + kvec + rows, -cnt_rows, mask=row_ok)
-    tl.store(loss_part_ptr + b * NB + ib, tl.sum(tl.sum(loss_acc, axis=1), axis=0))
+            active = (ti[:, None] > tj[None, :]) & (hinge > 0.0)
+            loss_rows += tl.sum(tl.where(active, hinge, 0.0), axis=1)
+            cnt_rows -= tl.sum(active.to(tl.int32), axis=1)
+        tl.store(cnt_ptr + b * K + rows, cnt_rows, mask=rows < kb)
+    tl.store(loss_part_ptr + b * NB + ib, tl.sum(loss_rows, axis=0))
 
 
 @triton.jit

@@ -157,21 +157,23 @@ def test_small_lam_log_domain():
 
 
 def test_online_fallback_of_the_shifted_pass(monkeypatch):
-    # a narrow window makes the shifted pass reject most row blocks: the online fallback runs,
-    # alone or after a rejected shifted pass, and the result is still exact (fp64)
-    for phases in (1, 2):
+    # a narrow window makes the shifted pass reject most row blocks: the online fallback of the
+    # update kernel runs (with one or two column shares of row sums to reject) and the result is
+    # still exact (fp64)
+    for split in (1, 2):
         monkeypatch.setenv("RADI_FAST_TRITON_CONFIG",
-                           f"shift_lo_log2=-1,shift_hi_log2=1,sink_bm=16,sink_bn=16,sink_phases={phases},sink_split=2")
+                           f"shift_lo_log2=-1,shift_hi_log2=1,sink_bm=16,sink_bn=16,sink_split={split}")
         student, mc, _ = make_inputs(2, 5, 37, dtype=torch.float64, seed=8)
         check(*run_both(student, mc, lam=0.3, tol=0, max_iter=5), torch.float64)
 
 
 @pytest.mark.parametrize("override", ["sink_bm=32,sink_bn=16,loss_bm=16,loss_bn=32",
-                                      "use_dot=0,shift=0,sink_bm=16,sink_bn=64,check_every=1",
-                                      "sink_phases=2,sink_split=3,sink_bm=64,sink_bn=32,stats_bk=16"])
+                                      "sink_bm=16,sink_bn=64,sink_acc=1,loss_bm=32,loss_bn=16,check_every=1",
+                                      "sink_split=3,sink_bm=64,sink_bn=32,stats_bk=16"])
 def test_tile_shapes_and_kernel_variants(override, monkeypatch):
-    # mismatched row/column tiles (diagonal tiles straddling), the FFMA and online-only variants,
-    # the two-phase column split (shares of 5 column tiles: 2+2+1; of 4: 2+2+0; of 1: 1+0+0)
+    # mismatched row/column tiles (several diagonal tiles per row block, or one straddling
+    # several row blocks), per-pair accumulation, the column split (shares of 5 column tiles:
+    # 2+2+1; of 4: 2+2+0; of 1: 1+0+0)
     monkeypatch.setenv("RADI_FAST_TRITON_CONFIG", override)
     student, mc, _ = make_inputs(3, 5, 130, seed=13)
     check(*run_both(student, mc, lengths=torch.tensor([130, 101, 2])), torch.float32)
@@ -182,7 +184,7 @@ def test_sinkhorn_potentials_and_per_sample_freezing_match_cpu():
     # samples with different scales converge in different numbers of iterations; the device-side
     # freezing must reproduce the CPU path's per-sample stop exactly (fp64: tight tolerance)
     _, mc, _ = make_inputs(3, 16, 130, dtype=torch.float64, seed=2)
-    mc = mc * torch.tensor([1.0, 5.0, 0.2], dtype=torch.float64)[:, None, None]
+    mc = mc * torch.tensor([1.0, 5.0, 0.2], dtype=torch.float64, device=mc.device)[:, None, None]
     lengths = torch.tensor([130, 90, 3])
     p = prepare_pairwise(mc.cpu(), None, 2500, None, lengths)
     sol = sinkhorn_log_potentials_cpu(p, 100, 1e-5, slice(None))

@@ -77,7 +77,7 @@ def kernels():
     mods = {name: importlib.import_module(f"radi_fast.kernels.{name}") for name in _KERNEL_MODULES}
     from triton.runtime.interpreter import InterpretedFunction
 
-    interpreted = isinstance(mods["sinkhorn"].sinkhorn_half_step_kernel, InterpretedFunction)
+    interpreted = isinstance(mods["sinkhorn"].sinkhorn_row_sums_kernel, InterpretedFunction)
     if interpreted != _interpret_requested():
         try:  # Triton >= 3.4 caches the variable in its knobs
             from triton import knobs
@@ -92,8 +92,10 @@ def kernels():
 
 class _Namespace:
     def __init__(self, mods):
-        self.stats = mods["pairwise_stats"].pairwise_stats_kernel
-        self.half_step = mods["sinkhorn"].sinkhorn_half_step_kernel
+        self.lam = mods["pairwise_stats"].pairwise_lam_kernel
+        self.points = mods["pairwise_stats"].pairwise_points_kernel
+        self.row_sums = mods["sinkhorn"].sinkhorn_row_sums_kernel
+        self.update = mods["sinkhorn"].sinkhorn_update_kernel
         self.loss = mods["margin_ranking"].margin_ranking_kernel
         self.pair_uniform = mods["margin_ranking"].pair_uniform_kernel
 
@@ -101,44 +103,41 @@ class _Namespace:
 # ----------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class TritonConfig:
-    """Tile sizes and launch parameters. ``sink_*``: Sinkhorn half-step; ``loss_*``: eq. 4 kernel.
+    """Tile sizes and launch parameters. ``sink_*``: Sinkhorn row-sum kernel (its update kernel
+    uses the same tiles); ``loss_*``: eq. 4 kernel (``loss_warps`` for "ot", whose tiles come from
+    tensor-core products, ``loss_warps_other`` for the other margin modes); ``stats_bk``: answers
+    per statistics program.
 
-    ``use_dot``: the Sinkhorn logits ``<y_i, y_j>`` on tensor cores (tf32x3) rather than T FFMAs.
-    ``shift``: the Sinkhorn's shifted pass (previous log-sum-exp as the shift, online pass only
-    as a fallback); ``False`` runs the online pass alone. ``shift_lo_log2``, ``shift_hi_log2``:
-    the window of row sums the shifted pass accepts (a narrow one forces the fallback: tests).
-    ``check_every``: host look at the Sinkhorn stopping flags every this many iterations.
-    ``sink_phases``: 2 (default on a GPU): a lean shifted-pass kernel writes per-row partial sums
-    over ``sink_split`` column shares, a second kernel adds them and takes the online fallback
-    where needed (the shifted kernel then needs 108 registers instead of 195 at 128 x 128 tiles:
-    2 programs per SM instead of 1); 1: one kernel does both (the interpreter's default: fewer
-    launches). ``sink_split``: column shares (0: :func:`choose_split` from the SM count and
-    ``split_ctas_per_sm``, the phase-1 programs one SM holds at once, 2 at the default tiles by
-    the register count in kernels/sm90_report.py, to fill the last wave).
-    Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=128,use_dot=0"``.
+    ``sink_acc``: accumulate ``2^x`` per pair and reduce once per program (more registers) rather
+    than reducing each tile. ``sink_split``: column shares per row block (0: :func:`choose_split`
+    from the SM count and ``split_ctas_per_sm``, the row-sum programs one SM holds at once, to fill
+    the last wave). ``shift_lo_log2``, ``shift_hi_log2``: the window of row sums the shifted pass
+    accepts (a narrow one forces the online fallback: tests). ``check_every``: host look at the
+    Sinkhorn stopping flags every this many iterations.
+    Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=64,sink_warps=4"``.
     """
 
     sink_bm: int = 128
     sink_bn: int = 128
     sink_warps: int = 8
-    sink_stages: int = 3
-    use_dot: bool = True
-    shift: bool = True
-    shift_lo_log2: int = -60
-    shift_hi_log2: int = 100
-    loss_bm: int = 128
-    loss_bn: int = 64
-    loss_warps: int = 8
-    stats_bk: int = 128
-    check_every: int = 4
-    sink_phases: int = 2
+    sink_stages: int = 2
+    sink_acc: bool = False
     sink_split: int = 0
     split_ctas_per_sm: int = 2
+    shift_lo_log2: int = -60
+    shift_hi_log2: int = 100
+    loss_bm: int = 64
+    loss_bn: int = 64
+    loss_warps: int = 4
+    loss_warps_other: int = 8
+    loss_stages: int = 2
+    stats_bk: int = 64
+    check_every: int = 4
 
 
 # the interpreter's cost is per tile op, not per element: large tiles (the tests cover small ones)
-INTERPRETER_CONFIG = TritonConfig(sink_bm=128, sink_bn=128, sink_warps=4, sink_stages=1, sink_phases=1,
-                                  loss_bm=128, loss_bn=128, stats_bk=128)
+INTERPRETER_CONFIG = TritonConfig(sink_bm=128, sink_bn=128, sink_warps=4, sink_stages=1, loss_bm=128, loss_bn=128,
+                                  stats_bk=128)
 
 
 def parse_config_override(text: str, base: TritonConfig) -> TritonConfig:
@@ -177,52 +176,88 @@ def _check_device(t: torch.Tensor, interpret: bool) -> None:
             "(the Triton interpreter) or use backend='torch'")
 
 
+def point_lanes(T: int) -> int:
+    """TP: the lanes of an augmented point, ``[y (T), p, q, 1]`` padded to a power of two >= 16
+    (the K of a TF32 tensor-core product is a multiple of 8)."""
+    return max(16, 1 << (T + 2).bit_length())
+
+
+def padded_answers(K: int, cfg: TritonConfig) -> int:
+    """KP: K rounded up to a whole number of every kernel's tiles (all powers of two)."""
+    q = max(cfg.sink_bm, cfg.sink_bn, cfg.loss_bm, cfg.loss_bn, cfg.stats_bk)
+    return triton_cdiv(K, q) * q
+
+
 # ----------------------------------------------------------------------------- stages
 @dataclass
 class TritonProblem:
     """Teacher-side quantities on the top-k answers (``K = max_b K_b``), compute dtype.
 
     order: [B, K] answer ids in teacher order; valid: [B, K]; n_valid: [B] int64 K_b;
-    y: [B, TP, K] scaled centred points; hs: [B, K]; lam: [B]; teacher: [B, K] sorted scores.
+    zb, zs: [B, KP, TP] augmented points ``[y, p, q, 1]`` (fp32: ``Z = zb + zs`` split for
+    3xTF32; fp64: ``zs is zb``), p and q updated in place by Sinkhorn; hs: [B, K];
+    lam: [B]; teacher: [B, KP] sorted scores, NaN past K_b; yt: [B, TP, KP] the points y
+    lane-major (only for the "uncertainty" margins, else None).
     """
 
     order: torch.Tensor
     valid: torch.Tensor
     n_valid: torch.Tensor
-    y: torch.Tensor
+    zb: torch.Tensor
+    zs: torch.Tensor
     hs: torch.Tensor
     lam: torch.Tensor
     teacher: torch.Tensor
     T: int
     dtype: torch.dtype
+    yt: Optional[torch.Tensor] = None
+
+    @property
+    def split(self) -> bool:
+        return self.dtype != torch.float64
+
+    @property
+    def padded(self) -> int:
+        return self.zb.shape[1]
 
 
-def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[float], lengths, cfg, ks):
+def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[float], lengths, cfg, ks,
+                   lane_major: bool = False):
     dtype = compute_dtype(teacher_mc_logits, teacher_logits)
     mc = teacher_mc_logits.detach()
     B, T, N = mc.shape
+    device = mc.device
     teacher = mc.mean(dim=1, dtype=dtype) if teacher_logits is None else teacher_logits.detach().to(dtype)
     order, valid, n_valid = teacher_top_k(teacher, top_k, lengths)
     K = order.shape[1]
-    TP = max(16, 1 << (T + 1).bit_length())  # >= T + 2: two augmented lanes (sinkhorn.py)
-    y = torch.empty(B, TP, K, dtype=dtype, device=mc.device)
-    hs = torch.empty(B, K, dtype=dtype, device=mc.device)
-    lam_b = torch.empty(B, dtype=dtype, device=mc.device)
-    if lam is not None:
-        lam_b.fill_(lam)
+    KP, TP = padded_answers(K, cfg), point_lanes(T)
+    zb = torch.empty(B, KP, TP, dtype=dtype, device=device)
+    zs = torch.empty_like(zb) if dtype != torch.float64 else zb
+    yt = torch.empty(B, TP, KP, dtype=dtype, device=device) if lane_major else None
+    hs = torch.empty(B, K, dtype=dtype, device=device)
+    lam_b = torch.empty(B, dtype=dtype, device=device)
     n_valid = n_valid.to(torch.int64).contiguous()
     order = order.contiguous()
+    sorted_teacher = torch.full((B, KP), float("nan"), dtype=dtype, device=device)
+    sorted_teacher[:, :K] = teacher.gather(1, order).masked_fill(~valid, float("nan"))
+    if lam is not None:
+        lam_b.fill_(lam)
     if B and K:
-        ks.stats[(B,)](mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, lam_b, y, hs,
-                       K, T, TP=TP, BK=cfg.stats_bk, AUTO=lam is None, COMPUTE=_tl_dtype(dtype), num_warps=4)
-    return TritonProblem(order=order, valid=valid, n_valid=n_valid, y=y, hs=hs, lam=lam_b,
-                         teacher=teacher.gather(1, order).contiguous(), T=T, dtype=dtype)
+        args = (mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, lam_b)
+        if lam is None:
+            ks.lam[(B,)](*args, torch.finfo(dtype).eps, T, TP=TP, BK=cfg.stats_bk, COMPUTE=_tl_dtype(dtype),
+                         num_warps=4)
+        ks.points[(B, KP // cfg.stats_bk)](*args, zb, zs, zb if yt is None else yt, hs, K, KP, T, TP=TP,
+                                           BK=cfg.stats_bk, SPLIT=dtype != torch.float64, COMPUTE=_tl_dtype(dtype),
+                                           LANE_MAJOR=yt is not None, num_warps=4)
+    return TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=lam_b,
+                         teacher=sorted_teacher, T=T, dtype=dtype, yt=yt)
 
 
 def choose_split(n_programs: int, slots: int, max_split: int = 4) -> int:
-    """Column shares per row block for the two-phase Sinkhorn half-step: the count that best
-    fills the last wave of ``n_programs * split`` phase-1 programs over ``slots`` concurrent ones,
-    each extra share charged 1.5% (it re-reads its rows and writes one more partial sum)."""
+    """Column shares per row block for the Sinkhorn row sums: the count that best fills the last
+    wave of ``n_programs * split`` programs over ``slots`` concurrent ones, each extra share
+    charged 1.5% (it re-reads its rows and writes one more partial sum)."""
     best, best_eff = 1, 0.0
     for split in range(1, max_split + 1):
         n = n_programs * split
@@ -232,21 +267,20 @@ def choose_split(n_programs: int, slots: int, max_split: int = 4) -> int:
     return best
 
 
-def resolve_phases(cfg: TritonConfig, n_programs: int, device: torch.device) -> Tuple[int, int]:
-    """(phases, column shares) of the Sinkhorn half-step for this launch."""
-    if not cfg.shift or cfg.sink_phases == 1:
-        return 1, 1  # the online pass keeps a running max: single phase, no split
+def resolve_split(cfg: TritonConfig, n_programs: int, device: torch.device) -> int:
+    """Column shares of the Sinkhorn row sums for this launch."""
     if cfg.sink_split > 0:
-        return 2, cfg.sink_split
+        return cfg.sink_split
     if device.type != "cuda":
-        return 2, 1
+        return 1
     slots = torch.cuda.get_device_properties(device).multi_processor_count * cfg.split_ctas_per_sm
-    return 2, choose_split(n_programs, slots)
+    return choose_split(n_programs, slots)
 
 
 def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg, ks):
     """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K] and the number
-    of iterations launched (>= the largest per-sample count; frozen samples do no work).
+    of iterations launched (>= the largest per-sample count; frozen samples do no work). Also
+    leaves ``p = F - hs`` and ``q = G - hs`` in the lanes of ``p.zb``/``p.zs`` for the loss kernel.
 
     No host sync per iteration: every ``check_every`` iterations the "any sample still active"
     flag is copied to the host asynchronously and read a few iterations later, once the copy has
@@ -262,26 +296,22 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     if not (B and K):
         return F, G, 0
     rb = triton_cdiv(K, cfg.sink_bm)
-    phases, split = resolve_phases(cfg, B * rb, device)
-    part = torch.empty(split, B, K, dtype=p.dtype, device=device) if phases == 2 else F
-    TP = p.y.shape[1]
-    common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, USE_DOT=cfg.use_dot, SHIFT=cfg.shift,
-                  COMPUTE=_tl_dtype(p.dtype), SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2,
+    split = resolve_split(cfg, B * rb, device)
+    part = torch.empty(split, B, K, dtype=p.dtype, device=device)
+    KP, TP = p.padded, p.zb.shape[2]
+    common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype),
                   num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
+    window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
     asynchronous = device.type == "cuda"
     pending = None
     launched = 0
     for it in range(max_iter):
         prev, nxt = delta[it], delta[it + 1]
-        for src, dst, write_delta in ((G, F, False), (F, G, True)):
-            if phases == 2:
-                ks.half_step[(B, rb, split)](p.y, p.hs, p.n_valid, src, dst, prev, nxt, part, tol, K, split,
-                                             WRITE_DELTA=write_delta, PHASE=1, **common)
-                ks.half_step[(B, rb)](p.y, p.hs, p.n_valid, src, dst, prev, nxt, part, tol, K, split,
-                                      WRITE_DELTA=write_delta, PHASE=2, **common)
-            else:
-                ks.half_step[(B, rb)](p.y, p.hs, p.n_valid, src, dst, prev, nxt, part, tol, K, 1,
-                                      WRITE_DELTA=write_delta, PHASE=0, **common)
+        for side, pot in ((0, F), (1, G)):
+            ks.row_sums[(B, rb, split)](p.zb, p.zs, p.n_valid, prev, part, tol, K, KP, split, G_SIDE=side,
+                                        ACC=cfg.sink_acc, **common)
+            ks.update[(B, rb)](p.zb, p.zs, p.hs, p.n_valid, pot, part, prev, nxt, tol, K, KP, split, G_SIDE=side,
+                               WRITE_DELTA=side == 1, **window, **common)
         launched = it + 1
         if launched >= max_iter:
             break
@@ -315,21 +345,28 @@ def ordered_pair_counts(teacher_sorted: torch.Tensor, valid: torch.Tensor) -> to
     return (less * valid).sum(dim=1)
 
 
-def margin_loss_triton(student_sorted, p: TritonProblem, F, G, margin: float, mode: str, seed: int, cfg, ks):
-    """Per-sample eq. 4 losses [B] and the gradient w.r.t. the sorted student scores [B, K]."""
+def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: str, seed: int, cfg, ks):
+    """Per-sample eq. 4 losses [B] and the gradient w.r.t. the sorted student scores [B, K].
+
+    ``student_sorted`` is [B, KP] (zero past K); mode "ot" reads the potentials that
+    :func:`sinkhorn_potentials_triton` left in the lanes of Z."""
     B, K = p.hs.shape
     NB = triton_cdiv(K, cfg.loss_bm)
     device = p.hs.device
     loss_part = torch.empty(B, NB, dtype=p.dtype, device=device)
     cnt = torch.zeros(B, K, dtype=torch.int32, device=device)
     rowhash = torch.zeros(B, dtype=torch.int64, device=device)
+    ids = torch.zeros(B, p.padded, dtype=torch.int64, device=device)
+    ids[:, :K] = p.order
     if mode == "random":
         h0 = int(lowbias32(torch.tensor(seed & MASK32, dtype=torch.int64)))
         rowhash = lowbias32(h0 ^ torch.arange(B, dtype=torch.int64)).to(device)
-    ks.loss[(B, NB)](p.y, p.hs, F, G, p.n_valid, p.lam, p.teacher, student_sorted, p.order, rowhash, loss_part, cnt,
-                     float(margin), K, NB, MODE=MODE_IDS[mode], T=p.T, TP=p.y.shape[1], BM=cfg.loss_bm,
-                     BN=cfg.loss_bn, COMPUTE=_tl_dtype(p.dtype), num_warps=cfg.loss_warps)
-    n_pairs = ordered_pair_counts(p.teacher, p.valid).to(p.dtype)
+    warps = cfg.loss_warps if mode == "ot" else cfg.loss_warps_other
+    ks.loss[(B, NB)](p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, p.lam, p.teacher, student_sorted, ids,
+                     rowhash, loss_part, cnt, float(margin), K, p.padded, NB, MODE=MODE_IDS[mode], T=p.T,
+                     TP=p.zb.shape[2], BM=cfg.loss_bm, BN=cfg.loss_bn, SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype),
+                     num_warps=warps, num_stages=cfg.loss_stages)
+    n_pairs = ordered_pair_counts(p.teacher[:, :K], p.valid).to(p.dtype)
     scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))
     return loss_part.sum(dim=1) * scale, cnt.to(p.dtype) * scale[:, None]
 
@@ -345,16 +382,16 @@ def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, l
     cfg = config or default_config(interpret, dtype)
     B, N = student_logits.shape
     p = prepare_triton(teacher_mc_logits.to(dtype) if dtype == torch.float64 else teacher_mc_logits,
-                       None if teacher_logits is None else teacher_logits.to(dtype), top_k, lam, lengths, cfg, ks)
+                       None if teacher_logits is None else teacher_logits.to(dtype), top_k, lam, lengths, cfg, ks,
+                       lane_major=mode == "uncertainty")
     K = p.order.shape[1]
     if not (B and K):
         return student_logits.new_zeros(B, dtype=dtype), student_logits.new_zeros(B, N, dtype=dtype)
     if mode == "ot":
-        F, G, _ = sinkhorn_potentials_triton(p, max_iter, tol, cfg, ks)
-    else:
-        F = G = p.hs  # unused by the other modes
-    student = student_logits.detach().to(dtype).gather(1, p.order).contiguous()
-    loss, grad_k = margin_loss_triton(student, p, F, G, margin, mode, seed, cfg, ks)
+        sinkhorn_potentials_triton(p, max_iter, tol, cfg, ks)
+    student = torch.zeros(B, p.padded, dtype=dtype, device=student_logits.device)
+    student[:, :K] = student_logits.detach().to(dtype).gather(1, p.order)
+    loss, grad_k = margin_loss_triton(student, p, margin, mode, seed, cfg, ks)
     grad = torch.zeros(B, N, dtype=dtype, device=student_logits.device)
     grad.scatter_add_(1, p.order, grad_k * p.valid)
     return loss, grad
