@@ -49,6 +49,9 @@ SWEEP = ("sink_split=1", "sink_split=2", "sink_split=3", "sink_stages=3", "sink_
          "sink_bm=64,sink_bn=64,sink_warps=4,sink_stages=3,split_ctas_per_sm=5",
          "sink_bm=64,sink_bn=64,sink_warps=4,sink_stages=3,sink_acc=1,split_ctas_per_sm=4",
          "sink_bm=128,sink_bn=64,sink_warps=8,sink_stages=3")
+LOSS_SWEEP = ("loss_bm=64", "loss_stages=3", "loss_bm=128,loss_bn=64,loss_warps=8",
+              "loss_bm=64,loss_bn=128,loss_warps=4", "loss_bm=128,loss_bn=128,loss_warps=8",
+              "loss_bm=64,loss_bn=32,loss_warps=4")
 # the issue's targets at the benchmark shape (H100)
 TARGET_ITERATION_US = 160.0
 STRETCH_ITERATION_US = 95.0
@@ -282,8 +285,7 @@ def run(args):
         sink[f"{label}_mhz"] = float(mhz)
     result["sinkhorn"] = sink
     ks = PT.kernels()
-    stud = torch.zeros(B, p.padded, device=device)
-    stud[:, :p.order.shape[1]] = student.gather(1, p.order)
+    stud = PT.sorted_student(student, p)
     PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg, ks)
     result["stages_ms"] = {
         "prepare (sort, gather, stats kernels)": timer.measure(
@@ -309,6 +311,35 @@ def run(args):
             sweep.append({"config": override, "error": repr(exc)[:300]})
         print(f"  sweep {sweep[-1]}", flush=True)
     result["sinkhorn_sweep"] = sweep
+
+    # loss kernel sweep ("ot" margins, final potentials of the run above)
+    loss_sweep = []
+    for override in (LOSS_SWEEP[:1] if args.no_sweep or args.dry_run else LOSS_SWEEP):
+        c = PT.parse_config_override(override, cfg)
+        try:
+            pc = PT.prepare_triton(mc, None, 2500, None, None, c, ks)
+            PT.sinkhorn_potentials_triton(pc, iters, 0.0, c, ks)
+            sc = PT.sorted_student(student, pc)
+            ms = timer.measure(lambda: PT.margin_loss_triton(sc, pc, 1.0, "ot", 0, c, ks), 1, args.rounds)["median_ms"]
+            loss_sweep.append({"config": override, "ms": ms})
+        except Exception as exc:
+            loss_sweep.append({"config": override, "error": repr(exc)[:300]})
+        print(f"  loss sweep {loss_sweep[-1]}", flush=True)
+    result["loss_sweep"] = loss_sweep
+
+    # where the time of one call with the defaults goes (CUDA kernels, torch.profiler)
+    if device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        fn = lambda s: radi_fast.radi_pairwise_loss(s, mc, backend="triton")  # noqa: E731
+        fwd_bwd(fn, student)
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                fwd_bwd(fn, student)
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
+        print(table, flush=True)
+        result["profile_defaults_3_calls"] = table
 
     # the package defaults (lam auto, tol 1e-5, max_iter 100)
     defaults = []
@@ -357,7 +388,74 @@ def run(args):
         }
         result["fraction_of_exp_limit"] = frac
         result["best_dense_speedup"] = None if best_dense is None else best_dense / fast
+    if device.type == "cuda":  # last: a failed graph capture may leave this process unusable
+        result["integration"] = integration_checks(radi_fast, student, mc, iters)
     return result
+
+
+def integration_checks(radi_fast, student, mc, iters):
+    """What a trainer needs on a GPU: no host sync in a fixed-budget call, CUDA-graph capture,
+    torch.compile(fullgraph=True). Each outcome is recorded, not asserted."""
+    import torch
+
+    out = {}
+    teacher = mc.mean(dim=1)
+    calls = {
+        "radi_p_tol0": lambda s: radi_fast.radi_pairwise_loss(s, mc, max_iter=iters, tol=0.0),
+        "radi_l": lambda s: radi_fast.radi_listwise_loss(s, teacher, hot=100, cold=10),
+    }
+    for name, fn in calls.items():
+        s = student.detach().clone().requires_grad_(True)
+        fn(s).backward()  # compile / warm up
+        torch.cuda.synchronize()
+        try:
+            torch.cuda.set_sync_debug_mode("error")
+            s = student.detach().clone().requires_grad_(True)
+            fn(s).backward()
+            torch.cuda.synchronize()
+            out[f"{name}_sync_free"] = True
+        except Exception as exc:
+            out[f"{name}_sync_free"] = repr(exc)[:300]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        try:  # capture forward + backward in a CUDA graph, replay, compare with eager
+            s = student.detach().clone().requires_grad_(True)
+            eager = fn(s)
+            eager.backward()
+            ref_grad = s.grad.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    s.grad = None
+                    fn(s).backward()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            s.grad = None
+            with torch.cuda.graph(graph):
+                loss = fn(s)
+                loss.backward()
+            graph.replay()
+            torch.cuda.synchronize()
+            out[f"{name}_cuda_graph"] = {"loss_equal": bool(torch.equal(loss, eager.detach())),
+                                         "grad_max_abs_diff": float((s.grad - ref_grad).abs().max())}
+        except Exception as exc:
+            out[f"{name}_cuda_graph"] = repr(exc)[:300]
+        try:
+            compiled = torch.compile(fn, fullgraph=True)
+            s = student.detach().clone().requires_grad_(True)
+            c_loss = compiled(s)
+            c_loss.backward()
+            s2 = student.detach().clone().requires_grad_(True)
+            e_loss = fn(s2)
+            e_loss.backward()
+            out[f"{name}_compile_fullgraph"] = {"loss_diff": float((c_loss - e_loss).abs()),
+                                                "grad_max_abs_diff": float((s.grad - s2.grad).abs().max())}
+        except Exception as exc:
+            out[f"{name}_compile_fullgraph"] = repr(exc)[:300]
+        torch._dynamo.reset()
+    print(f"  integration {json.dumps(out)}", flush=True)
+    return out
 
 
 def write(result, outs):

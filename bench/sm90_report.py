@@ -111,7 +111,8 @@ def kernel_specs():
     update("sinkhorn_update_fp64", fp64_cfg, side=1, fp64=True)
 
     loss_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "yt_ptr": "*fp32", "nvalid_ptr": "*i64", "lam_ptr": "*fp32",
-                "teacher_ptr": "*fp32", "student_ptr": "*fp32", "ids_ptr": "*i64", "rowhash_ptr": "*i64",
+                "tie_lo_ptr": "*i32", "tie_hi_ptr": "*i32", "student_ptr": "*fp32", "ids_ptr": "*i64",
+                "rowhash_ptr": "*i64",
                 "loss_part_ptr": "*fp32", "cnt_ptr": "*i32", "margin": "fp32", "K": "i32", "KP": "i32", "NB": "i32",
                 "MODE": "constexpr", "T": "constexpr", "TP": "constexpr", "BM": "constexpr", "BN": "constexpr",
                 "SPLIT": "constexpr", "COMPUTE": "constexpr"}
@@ -119,8 +120,8 @@ def kernel_specs():
     def loss(name, c, mode, fp64=False):
         consts = {"MODE": mode, "T": T_BENCH, "TP": TP, "BM": c.loss_bm, "BN": c.loss_bn, "SPLIT": not fp64,
                   "COMPUTE": f64 if fp64 else f32}
-        sig = dict(loss_sig, **ptrs(("zb_ptr", "zs_ptr", "yt_ptr", "lam_ptr", "teacher_ptr", "student_ptr",
-                                     "loss_part_ptr"), "*fp64")) if fp64 else loss_sig
+        sig = dict(loss_sig, **ptrs(("zb_ptr", "zs_ptr", "yt_ptr", "lam_ptr", "student_ptr", "loss_part_ptr"),
+                                    "*fp64")) if fp64 else loss_sig
         warps = c.loss_warps if mode == 0 else c.loss_warps_other
         specs.append((name, ks.loss, sig, consts, {"num_warps": warps, "num_stages": c.loss_stages},
                       c.loss_bm * c.loss_bn // (32 * warps)))
@@ -207,6 +208,8 @@ def compile_all(sass_dir=None):
         cubin = os.path.join(workdir, f"{name}.cubin")
         with open(cubin, "wb") as fh:
             fh.write(compiled.asm["cubin"])
+        with open(os.path.join(workdir, f"{name}.ptx"), "w") as fh:
+            fh.write(compiled.asm["ptx"])
         sass = subprocess.run([os.path.join(_tools(), "cuobjdump"), "-sass", cubin], capture_output=True, text=True,
                               check=True).stdout
         with open(os.path.join(workdir, f"{name}.sass"), "w") as fh:

@@ -1,7 +1,8 @@
 """Eq. 4, the soft-margin ranking loss, and its gradient w.r.t. the student, in one pass.
 
-Answers are in teacher order (every ordered pair ``t_i > t_j`` has ``i < j``). A program owns
-``BM`` rows of one sample and visits every column tile, so each row's gradient count is a row
+Answers are in teacher order (every ordered pair ``t_i > t_j`` has ``i < j``; answer i's tie
+group is ``[tie_lo_i, tie_hi_i)``, so ``t_i > t_j`` iff ``j >= tie_hi_i``). A program owns ``BM``
+rows of one sample and visits every column tile, so each row's gradient count is a row
 reduction (no atomics, no column reductions across warps; the gradient is bitwise reproducible):
 
     upper pairs (j > i): h_ij = m W_ij - (s_i - s_j) over t_i > t_j  -> loss, count_i -= 1
@@ -12,7 +13,9 @@ reduction (no atomics, no column reductions across warps; the gradient is bitwis
 pairs: ``p_j + q_i``), the same 3xTF32 product as the Sinkhorn kernel; 1 "uniform" 1; 2 "random"
 the counter hash of ``radi_fast._random`` (seed, row, answer ids); 3 "uncertainty"
 ``1 / (U_ij + 1e-6)`` with U from the direct difference ``||y_i - y_j||^2`` (no cancellation for
-close answers). Padded answers carry a NaN teacher score, so no pair with them is ordered.
+close answers). Padded answers carry a student score of -inf, so every hinge with them is -inf.
+Only the column tiles around the diagonal (and around long tie groups) test the teacher order
+pair by pair; elsewhere every pair is ordered, and no teacher score is loaded at all.
 """
 import triton
 import triton.language as tl
@@ -57,8 +60,8 @@ def margin_ranking_kernel(
     yt_ptr,  # [B, TP, KP] the points y, lane-major (MODE 3)
     nvalid_ptr,  # [B] int64 K_b
     lam_ptr,  # [B] lam (MODE 3: U = ||y_i - y_j||^2 lam ln2 / 2)
-    teacher_ptr,  # [B, KP] teacher scores in teacher order, NaN on padding
-    student_ptr,  # [B, KP] student scores, gathered in the same order
+    tie_lo_ptr, tie_hi_ptr,  # [B, KP] int32: answer i's teacher tie group is [tie_lo_i, tie_hi_i)
+    student_ptr,  # [B, KP] student scores in teacher order, -inf past K_b
     ids_ptr,  # [B, KP] int64 answer ids (MODE 2)
     rowhash_ptr,  # [B] int64 holding uint32 lowbias32(lowbias32(seed) ^ b) (MODE 2)
     loss_part_ptr,  # out [B, NB] partial hinge sums
@@ -77,13 +80,17 @@ def margin_ranking_kernel(
     cnt_rows = tl.zeros([BM], tl.int32)
     if i0 < kb:
         kvec = b * KP
+        row_ok = rows < kb
         offs_t = tl.arange(0, TP)
         zb_b = zb_ptr + b * KP * TP
         zs_b = zs_ptr + b * KP * TP
         yt_b = yt_ptr + b * KP * TP
         ids_b = ids_ptr + kvec
-        ti = tl.load(teacher_ptr + kvec + rows).to(COMPUTE)
-        si = tl.load(student_ptr + kvec + rows).to(COMPUTE)
+        s_b = student_ptr + kvec
+        # padded rows get +inf: every upper hinge of theirs is -inf (their counts are not stored)
+        si = tl.where(row_ok, tl.load(s_b + rows).to(COMPUTE), float("inf"))
+        lo_i = tl.load(tie_lo_ptr + kvec + rows)
+        hi_i = tl.load(tie_hi_ptr + kvec + rows)
         # operands of the weights (unused ones are placeholders the compiler drops)
         rb_up = si[:, None]
         rs_up = si[:, None]
@@ -100,42 +107,39 @@ def margin_ranking_kernel(
             hrow = tl.load(rowhash_ptr + b).to(tl.uint32)
             h_rows = lowbias32(hrow ^ tl.load(ids_b + rows).to(tl.uint32))
         if MODE == 3:
-            u_scale = tl.load(lam_ptr + b).to(COMPUTE) * (0.5 * LN2)
+            u_scale = tl.load(lam_ptr + b).to(COMPUTE) * tl.full((), 0.5 * LN2, COMPUTE)
+        # column tiles: [0, m0) are teacher-ahead of every row (lower pairs, all ordered);
+        # [m1, n_cols) teacher-behind every row (upper pairs, all ordered); [m0, m1), around the
+        # diagonal and any tie group, is checked pair by pair
         n_cols = tl.cdiv(kb, BN) * BN
-        d0 = (i0 // BN) * BN  # tiles meeting the diagonal: [d0, d1)
-        d1 = tl.minimum(tl.cdiv(i0 + BM, BN) * BN, n_cols)
-        for j0 in range(0, d0, BN):  # lower tiles: j < i for every pair
+        m0 = (tl.min(tl.where(row_ok, lo_i, kb), axis=0) // BN) * BN
+        m1 = tl.minimum(tl.cdiv(tl.max(tl.where(row_ok, hi_i, 0), axis=0), BN) * BN, n_cols)
+        for j0 in range(0, m0, BN):  # lower: h_ji = m W_ji - (s_j - s_i)
             w, cols = _weights(zb_b, zs_b, yt_b, rb_lo, rs_lo, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
                                T, TP, BM, BN, MODE, True, SPLIT, COMPUTE)
-            tj = tl.load(teacher_ptr + kvec + cols).to(COMPUTE)
-            sj = tl.load(student_ptr + kvec + cols).to(COMPUTE)
-            # the pair (j, i): the same expression as the upper pass of row j, so both agree
-            active = (tj[None, :] > ti[:, None]) & (margin * w - (sj[None, :] - si[:, None]) > 0.0)
-            cnt_rows += tl.sum(active.to(tl.int32), axis=1)
-        for j0 in range(d0, d1, BN):  # diagonal tiles: both kinds, by position
-            tj_cols = j0 + tl.arange(0, BN)
-            tj = tl.load(teacher_ptr + kvec + tj_cols).to(COMPUTE)
-            sj = tl.load(student_ptr + kvec + tj_cols).to(COMPUTE)
-            w_lo, cols = _weights(zb_b, zs_b, yt_b, rb_lo, rs_lo, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
-                                  T, TP, BM, BN, MODE, True, SPLIT, COMPUTE)
-            lower = ((cols[None, :] < rows[:, None]) & (tj[None, :] > ti[:, None])
-                     & (margin * w_lo - (sj[None, :] - si[:, None]) > 0.0))
-            w_up, cols = _weights(zb_b, zs_b, yt_b, rb_up, rs_up, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
-                                  T, TP, BM, BN, MODE, False, SPLIT, COMPUTE)
-            hinge = margin * w_up - (si[:, None] - sj[None, :])
-            upper = (cols[None, :] > rows[:, None]) & (ti[:, None] > tj[None, :]) & (hinge > 0.0)
-            loss_rows += tl.sum(tl.where(upper, hinge, 0.0), axis=1)
-            cnt_rows += tl.sum(lower.to(tl.int32), axis=1) - tl.sum(upper.to(tl.int32), axis=1)
-        for j0 in range(d1, n_cols, BN):  # upper tiles: j > i for every pair
+            sj = tl.load(s_b + cols).to(COMPUTE)
+            h = margin * w + (si[:, None] - sj[None, :])  # the bits of row j's upper pass
+            cnt_rows += tl.sum((h > 0.0).to(tl.int32), axis=1)
+        for j0 in range(m0, m1, BN):  # both kinds, ordered pairs by tie group
+            w, cols = _weights(zb_b, zs_b, yt_b, rb_lo, rs_lo, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
+                               T, TP, BM, BN, MODE, True, SPLIT, COMPUTE)
+            sj = tl.load(s_b + cols).to(COMPUTE)
+            h = margin * w + (si[:, None] - sj[None, :])
+            lower = (cols[None, :] < lo_i[:, None]) & (h > 0.0)
             w, cols = _weights(zb_b, zs_b, yt_b, rb_up, rs_up, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
                                T, TP, BM, BN, MODE, False, SPLIT, COMPUTE)
-            tj = tl.load(teacher_ptr + kvec + cols).to(COMPUTE)
-            sj = tl.load(student_ptr + kvec + cols).to(COMPUTE)
-            hinge = margin * w - (si[:, None] - sj[None, :])
-            active = (ti[:, None] > tj[None, :]) & (hinge > 0.0)
-            loss_rows += tl.sum(tl.where(active, hinge, 0.0), axis=1)
-            cnt_rows -= tl.sum(active.to(tl.int32), axis=1)
-        tl.store(cnt_ptr + b * K + rows, cnt_rows, mask=rows < kb)
+            h = margin * w + (sj[None, :] - si[:, None])
+            upper = (cols[None, :] >= hi_i[:, None]) & (h > 0.0)
+            loss_rows += tl.sum(tl.where(upper, h, 0.0), axis=1)
+            cnt_rows += tl.sum(lower.to(tl.int32), axis=1) - tl.sum(upper.to(tl.int32), axis=1)
+        for j0 in range(m1, n_cols, BN):  # upper: h_ij = m W_ij - (s_i - s_j); padded columns: -inf
+            w, cols = _weights(zb_b, zs_b, yt_b, rb_up, rs_up, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
+                               T, TP, BM, BN, MODE, False, SPLIT, COMPUTE)
+            sj = tl.load(s_b + cols).to(COMPUTE)
+            h = margin * w + (sj[None, :] - si[:, None])
+            loss_rows += tl.sum(tl.maximum(h, 0.0), axis=1)
+            cnt_rows -= tl.sum((h > 0.0).to(tl.int32), axis=1)
+        tl.store(cnt_ptr + b * K + rows, cnt_rows, mask=row_ok)
     tl.store(loss_part_ptr + b * NB + ib, tl.sum(loss_rows, axis=0))
 
 

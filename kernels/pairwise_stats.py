@@ -76,7 +76,7 @@ def pairwise_points_kernel(
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
     lam = tl.load(lam_ptr + b).to(COMPUTE)
     z, _ = _centred(mc_ptr, stride_mb, stride_mt, stride_mn, order_ptr, stride_ob, b, k0, kb, T, TP, BK, COMPUTE)
-    c = LOG2E / T.to(COMPUTE) / lam
+    c = tl.full((), LOG2E, COMPUTE) / T.to(COMPUTE) / lam  # not a constexpr float: that is fp32
     y = z * tl.sqrt(2.0 * c)  # [TP, BK]
     hs = 0.5 * tl.sum(y * y, axis=0)
     offs_k = k0 + tl.arange(0, BK)

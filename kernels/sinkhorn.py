@@ -26,7 +26,7 @@ concurrent updates do not write (its rows multiply the lane being written by 0).
 import triton
 import triton.language as tl
 
-from .common import column_logits, load_points, row_operand, split_tf32
+from .common import LN2, column_logits, load_points, row_operand, split_tf32
 
 
 @triton.jit
@@ -138,4 +138,4 @@ def sinkhorn_update_kernel(
             tl.store(zb_ptr + lane_ptr, own, mask=row_ok)
         if WRITE_DELTA:
             d = tl.where(row_ok, tl.abs(new - old), 0.0)
-            tl.atomic_max(next_delta_ptr + b, tl.max(d, axis=0) * 0.6931471805599453)
+            tl.atomic_max(next_delta_ptr + b, tl.max(d, axis=0) * tl.full((), LN2, COMPUTE))

@@ -8,9 +8,11 @@ Public API (the contract later work builds on):
 * :func:`radi_listwise_loss` / :class:`RadiListwiseLoss` (RADI-L, sec. 3.3)
 * :mod:`radi_fast.metrics` (Acc@1, Hit@k, nDCG@k, iVQA accuracy)
 * :func:`backend_info` (which fast paths are available in this process)
+* :func:`set_value_checks` (NaN/inf and range checks on CUDA tensors: they synchronise)
 """
 from . import metrics, reference
 from ._backend import backend_info
+from ._validation import set_value_checks
 from .classification import classification_loss
 from .listwise import RadiListwiseLoss, radi_listwise_loss
 from .pairwise import (
@@ -32,5 +34,6 @@ __all__ = [
     "radi_listwise_loss",
     "radi_pairwise_loss",
     "reference",
+    "set_value_checks",
     "sinkhorn_margin_weights",
 ]

@@ -1,15 +1,38 @@
 """Argument checks shared by every public entry point.
 
 Each check raises ``ValueError`` naming the offending argument, so bad input never turns into a
-silent NaN deep inside a kernel.
+silent NaN deep inside a kernel. Shape, dtype and device checks always run. Checks that read the
+values (NaN/inf, ranges of ``lengths``) cost a host synchronisation on a GPU, so they run on CPU
+tensors, and on CUDA tensors only when asked for (:func:`set_value_checks` or
+``RADI_FAST_VALIDATE=1``); never while ``torch.compile`` traces.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_VALUE_CHECKS = {"on_accelerators": None}
+
+
+def set_value_checks(on_accelerators: Optional[bool]) -> None:
+    """Run the value checks (NaN/inf, ranges) on CUDA tensors too (True), never there (False), or
+    follow ``RADI_FAST_VALIDATE`` (None, the default: off unless the variable is 1)."""
+    _VALUE_CHECKS["on_accelerators"] = on_accelerators
+
+
+def value_checks_enabled(x: torch.Tensor) -> bool:
+    """Whether the checks that read ``x``'s values run now (see the module docstring)."""
+    if torch.compiler.is_compiling():
+        return False
+    if x.device.type == "cpu":
+        return True
+    forced = _VALUE_CHECKS["on_accelerators"]
+    if forced is None:
+        return os.environ.get("RADI_FAST_VALIDATE", "0").strip().lower() in ("1", "true", "yes", "on")
+    return forced
 
 
 def check_tensor(x, name: str, ndim: int, *, floating: bool = True, finite: bool = True) -> torch.Tensor:
@@ -19,7 +42,7 @@ def check_tensor(x, name: str, ndim: int, *, floating: bool = True, finite: bool
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
     if floating and x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a floating tensor (fp16, bf16, fp32 or fp64), got {x.dtype}")
-    if finite and floating and x.numel() and not bool(torch.isfinite(x).all()):
+    if finite and floating and x.numel() and value_checks_enabled(x) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return x
 
@@ -81,7 +104,7 @@ def check_lengths(lengths, batch: int, n: int, name: str = "lengths") -> Optiona
         raise ValueError(f"{name} must be 1-D with one entry per row ({batch}), got shape {tuple(lengths.shape)}")
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor, got {lengths.dtype}")
-    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > n):
+    if batch and value_checks_enabled(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > n):
         raise ValueError(f"{name} must lie in [1, {n}], got min {int(lengths.min())} and max {int(lengths.max())}")
     return lengths.to(torch.int64)
 

@@ -37,7 +37,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._random import MASK32, lowbias32
-from ..pairwise import compute_dtype, teacher_top_k
+from ..pairwise import compute_dtype
 
 OP_NAME = "radi_fast::pairwise_loss_triton"
 MODE_IDS = {"ot": 0, "uniform": 1, "random": 2, "uncertainty": 3}
@@ -69,10 +69,17 @@ def _import_kernels_package():
         return module
 
 
+_NAMESPACES = {}
+
+
 def kernels():
     """The kernel modules as a namespace, in the mode (compiled or interpreted) that
     ``TRITON_INTERPRET`` asks for now: Triton fixes the mode when a kernel is decorated, so the
-    modules are re-imported when the variable changed since their first import."""
+    modules are re-imported when the variable changed since their first import. Cached per mode
+    (this runs on every loss call)."""
+    cached = _NAMESPACES.get(_interpret_requested())
+    if cached is not None:
+        return cached
     _import_kernels_package()
     mods = {name: importlib.import_module(f"radi_fast.kernels.{name}") for name in _KERNEL_MODULES}
     from triton.runtime.interpreter import InterpretedFunction
@@ -87,10 +94,12 @@ def kernels():
             pass
         for name in _KERNEL_MODULES:
             mods[name] = importlib.reload(mods[name])
-    return _Namespace(mods)
+    namespace = _NamespaceOfKernels(mods)
+    _NAMESPACES[_interpret_requested()] = namespace
+    return namespace
 
 
-class _Namespace:
+class _NamespaceOfKernels:
     def __init__(self, mods):
         self.lam = mods["pairwise_stats"].pairwise_lam_kernel
         self.points = mods["pairwise_stats"].pairwise_points_kernel
@@ -193,11 +202,13 @@ def padded_answers(K: int, cfg: TritonConfig) -> int:
 class TritonProblem:
     """Teacher-side quantities on the top-k answers (``K = max_b K_b``), compute dtype.
 
-    order: [B, K] answer ids in teacher order; valid: [B, K]; n_valid: [B] int64 K_b;
+    ``K = min(top_k, N)`` (known without a host sync; samples with fewer valid answers are
+    padded). order: [B, K] answer ids in teacher order; valid: [B, K]; n_valid: [B] int64 K_b;
     zb, zs: [B, KP, TP] augmented points ``[y, p, q, 1]`` (fp32: ``Z = zb + zs`` split for
-    3xTF32; fp64: ``zs is zb``), p and q updated in place by Sinkhorn; hs: [B, K];
-    lam: [B]; teacher: [B, KP] sorted scores, NaN past K_b; yt: [B, TP, KP] the points y
-    lane-major (only for the "uncertainty" margins, else None).
+    3xTF32; fp64: ``zs is zb``), p and q updated in place by Sinkhorn; hs: [B, K]; lam: [B];
+    tie_lo, tie_hi: [B, KP] int32, answer i's teacher tie group ``[tie_lo_i, tie_hi_i)``;
+    n_pairs: [B] |R_p|; yt: [B, TP, KP] the points y lane-major (only for the "uncertainty"
+    margins, else None).
     """
 
     order: torch.Tensor
@@ -207,7 +218,9 @@ class TritonProblem:
     zs: torch.Tensor
     hs: torch.Tensor
     lam: torch.Tensor
-    teacher: torch.Tensor
+    tie_lo: torch.Tensor
+    tie_hi: torch.Tensor
+    n_pairs: torch.Tensor
     T: int
     dtype: torch.dtype
     yt: Optional[torch.Tensor] = None
@@ -221,6 +234,34 @@ class TritonProblem:
         return self.zb.shape[1]
 
 
+def teacher_top_k_static(teacher: torch.Tensor, top_k: int, lengths: Optional[torch.Tensor]):
+    """``teacher_top_k`` with ``K = min(top_k, N)`` instead of the longest row's count, so no
+    host sync: the same ids (stable descending sort, padding last) on every valid position."""
+    B, N = teacher.shape
+    keys = teacher.float() if teacher.dtype in (torch.float16, torch.bfloat16) else teacher
+    K = min(top_k, N)
+    if lengths is None:
+        n_valid = torch.full((B,), K, dtype=torch.int64, device=keys.device)
+    else:
+        lengths = lengths.to(keys.device)
+        keys = keys.masked_fill(torch.arange(N, device=keys.device)[None, :] >= lengths[:, None], float("-inf"))
+        n_valid = lengths.clamp(max=top_k)
+    order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :K]
+    valid = torch.arange(K, device=keys.device)[None, :] < n_valid[:, None]
+    return order, valid, n_valid
+
+
+def tie_groups(teacher_sorted: torch.Tensor, valid: torch.Tensor, n_valid: torch.Tensor):
+    """``(tie_lo, tie_hi, n_pairs)`` of scores sorted in descending order: answer i's tie group
+    is ``[tie_lo_i, tie_hi_i)`` (so ``t_i > t_j`` iff ``j >= tie_hi_i``) and
+    ``|R_p| = sum_i (K_b - tie_hi_i)`` over valid i."""
+    ascending = torch.where(valid, -teacher_sorted, torch.full_like(teacher_sorted, float("inf"))).contiguous()
+    tie_lo = torch.searchsorted(ascending, ascending, side="left")
+    tie_hi = torch.searchsorted(ascending, ascending, side="right")
+    n_pairs = ((n_valid[:, None] - tie_hi) * valid).sum(dim=1)
+    return tie_lo, tie_hi, n_pairs
+
+
 def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[float], lengths, cfg, ks,
                    lane_major: bool = False):
     dtype = compute_dtype(teacher_mc_logits, teacher_logits)
@@ -228,7 +269,7 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     B, T, N = mc.shape
     device = mc.device
     teacher = mc.mean(dim=1, dtype=dtype) if teacher_logits is None else teacher_logits.detach().to(dtype)
-    order, valid, n_valid = teacher_top_k(teacher, top_k, lengths)
+    order, valid, n_valid = teacher_top_k_static(teacher, top_k, lengths)
     K = order.shape[1]
     KP, TP = padded_answers(K, cfg), point_lanes(T)
     zb = torch.empty(B, KP, TP, dtype=dtype, device=device)
@@ -238,8 +279,10 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     lam_b = torch.empty(B, dtype=dtype, device=device)
     n_valid = n_valid.to(torch.int64).contiguous()
     order = order.contiguous()
-    sorted_teacher = torch.full((B, KP), float("nan"), dtype=dtype, device=device)
-    sorted_teacher[:, :K] = teacher.gather(1, order).masked_fill(~valid, float("nan"))
+    tie = torch.zeros(2, B, KP, dtype=torch.int32, device=device)
+    tie_lo, tie_hi, n_pairs = tie_groups(teacher.gather(1, order), valid, n_valid)
+    tie[0, :, :K] = tie_lo
+    tie[1, :, :K] = tie_hi
     if lam is not None:
         lam_b.fill_(lam)
     if B and K:
@@ -250,8 +293,8 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
         ks.points[(B, KP // cfg.stats_bk)](*args, zb, zs, zb if yt is None else yt, hs, K, KP, T, TP=TP,
                                            BK=cfg.stats_bk, SPLIT=dtype != torch.float64, COMPUTE=_tl_dtype(dtype),
                                            LANE_MAJOR=yt is not None, num_warps=4)
-    return TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=lam_b,
-                         teacher=sorted_teacher, T=T, dtype=dtype, yt=yt)
+    return TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=lam_b, tie_lo=tie[0],
+                         tie_hi=tie[1], n_pairs=n_pairs, T=T, dtype=dtype, yt=yt)
 
 
 def choose_split(n_programs: int, slots: int, max_split: int = 4) -> int:
@@ -303,6 +346,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
                   num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
     window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
     asynchronous = device.type == "cuda"
+    poll = tol > 0  # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
     pending = None
     launched = 0
     for it in range(max_iter):
@@ -319,7 +363,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
             if not bool(pending[0]):
                 break  # every sample froze at or before the checked iteration
             pending = None
-        if pending is None and launched % cfg.check_every == 0:
+        if poll and pending is None and launched % cfg.check_every == 0:
             flag = (delta[launched] > tol).any()
             if asynchronous:
                 host = torch.empty((), dtype=torch.bool, pin_memory=True)
@@ -337,18 +381,18 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def ordered_pair_counts(teacher_sorted: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """|R_p| per sample, ``sum_i #{j valid: t_j < t_i}`` over valid i, in O(K log K) ([B] int64)."""
-    keys = torch.where(valid, teacher_sorted, torch.full_like(teacher_sorted, float("inf")))
-    ascending = torch.sort(keys, dim=1).values
-    less = torch.searchsorted(ascending, teacher_sorted.contiguous(), side="left")
-    return (less * valid).sum(dim=1)
+def sorted_student(student_logits: torch.Tensor, p: TritonProblem) -> torch.Tensor:
+    """The student's scores in teacher order, [B, KP] in the compute dtype, -inf past each K_b."""
+    B, K = p.order.shape
+    student = torch.full((B, p.padded), float("-inf"), dtype=p.dtype, device=p.order.device)
+    student[:, :K] = student_logits.detach().to(p.dtype).gather(1, p.order).masked_fill_(~p.valid, float("-inf"))
+    return student
 
 
 def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: str, seed: int, cfg, ks):
     """Per-sample eq. 4 losses [B] and the gradient w.r.t. the sorted student scores [B, K].
 
-    ``student_sorted`` is [B, KP] (zero past K); mode "ot" reads the potentials that
+    ``student_sorted`` is [B, KP] (-inf past each K_b); mode "ot" reads the potentials that
     :func:`sinkhorn_potentials_triton` left in the lanes of Z."""
     B, K = p.hs.shape
     NB = triton_cdiv(K, cfg.loss_bm)
@@ -362,11 +406,12 @@ def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: st
         h0 = int(lowbias32(torch.tensor(seed & MASK32, dtype=torch.int64)))
         rowhash = lowbias32(h0 ^ torch.arange(B, dtype=torch.int64)).to(device)
     warps = cfg.loss_warps if mode == "ot" else cfg.loss_warps_other
-    ks.loss[(B, NB)](p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, p.lam, p.teacher, student_sorted, ids,
-                     rowhash, loss_part, cnt, float(margin), K, p.padded, NB, MODE=MODE_IDS[mode], T=p.T,
+    ks.loss[(B, NB)](p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, p.lam, p.tie_lo, p.tie_hi,
+                     student_sorted, ids, rowhash, loss_part, cnt, float(margin), K, p.padded, NB, MODE=MODE_IDS[mode],
+                     T=p.T,
                      TP=p.zb.shape[2], BM=cfg.loss_bm, BN=cfg.loss_bn, SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype),
                      num_warps=warps, num_stages=cfg.loss_stages)
-    n_pairs = ordered_pair_counts(p.teacher[:, :K], p.valid).to(p.dtype)
+    n_pairs = p.n_pairs.to(p.dtype)
     scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))
     return loss_part.sum(dim=1) * scale, cnt.to(p.dtype) * scale[:, None]
 
@@ -389,9 +434,7 @@ def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, l
         return student_logits.new_zeros(B, dtype=dtype), student_logits.new_zeros(B, N, dtype=dtype)
     if mode == "ot":
         sinkhorn_potentials_triton(p, max_iter, tol, cfg, ks)
-    student = torch.zeros(B, p.padded, dtype=dtype, device=student_logits.device)
-    student[:, :K] = student_logits.detach().to(dtype).gather(1, p.order)
-    loss, grad_k = margin_loss_triton(student, p, margin, mode, seed, cfg, ks)
+    loss, grad_k = margin_loss_triton(sorted_student(student_logits, p), p, margin, mode, seed, cfg, ks)
     grad = torch.zeros(B, N, dtype=dtype, device=student_logits.device)
     grad.scatter_add_(1, p.order, grad_k * p.valid)
     return loss, grad
