@@ -75,7 +75,7 @@ if "radi_p" in ms and "kd" in ms:
 EOF
 
 echo "== 4. Nsight Compute, Sinkhorn row sums ($(elapsed) s)"
-if command -v ncu >/dev/null && [[ $(elapsed) -lt 480 ]]; then
+if command -v ncu >/dev/null && [[ $(elapsed) -lt 330 ]]; then
   cat > /tmp/radi_ncu_case.py <<'EOF'
 import torch
 from radi_fast.ops import pairwise_triton as PT
@@ -84,10 +84,11 @@ mc = (torch.randn(32, 1, 2500, generator=g) * 2 + 0.5 * torch.randn(32, 10, 2500
 cfg, ks = PT.default_config(False, torch.float32), PT.kernels()
 p = PT.prepare_triton(mc, None, 2500, None, None, cfg, ks)
 PT.sinkhorn_potentials_triton(p, 3, 0.0, cfg, ks)
+PT.margin_loss_triton(PT.sorted_student(mc[:, 0], p), p, 1.0, "ot", 0, cfg, ks)
 torch.cuda.synchronize()
 EOF
-  timeout $(( 560 - $(elapsed) )) ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \
-    --section ComputeWorkloadAnalysis -k regex:sinkhorn_row_sums --launch-skip 2 --launch-count 1 \
+  timeout $(( 420 - $(elapsed) )) ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \
+    --section ComputeWorkloadAnalysis -k regex:"sinkhorn_row_sums|margin_ranking" --launch-skip 2 --launch-count 2 \
     "$PY" /tmp/radi_ncu_case.py > "$LOGS/gpu_check_ncu.log" 2>&1
   grep -E "Throughput|Busy|Issue|Eligible|Occupancy|Registers|Warp Cycles|Duration|Pipe" "$LOGS/gpu_check_ncu.log" | head -40
 else
