@@ -84,12 +84,15 @@ mc = (torch.randn(32, 1, 2500, generator=g) * 2 + 0.5 * torch.randn(32, 10, 2500
 cfg, ks = PT.default_config(False, torch.float32), PT.kernels()
 p = PT.prepare_triton(mc, None, 2500, None, None, cfg, ks)
 PT.sinkhorn_potentials_triton(p, 3, 0.0, cfg, ks)
-PT.margin_loss_triton(PT.sorted_student(mc[:, 0], p), p, 1.0, "ot", 0, cfg, ks)
+for _ in range(2):
+    PT.margin_loss_triton(PT.sorted_student(mc[:, 0], p), p, 1.0, "ot", 0, cfg, ks)
 torch.cuda.synchronize()
 EOF
-  timeout $(( 420 - $(elapsed) )) ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \
-    --section ComputeWorkloadAnalysis -k regex:"sinkhorn_row_sums|margin_ranking" --launch-skip 2 --launch-count 2 \
-    "$PY" /tmp/radi_ncu_case.py > "$LOGS/gpu_check_ncu.log" 2>&1
+  for kernel in sinkhorn_row_sums margin_ranking; do
+    timeout $(( 420 - $(elapsed) )) ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \
+      --section ComputeWorkloadAnalysis -k regex:$kernel --launch-skip 1 --launch-count 1 \
+      "$PY" /tmp/radi_ncu_case.py >> "$LOGS/gpu_check_ncu.log" 2>&1
+  done
   grep -E "Throughput|Busy|Issue|Eligible|Occupancy|Registers|Warp Cycles|Duration|Pipe" "$LOGS/gpu_check_ncu.log" | head -40
 else
   echo "skipped (no ncu, or too little time left)"
