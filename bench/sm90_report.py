@@ -73,15 +73,15 @@ def kernel_specs():
                   {"num_warps": 4}, None))
 
     sums_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "nvalid_ptr": "*i64", "prev_delta_ptr": "*fp32",
-                "part_ptr": "*fp32", "tol": "fp32", "K": "i32", "KP": "i32", "NSPLIT": "i32", "T": "constexpr",
+                "part_ptr": "*fp32", "tol_ptr": "*fp32", "K": "i32", "KP": "i32", "NSPLIT": "i32", "T": "constexpr",
                 "TP": "constexpr", "BM": "constexpr", "BN": "constexpr", "G_SIDE": "constexpr",
                 "SPLIT": "constexpr", "COMPUTE": "constexpr", "ACC": "constexpr"}
     upd_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "pot_ptr": "*fp32",
-               "part_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol": "fp32", "K": "i32",
+               "part_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol_ptr": "*fp32", "K": "i32",
                "KP": "i32", "NSPLIT": "i32", "T": "constexpr", "TP": "constexpr", "BM": "constexpr",
                "BN": "constexpr", "G_SIDE": "constexpr", "SPLIT": "constexpr", "COMPUTE": "constexpr",
                "WRITE_DELTA": "constexpr", "SHIFT_LO": "constexpr", "SHIFT_HI": "constexpr"}
-    f64_ptrs = ("zb_ptr", "zs_ptr", "hs_ptr", "pot_ptr", "part_ptr", "prev_delta_ptr", "next_delta_ptr")
+    f64_ptrs = ("zb_ptr", "zs_ptr", "hs_ptr", "pot_ptr", "part_ptr", "prev_delta_ptr", "next_delta_ptr", "tol_ptr")
 
     def sums(name, c, side=0, acc=None, fp64=False, sig_extra=None):
         consts = {"T": T_BENCH, "TP": TP, "BM": c.sink_bm, "BN": c.sink_bn, "G_SIDE": side, "SPLIT": not fp64,
@@ -113,15 +113,15 @@ def kernel_specs():
     loss_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "yt_ptr": "*fp32", "nvalid_ptr": "*i64", "lam_ptr": "*fp32",
                 "tie_lo_ptr": "*i32", "tie_hi_ptr": "*i32", "student_ptr": "*fp32", "ids_ptr": "*i64",
                 "rowhash_ptr": "*i64",
-                "loss_part_ptr": "*fp32", "cnt_ptr": "*i32", "margin": "fp32", "K": "i32", "KP": "i32", "NB": "i32",
+                "loss_part_ptr": "*fp32", "cnt_ptr": "*i32", "margin_ptr": "*fp32", "K": "i32", "KP": "i32", "NB": "i32",
                 "MODE": "constexpr", "T": "constexpr", "TP": "constexpr", "BM": "constexpr", "BN": "constexpr",
                 "SPLIT": "constexpr", "COMPUTE": "constexpr"}
 
     def loss(name, c, mode, fp64=False):
         consts = {"MODE": mode, "T": T_BENCH, "TP": TP, "BM": c.loss_bm, "BN": c.loss_bn, "SPLIT": not fp64,
                   "COMPUTE": f64 if fp64 else f32}
-        sig = dict(loss_sig, **ptrs(("zb_ptr", "zs_ptr", "yt_ptr", "lam_ptr", "student_ptr", "loss_part_ptr"),
-                                    "*fp64")) if fp64 else loss_sig
+        sig = dict(loss_sig, **ptrs(("zb_ptr", "zs_ptr", "yt_ptr", "lam_ptr", "student_ptr", "loss_part_ptr",
+                                     "margin_ptr"), "*fp64")) if fp64 else loss_sig
         warps = c.loss_warps if mode == 0 else c.loss_warps_other
         specs.append((name, ks.loss, sig, consts, {"num_warps": warps, "num_stages": c.loss_stages},
                       c.loss_bm * c.loss_bn // (32 * warps)))
@@ -218,6 +218,7 @@ def compile_all(sass_dir=None):
         entry["shared_bytes"] = compiled.metadata.shared
         entry["options"] = options
         entry["constexprs"] = {k: str(v) for k, v in consts.items()}
+        entry["signature"] = sig
         entry["pairs_per_thread"] = pairs
         entry["spills"] = entry["stack"] > 0 or entry["local"] > 0
         entry["occupancy"] = occupancy(entry["registers"], entry["shared_bytes"], options["num_warps"])

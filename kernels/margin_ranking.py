@@ -50,7 +50,7 @@ def _weights(zb_b, zs_b, yt_b, rb, rs, rows, h_rows, ids_b, hrow, u_scale, j0, o
         for t in tl.static_range(T):  # lane-major copy of y: coalesced loads
             diff = tl.load(yt_b + t * KP + rows)[:, None] - tl.load(yt_b + t * KP + cols)[None, :]
             d2 += diff * diff
-        w = 1.0 / (d2 * u_scale + UNCERTAINTY_EPS)
+        w = 1.0 / (d2 * u_scale + tl.full((), UNCERTAINTY_EPS, COMPUTE))
     return w, cols
 
 
@@ -66,7 +66,7 @@ def margin_ranking_kernel(
     rowhash_ptr,  # [B] int64 holding uint32 lowbias32(lowbias32(seed) ^ b) (MODE 2)
     loss_part_ptr,  # out [B, NB] partial hinge sums
     cnt_ptr,  # out [B, K] int32 gradient counts
-    margin,
+    margin_ptr,  # [1] the margin m in the compute dtype (a float argument would be fp32)
     K, KP, NB,
     MODE: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SPLIT: tl.constexpr, COMPUTE: tl.constexpr,
@@ -99,6 +99,7 @@ def margin_ranking_kernel(
         h_rows = rows.to(tl.uint32)
         hrow = tl.zeros([], tl.uint32)
         u_scale = tl.zeros([], COMPUTE)
+        margin = tl.load(margin_ptr)
         if MODE == 0:
             z_rows = load_points(zb_b, zs_b, rows, offs_t, TP, SPLIT)
             rb_up, rs_up = row_operand(z_rows, offs_t, T, 0, SPLIT)

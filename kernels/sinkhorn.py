@@ -35,14 +35,15 @@ def sinkhorn_row_sums_kernel(
     nvalid_ptr,  # [B] int64 K_b
     prev_delta_ptr,  # [B] stopping statistic of the previous iteration (+inf before the first)
     part_ptr,  # out [NSPLIT, B, K] partial row sums
-    tol, K, KP, NSPLIT,
+    tol_ptr,  # [1] the stopping tolerance in the compute dtype (a float argument would be fp32)
+    K, KP, NSPLIT,
     T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     G_SIDE: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr, ACC: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     i0 = tl.program_id(1) * BM
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
-    if (i0 < kb) & (kb >= 2) & (tl.load(prev_delta_ptr + b) > tol):
+    if (i0 < kb) & (kb >= 2) & (tl.load(prev_delta_ptr + b) > tl.load(tol_ptr)):
         rows = i0 + tl.arange(0, BM)
         offs_t = tl.arange(0, TP)
         zb_b = zb_ptr + b * KP * TP
@@ -94,7 +95,8 @@ def sinkhorn_update_kernel(
     part_ptr,  # [NSPLIT, B, K] partial row sums from sinkhorn_row_sums_kernel
     prev_delta_ptr,  # [B] stopping statistic of the previous iteration
     next_delta_ptr,  # [B] this iteration's (atomic max; only when WRITE_DELTA)
-    tol, K, KP, NSPLIT,
+    tol_ptr,  # [1] the stopping tolerance in the compute dtype (a float argument would be fp32)
+    K, KP, NSPLIT,
     T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     G_SIDE: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr, WRITE_DELTA: tl.constexpr,
     SHIFT_LO: tl.constexpr, SHIFT_HI: tl.constexpr,
@@ -102,7 +104,7 @@ def sinkhorn_update_kernel(
     b = tl.program_id(0).to(tl.int64)
     i0 = tl.program_id(1) * BM
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
-    if (i0 < kb) & (kb >= 2) & (tl.load(prev_delta_ptr + b) > tol):
+    if (i0 < kb) & (kb >= 2) & (tl.load(prev_delta_ptr + b) > tl.load(tol_ptr)):
         rows = i0 + tl.arange(0, BM)
         row_ok = rows < kb
         l_i = tl.zeros([BM], COMPUTE)

@@ -345,6 +345,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype),
                   num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
     window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
+    tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
     asynchronous = device.type == "cuda"
     poll = tol > 0  # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
     pending = None
@@ -352,9 +353,9 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     for it in range(max_iter):
         prev, nxt = delta[it], delta[it + 1]
         for side, pot in ((0, F), (1, G)):
-            ks.row_sums[(B, rb, split)](p.zb, p.zs, p.n_valid, prev, part, tol, K, KP, split, G_SIDE=side,
+            ks.row_sums[(B, rb, split)](p.zb, p.zs, p.n_valid, prev, part, tol_t, K, KP, split, G_SIDE=side,
                                         ACC=cfg.sink_acc, **common)
-            ks.update[(B, rb)](p.zb, p.zs, p.hs, p.n_valid, pot, part, prev, nxt, tol, K, KP, split, G_SIDE=side,
+            ks.update[(B, rb)](p.zb, p.zs, p.hs, p.n_valid, pot, part, prev, nxt, tol_t, K, KP, split, G_SIDE=side,
                                WRITE_DELTA=side == 1, **window, **common)
         launched = it + 1
         if launched >= max_iter:
@@ -407,7 +408,8 @@ def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: st
         rowhash = lowbias32(h0 ^ torch.arange(B, dtype=torch.int64)).to(device)
     warps = cfg.loss_warps if mode == "ot" else cfg.loss_warps_other
     ks.loss[(B, NB)](p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, p.lam, p.tie_lo, p.tie_hi,
-                     student_sorted, ids, rowhash, loss_part, cnt, float(margin), K, p.padded, NB, MODE=MODE_IDS[mode],
+                     student_sorted, ids, rowhash, loss_part, cnt, torch.full((1,), margin, dtype=p.dtype, device=device),
+                     K, p.padded, NB, MODE=MODE_IDS[mode],
                      T=p.T,
                      TP=p.zb.shape[2], BM=cfg.loss_bm, BN=cfg.loss_bn, SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype),
                      num_warps=warps, num_stages=cfg.loss_stages)
