@@ -79,13 +79,14 @@ if command -v ncu >/dev/null && [[ $(elapsed) -lt 330 ]]; then
   cat > /tmp/radi_ncu_case.py <<'EOF'
 import torch
 from radi_fast.ops import pairwise_triton as PT
+from radi_fast.ops.triton_config import default_config
 g = torch.Generator().manual_seed(0)
 mc = (torch.randn(32, 1, 2500, generator=g) * 2 + 0.5 * torch.randn(32, 10, 2500, generator=g)).cuda()
-cfg, ks = PT.default_config(False, torch.float32), PT.kernels()
-p = PT.prepare_triton(mc, None, 2500, None, None, cfg, ks)
-PT.sinkhorn_potentials_triton(p, 3, 0.0, cfg, ks)
+cfg = default_config(False, torch.float32)
+p = PT.prepare_triton(mc, None, 2500, None, None, cfg)
+PT.sinkhorn_potentials_triton(p, 3, 0.0, cfg)
 for _ in range(2):
-    PT.margin_loss_triton(PT.sorted_student(mc[:, 0], p), p, 1.0, "ot", 0, cfg, ks)
+    PT.margin_loss_triton(PT.sorted_student(mc[:, 0], p), p, 1.0, "ot", 0, cfg)
 torch.cuda.synchronize()
 EOF
   for kernel in sinkhorn_row_sums margin_ranking; do

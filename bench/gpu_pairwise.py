@@ -52,12 +52,12 @@ SWEEP = ("sink_split=1", "sink_split=2", "sink_split=3", "sink_stages=3", "sink_
 LOSS_SWEEP = ("loss_bm=64", "loss_stages=3", "loss_bm=128,loss_bn=64,loss_warps=8",
               "loss_bm=64,loss_bn=128,loss_warps=4", "loss_bm=128,loss_bn=128,loss_warps=8",
               "loss_bm=64,loss_bn=32,loss_warps=4")
-# the issue's targets at the benchmark shape (H100)
+# the speed targets at the benchmark shape (H100)
 TARGET_ITERATION_US = 160.0
 STRETCH_ITERATION_US = 95.0
 TARGET_FIXED_MS = 4.5
 TARGET_DEFAULTS_MS = 1.5
-FLASHSINKHORN_ITERATION_US = 2930.0  # FlashSinkhorn 0.4.1, 32 samples one by one, same H100 type (issue notes)
+FLASHSINKHORN_ITERATION_US = 2930.0  # FlashSinkhorn 0.4.1, 32 samples one by one, measured on the same H100 type
 
 
 def parse_args(argv=None):
@@ -203,10 +203,8 @@ def device_facts(device):
 # ----------------------------------------------------------------------------- benchmark
 def sinkhorn_stage(PT, student, mc, iters, cfg, timer, warmup, rounds):
     """Median time (ms) of the Sinkhorn stage alone with ``iters`` iterations."""
-    interpret = PT._interpret_requested()
-    ks = PT.kernels()
-    p = PT.prepare_triton(mc, None, 2500, None, None, cfg, ks)
-    return timer.measure(lambda: PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg, ks), warmup, rounds), p, interpret
+    p = PT.prepare_triton(mc, None, 2500, None, None, cfg)
+    return timer.measure(lambda: PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg), warmup, rounds), p
 
 
 def run(args):
@@ -217,6 +215,7 @@ def run(args):
     import radi_fast
     from radi_fast import reference as R
     from radi_fast.ops import pairwise_triton as PT
+    from radi_fast.ops import triton_config as TC
 
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_pairwise.py: no CUDA device (use --dry-run for a CPU smoke test)", file=sys.stderr)
@@ -225,7 +224,7 @@ def run(args):
     timer = Timer(device)
     B, T, K, iters = args.B, args.T, args.K, args.iters
     student, mc = make_inputs(B, T, K, device)
-    result = {"benchmark": "RADI-P forward+backward (issue 3 Targets)", "dry_run": args.dry_run,
+    result = {"benchmark": "RADI-P forward+backward at the benchmark shape", "dry_run": args.dry_run,
               "shape": {"B": B, "T": T, "K": K, "N": K, "top_k": 2500, "sinkhorn_iterations": iters, "tol": 0.0,
                         "dtype": "float32", "margin_mode": "ot", "margin": 1.0, "lam": "auto"},
               "timing": f"{'CUDA events' if device.type == 'cuda' else 'perf_counter'}, {args.warmup} warm-up calls, median of {args.rounds} rounds "
@@ -264,10 +263,10 @@ def run(args):
         print(f"  {name:15s} {json.dumps({k: v for k, v in entry.items() if k != 'rounds_ms'})}", flush=True)
 
     # stages of the Triton path (forward only), and one Sinkhorn iteration against the exp roofline
-    cfg = PT.default_config(device.type != "cuda", torch.float32)
-    st_full, p, _ = sinkhorn_stage(PT, student, mc, iters, cfg, timer, args.warmup, args.rounds)
+    cfg = TC.default_config(device.type != "cuda", torch.float32)
+    st_full, p = sinkhorn_stage(PT, student, mc, iters, cfg, timer, args.warmup, args.rounds)
     lo = min(2, max(iters - 1, 1))
-    st_lo, _, _ = sinkhorn_stage(PT, student, mc, lo, cfg, timer, args.warmup, args.rounds)
+    st_lo, _ = sinkhorn_stage(PT, student, mc, lo, cfg, timer, args.warmup, args.rounds)
     per_iter_us = (st_full["median_ms"] - st_lo["median_ms"]) / max(iters - lo, 1) * 1e3
     kb = p.n_valid.double()
     exps = float((2 * kb * (kb - 1)).sum())
@@ -284,15 +283,14 @@ def run(args):
         sink[f"fraction_of_exp_roofline_at_{label}"] = roof_us / per_iter_us if per_iter_us > 0 else None
         sink[f"{label}_mhz"] = float(mhz)
     result["sinkhorn"] = sink
-    ks = PT.kernels()
     stud = PT.sorted_student(student, p)
-    PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg, ks)
+    PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg)
     result["stages_ms"] = {
         "prepare (sort, gather, stats kernels)": timer.measure(
-            lambda: PT.prepare_triton(mc, None, 2500, None, None, cfg, ks), args.warmup, args.rounds)["median_ms"],
+            lambda: PT.prepare_triton(mc, None, 2500, None, None, cfg), args.warmup, args.rounds)["median_ms"],
         f"sinkhorn ({iters} iterations)": st_full["median_ms"],
         "loss kernel (eq. 4 + gradient counts)": timer.measure(
-            lambda: PT.margin_loss_triton(stud, p, 1.0, "ot", 0, cfg, ks), args.warmup,
+            lambda: PT.margin_loss_triton(stud, p, 1.0, "ot", 0, cfg), args.warmup,
             args.rounds)["median_ms"],
     }
     print(f"  sinkhorn {json.dumps(sink)}", flush=True)
@@ -301,10 +299,10 @@ def run(args):
     # Sinkhorn tile sweep (per-iteration time of each configuration)
     sweep = []
     for override in (SWEEP[:1] if args.no_sweep or args.dry_run else SWEEP):
-        c = PT.parse_config_override(override, cfg)
+        c = TC.parse_config_override(override, cfg)
         try:
-            a, _, _ = sinkhorn_stage(PT, student, mc, iters, c, timer, 1, args.rounds)
-            b, _, _ = sinkhorn_stage(PT, student, mc, lo, c, timer, 1, args.rounds)
+            a, _ = sinkhorn_stage(PT, student, mc, iters, c, timer, 1, args.rounds)
+            b, _ = sinkhorn_stage(PT, student, mc, lo, c, timer, 1, args.rounds)
             us = (a["median_ms"] - b["median_ms"]) / max(iters - lo, 1) * 1e3
             sweep.append({"config": override, "per_iteration_us": us})
         except Exception as exc:
@@ -315,12 +313,12 @@ def run(args):
     # loss kernel sweep ("ot" margins, final potentials of the run above)
     loss_sweep = []
     for override in (LOSS_SWEEP[:1] if args.no_sweep or args.dry_run else LOSS_SWEEP):
-        c = PT.parse_config_override(override, cfg)
+        c = TC.parse_config_override(override, cfg)
         try:
-            pc = PT.prepare_triton(mc, None, 2500, None, None, c, ks)
-            PT.sinkhorn_potentials_triton(pc, iters, 0.0, c, ks)
+            pc = PT.prepare_triton(mc, None, 2500, None, None, c)
+            PT.sinkhorn_potentials_triton(pc, iters, 0.0, c)
             sc = PT.sorted_student(student, pc)
-            ms = timer.measure(lambda: PT.margin_loss_triton(sc, pc, 1.0, "ot", 0, c, ks), 1, args.rounds)["median_ms"]
+            ms = timer.measure(lambda: PT.margin_loss_triton(sc, pc, 1.0, "ot", 0, c), 1, args.rounds)["median_ms"]
             loss_sweep.append({"config": override, "ms": ms})
         except Exception as exc:
             loss_sweep.append({"config": override, "error": repr(exc)[:300]})

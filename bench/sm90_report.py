@@ -44,9 +44,10 @@ def kernel_specs():
     every kernel variant the launchers can select, at the benchmark shape."""
     import triton.language as tl
 
-    from radi_fast.ops.pairwise_triton import TritonConfig, kernels, point_lanes
+    from radi_fast._constants import UNCERTAINTY_EPS
+    from radi_fast.kernels import margin_ranking, pairwise_stats, sinkhorn
+    from radi_fast.ops.triton_config import TritonConfig, point_lanes
 
-    ks = kernels()
     cfg = TritonConfig()
     TP = point_lanes(T_BENCH)
     f32, f64 = tl.float32, tl.float64
@@ -59,15 +60,15 @@ def kernel_specs():
                  "stride_ob": "i32", "nvalid_ptr": "*i64", "lam_ptr": "*fp32"}
     lam_sig = dict(stats_sig, eps="fp32", T="i32", TP="constexpr", BK="constexpr", COMPUTE="constexpr")
     for name, sig in (("pairwise_lam", lam_sig), ("pairwise_lam_bf16", dict(lam_sig, mc_ptr="*bf16"))):
-        specs.append((name, ks.lam, sig, {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": f32}, {"num_warps": 4}, None))
+        specs.append((name, pairwise_stats.pairwise_lam_kernel, sig, {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": f32}, {"num_warps": 4}, None))
     pts_sig = dict(stats_sig, zb_ptr="*fp32", zs_ptr="*fp32", yt_ptr="*fp32", hs_ptr="*fp32", K="i32", KP="i32",
                    T="i32", TP="constexpr", BK="constexpr", SPLIT="constexpr", COMPUTE="constexpr",
                    LANE_MAJOR="constexpr")
     for lane_major in (False, True):
-        specs.append(("pairwise_points" + ("_lane_major" if lane_major else ""), ks.points, pts_sig,
+        specs.append(("pairwise_points" + ("_lane_major" if lane_major else ""), pairwise_stats.pairwise_points_kernel, pts_sig,
                       {"TP": TP, "BK": cfg.stats_bk, "SPLIT": True, "COMPUTE": f32, "LANE_MAJOR": lane_major},
                       {"num_warps": 4}, None))
-    specs.append(("pairwise_points_fp64", ks.points,
+    specs.append(("pairwise_points_fp64", pairwise_stats.pairwise_points_kernel,
                   dict(pts_sig, **ptrs(("mc_ptr", "lam_ptr", "zb_ptr", "zs_ptr", "yt_ptr", "hs_ptr"), "*fp64")),
                   {"TP": TP, "BK": cfg.stats_bk, "SPLIT": False, "COMPUTE": f64, "LANE_MAJOR": False},
                   {"num_warps": 4}, None))
@@ -87,7 +88,7 @@ def kernel_specs():
         consts = {"T": T_BENCH, "TP": TP, "BM": c.sink_bm, "BN": c.sink_bn, "G_SIDE": side, "SPLIT": not fp64,
                   "COMPUTE": f64 if fp64 else f32, "ACC": c.sink_acc if acc is None else acc}
         sig = dict(sums_sig, **ptrs([k for k in f64_ptrs if k in sums_sig], "*fp64")) if fp64 else sums_sig
-        specs.append((name, ks.row_sums, sig, consts, {"num_warps": c.sink_warps, "num_stages": c.sink_stages},
+        specs.append((name, sinkhorn.sinkhorn_row_sums_kernel, sig, consts, {"num_warps": c.sink_warps, "num_stages": c.sink_stages},
                       c.sink_bm * c.sink_bn // (32 * c.sink_warps)))
 
     def update(name, c, side=0, fp64=False, lo=cfg.shift_lo_log2, hi=cfg.shift_hi_log2):
@@ -95,7 +96,7 @@ def kernel_specs():
                   "COMPUTE": f64 if fp64 else f32, "WRITE_DELTA": side == 1, "SHIFT_LO": 2.0 ** lo,
                   "SHIFT_HI": 2.0 ** hi}
         sig = dict(upd_sig, **ptrs(f64_ptrs, "*fp64")) if fp64 else upd_sig
-        specs.append((name, ks.update, sig, consts, {"num_warps": c.sink_warps, "num_stages": c.sink_stages},
+        specs.append((name, sinkhorn.sinkhorn_update_kernel, sig, consts, {"num_warps": c.sink_warps, "num_stages": c.sink_stages},
                       c.sink_bm * c.sink_bn // (32 * c.sink_warps)))
 
     fp64_cfg = replace(cfg, sink_bm=64, sink_bn=64, sink_warps=4, loss_bm=64, loss_bn=64, loss_warps=4)
@@ -115,15 +116,15 @@ def kernel_specs():
                 "rowhash_ptr": "*i64",
                 "loss_part_ptr": "*fp32", "cnt_ptr": "*i32", "margin_ptr": "*fp32", "K": "i32", "KP": "i32", "NB": "i32",
                 "MODE": "constexpr", "T": "constexpr", "TP": "constexpr", "BM": "constexpr", "BN": "constexpr",
-                "SPLIT": "constexpr", "COMPUTE": "constexpr"}
+                "SPLIT": "constexpr", "COMPUTE": "constexpr", "EPS": "constexpr"}
 
     def loss(name, c, mode, fp64=False):
         consts = {"MODE": mode, "T": T_BENCH, "TP": TP, "BM": c.loss_bm, "BN": c.loss_bn, "SPLIT": not fp64,
-                  "COMPUTE": f64 if fp64 else f32}
+                  "COMPUTE": f64 if fp64 else f32, "EPS": UNCERTAINTY_EPS}
         sig = dict(loss_sig, **ptrs(("zb_ptr", "zs_ptr", "yt_ptr", "lam_ptr", "student_ptr", "loss_part_ptr",
                                      "margin_ptr"), "*fp64")) if fp64 else loss_sig
         warps = c.loss_warps if mode == 0 else c.loss_warps_other
-        specs.append((name, ks.loss, sig, consts, {"num_warps": warps, "num_stages": c.loss_stages},
+        specs.append((name, margin_ranking.margin_ranking_kernel, sig, consts, {"num_warps": warps, "num_stages": c.loss_stages},
                       c.loss_bm * c.loss_bn // (32 * warps)))
 
     for mode, label in ((0, "ot"), (1, "uniform"), (2, "random"), (3, "uncertainty")):
@@ -194,7 +195,9 @@ def compile_all(sass_dir=None):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("0", ""):
+    from radi_fast._backend import triton_interpret
+
+    if triton_interpret():
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter replaces the compiler")
     report = {"target": "cuda sm_90", "triton": triton.__version__, "kernels": {}}
     workdir = sass_dir or tempfile.mkdtemp(prefix="radi_sm90_")

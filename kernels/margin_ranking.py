@@ -1,35 +1,24 @@
-"""Eq. 4, the soft-margin ranking loss, and its gradient w.r.t. the student, in one pass.
+"""Eq. 4 and its gradient w.r.t. the student in one pass (docs/triton.md, "Loss kernel").
 
-Answers are in teacher order (every ordered pair ``t_i > t_j`` has ``i < j``; answer i's tie
-group is ``[tie_lo_i, tie_hi_i)``, so ``t_i > t_j`` iff ``j >= tie_hi_i``). A program owns ``BM``
-rows of one sample and visits every column tile, so each row's gradient count is a row
-reduction (no atomics, no column reductions across warps; the gradient is bitwise reproducible):
-
-    upper pairs (j > i): h_ij = m W_ij - (s_i - s_j) over t_i > t_j  -> loss, count_i -= 1
-    lower pairs (j < i): h_ji = m W_ji - (s_j - s_i) over t_j > t_i  -> count_i += 1
-
-``loss_b = sum h / |R_p|`` (the caller divides), ``dL/ds_i = count_i / |R_p|``. W by margin mode
-(``MODE``): 0 "ot" ``2^(<y_i, y_j> + p_i + q_j)`` from the final Sinkhorn state in Z (lower
-pairs: ``p_j + q_i``), the same 3xTF32 product as the Sinkhorn kernel; 1 "uniform" 1; 2 "random"
-the counter hash of ``radi_fast._random`` (seed, row, answer ids); 3 "uncertainty"
-``1 / (U_ij + 1e-6)`` with U from the direct difference ``||y_i - y_j||^2`` (no cancellation for
-close answers). Padded answers carry a student score of -inf, so every hinge with them is -inf.
-Only the column tiles around the diagonal (and around long tie groups) test the teacher order
-pair by pair; elsewhere every pair is ordered, and no teacher score is loaded at all.
+A program owns ``BM`` rows of one sample (answers in teacher order) and visits every column tile:
+upper pairs (``j >= tie_hi_i``) add ``max(0, m W_ij - (s_i - s_j))`` to the loss and count -1 when
+active; lower pairs (``j < tie_lo_i``) count +1 when ``m W_ji - (s_j - s_i) > 0``. Outputs per
+(sample, row block) hinge sums and per-row int32 counts: no atomics. W by ``MODE``: 0 "ot"
+``2^(<y_i, y_j> + p_i + q_j)`` from Z, 1 "uniform", 2 "random" (the hash of radi_fast._random),
+3 "uncertainty" ``1 / (U + EPS)`` from the direct difference of lane-major points.
 """
 import triton
 import triton.language as tl
 
 from .common import LN2, column_logits, load_points, lowbias32, row_operand
 
-UNCERTAINTY_EPS = tl.constexpr(1e-6)
 UNIFORM_SCALE = tl.constexpr(1.0 / (1 << 24))
 
 
 @triton.jit
 def _weights(zb_b, zs_b, yt_b, rb, rs, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
              T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, MODE: tl.constexpr,
-             LOWER: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr):
+             LOWER: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr, EPS: tl.constexpr):
     """W of the [BM, BN] tile at columns j0 (upper: W_ij; LOWER: W_ji); symmetric modes give the
     same bits both ways (ot: the same up to the order of the product's additions)."""
     cols = j0 + tl.arange(0, BN)
@@ -50,7 +39,7 @@ def _weights(zb_b, zs_b, yt_b, rb, rs, rows, h_rows, ids_b, hrow, u_scale, j0, o
         for t in tl.static_range(T):  # lane-major copy of y: coalesced loads
             diff = tl.load(yt_b + t * KP + rows)[:, None] - tl.load(yt_b + t * KP + cols)[None, :]
             d2 += diff * diff
-        w = 1.0 / (d2 * u_scale + tl.full((), UNCERTAINTY_EPS, COMPUTE))
+        w = 1.0 / (d2 * u_scale + tl.full((), EPS, COMPUTE))
     return w, cols
 
 
@@ -69,7 +58,7 @@ def margin_ranking_kernel(
     margin_ptr,  # [1] the margin m in the compute dtype (a float argument would be fp32)
     K, KP, NB,
     MODE: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    SPLIT: tl.constexpr, COMPUTE: tl.constexpr,
+    SPLIT: tl.constexpr, COMPUTE: tl.constexpr, EPS: tl.constexpr,  # EPS: the "uncertainty" mode's 1e-6
 ):
     b = tl.program_id(0).to(tl.int64)
     ib = tl.program_id(1)
@@ -117,25 +106,25 @@ def margin_ranking_kernel(
         m1 = tl.minimum(tl.cdiv(tl.max(tl.where(row_ok, hi_i, 0), axis=0), BN) * BN, n_cols)
         for j0 in range(0, m0, BN):  # lower: h_ji = m W_ji - (s_j - s_i)
             w, cols = _weights(zb_b, zs_b, yt_b, rb_lo, rs_lo, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
-                               T, TP, BM, BN, MODE, True, SPLIT, COMPUTE)
+                               T, TP, BM, BN, MODE, True, SPLIT, COMPUTE, EPS)
             sj = tl.load(s_b + cols).to(COMPUTE)
             h = margin * w + (si[:, None] - sj[None, :])  # the bits of row j's upper pass
             cnt_rows += tl.sum((h > 0.0).to(tl.int32), axis=1)
         for j0 in range(m0, m1, BN):  # both kinds, ordered pairs by tie group
             w, cols = _weights(zb_b, zs_b, yt_b, rb_lo, rs_lo, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
-                               T, TP, BM, BN, MODE, True, SPLIT, COMPUTE)
+                               T, TP, BM, BN, MODE, True, SPLIT, COMPUTE, EPS)
             sj = tl.load(s_b + cols).to(COMPUTE)
             h = margin * w + (si[:, None] - sj[None, :])
             lower = (cols[None, :] < lo_i[:, None]) & (h > 0.0)
             w, cols = _weights(zb_b, zs_b, yt_b, rb_up, rs_up, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
-                               T, TP, BM, BN, MODE, False, SPLIT, COMPUTE)
+                               T, TP, BM, BN, MODE, False, SPLIT, COMPUTE, EPS)
             h = margin * w + (sj[None, :] - si[:, None])
             upper = (cols[None, :] >= hi_i[:, None]) & (h > 0.0)
             loss_rows += tl.sum(tl.where(upper, h, 0.0), axis=1)
             cnt_rows += tl.sum(lower.to(tl.int32), axis=1) - tl.sum(upper.to(tl.int32), axis=1)
         for j0 in range(m1, n_cols, BN):  # upper: h_ij = m W_ij - (s_i - s_j); padded columns: -inf
             w, cols = _weights(zb_b, zs_b, yt_b, rb_up, rs_up, rows, h_rows, ids_b, hrow, u_scale, j0, offs_t, KP,
-                               T, TP, BM, BN, MODE, False, SPLIT, COMPUTE)
+                               T, TP, BM, BN, MODE, False, SPLIT, COMPUTE, EPS)
             sj = tl.load(s_b + cols).to(COMPUTE)
             h = margin * w + (sj[None, :] - si[:, None])
             loss_rows += tl.sum(tl.maximum(h, 0.0), axis=1)

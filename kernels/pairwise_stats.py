@@ -1,14 +1,10 @@
-"""Teacher statistics in O(B K T): the "auto" lam and the augmented points Z (docs/triton.md).
+"""Teacher statistics in O(B K T) (docs/triton.md, "Notation").
 
-``pairwise_lam_kernel`` (one program per sample): the mean off-diagonal uncertainty
-``(2 K sum_i s_i - 2 ||sum_i z_i||^2) / (T K (K - 1))`` with ``z_i`` the centred T-vector of
-answer i, or lam = 1 when that mean is rounding noise (the CPU path's rule, same threshold).
-
-``pairwise_points_kernel`` (grid: samples x answer blocks): ``y_i = sqrt(2 c) z_i`` with
-``c = log2(e) / (T lam)``, ``hs_i = ||y_i||^2 / 2``, so that ``U_ij / lam * log2(e) =
-||y_i - y_j||^2 / 2``; writes ``Z[b, i] = [y_i, p_i, q_i, 1, 0...]`` with the potentials at 0
-(``p = q = -hs``), split into ``Zb + Zs`` in fp32. Answers ``i >= K_b`` (up to the padded KP)
-get ``y = 0`` and ``p = q = PAD_LOGIT``: every logit that involves them is about -1e30.
+``pairwise_lam_kernel``: the "auto" lam, the mean off-diagonal U of each sample, or 1 when that
+is rounding noise (the CPU path's threshold). ``pairwise_points_kernel``: ``y = sqrt(2 c) z``
+with ``c = log2(e) / (T lam)`` and ``hs = ||y||^2 / 2``, written as the augmented points
+``Z = [y, p, q, 1, 0...]`` with ``p = q = -hs`` (fp32: split ``Zb + Zs`` for 3xTF32); answers
+past ``K_b`` get ``y = 0`` and ``p = q = PAD_LOGIT``.
 """
 import triton
 import triton.language as tl

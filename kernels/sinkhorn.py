@@ -1,27 +1,12 @@
-"""Batched log-domain Sinkhorn (Algorithm 1) on ``exp(-U / lam)``, U recomputed on the fly.
+"""Algorithm 1's half-steps on the augmented points Z (docs/triton.md, "Sinkhorn").
 
-With the augmented points of ``common.py`` the F half-step is, per row i (base 2),
-
-    F_i <- F_i - log2 sum_{j != i, j < K_b} 2^(x_ij),   x_ij = <y_i, y_j> + p_i + q_j
-
-(``p = F - hs``, ``q = G - hs``; the previous ``p_i`` is the shift that keeps the sum near 1, so
-no running max is needed) and the G half-step the same with p and q swapped. Each half-step is
-two launches (derivations and the measured design choices: docs/triton.md):
-
-* ``sinkhorn_row_sums_kernel``, grid (B, row blocks, column shares): sums ``2^x`` over its share
-  of the column tiles into ``part[share, b, i]``. Its hot loop is one 3xTF32 product per tile
-  from shared memory (the column tiles of Z stream in by cp.async, the row operand stays put)
-  and one MUFU.EX2 and one FADD per pair: no mask (padded answers have logits of -1e30), no
-  max; the diagonal tile(s) are peeled off into their own loop.
-* ``sinkhorn_update_kernel``, grid (B, row blocks): adds the shares in a fixed order
-  (deterministic), checks each row sum against ``[SHIFT_LO, SHIFT_HI]`` and, if one leaves it
-  (first iterations, tiny lam), redoes the block's rows with an online max; writes the new
-  potential, its p or q lane of Z and, on the G side, the per-sample stopping statistic
-  ``max |ΔG| ln 2`` (atomic max into ``next_delta``).
-
-A sample does nothing unless ``prev_delta[b] > tol`` and ``K_b >= 2``, so a converged sample
-stays frozen without a host sync. The update kernel's fallback reads only lanes of Z that the
-concurrent updates do not write (its rows multiply the lane being written by 0).
+F side, per row i (base 2; G side with p and q swapped):
+``F_i <- F_i - log2 sum_{j != i, j < K_b} 2^(<y_i, y_j> + p_i + q_j)``, ``p = F - hs``, ``q = G - hs``.
+``sinkhorn_row_sums_kernel`` sums the ``2^x`` of its share of column tiles (the previous ``p_i`` is
+the shift: no running max); ``sinkhorn_update_kernel`` adds the shares, redoes rows whose sum
+left ``[SHIFT_LO, SHIFT_HI]`` with an online max, writes the potential, its lane of Z and, on the
+G side, the per-sample stopping statistic. A sample with ``prev_delta <= tol`` or ``K_b < 2``
+does nothing.
 """
 import triton
 import triton.language as tl

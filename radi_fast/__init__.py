@@ -11,7 +11,7 @@ Public API (the contract later work builds on):
 * :func:`set_value_checks` (NaN/inf and range checks on CUDA tensors: they synchronise)
 """
 from . import metrics, reference
-from ._backend import backend_info
+from ._report import backend_info
 from ._validation import set_value_checks
 from .classification import classification_loss
 from .listwise import RadiListwiseLoss, radi_listwise_loss

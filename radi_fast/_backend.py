@@ -1,8 +1,13 @@
-"""Which fast paths this process can use; a pure-PyTorch fallback is always there."""
+"""Which fast paths this process can use (a pure-PyTorch fallback is always there), and the
+choice of RADI-P backend."""
 from __future__ import annotations
 
 import functools
 import os
+from typing import Optional
+
+from ._constants import PAIRWISE_BACKENDS
+from ._validation import check_choice
 
 
 @functools.lru_cache(maxsize=None)
@@ -16,29 +21,18 @@ def triton_available() -> bool:
     return True
 
 
-def backend_info() -> dict:
-    """A dict saying which implementation each op uses here, e.g. for bug reports and benchmarks."""
-    import torch
+@functools.lru_cache(maxsize=None)
+def triton_interpret() -> bool:
+    """Whether Triton runs its interpreter in this process (``TRITON_INTERPRET``, read once:
+    Triton fixes the mode when the kernels are decorated, so set it before importing radi_fast)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
-    info = {
-        "torch": torch.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "triton": None,
-        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
-        "RADI_FAST_BACKEND": os.environ.get("RADI_FAST_BACKEND", "auto"),
-        "pairwise_cpu": "torch (blockwise, no [B, T, K, K])",
-        "pairwise_cuda": "triton" if triton_available() else "torch",
-    }
-    if triton_available():
-        import triton
 
-        info["triton"] = triton.__version__
-    try:
-        from .ops import sampler
-
-        status = sampler.extension_status()
-    except Exception as exc:  # the extension module or its wrapper is missing
-        status = {"extension": False, "error": repr(exc)}
-    info["extension"] = status
-    info["sampler"] = "compiled (radi_fast._C)" if status.get("extension") else "torch (fallback)"
-    return info
+def resolve_backend(backend: Optional[str], device) -> str:
+    """RADI-P's backend: ``backend``, else ``RADI_FAST_BACKEND``, else "auto" (Triton on CUDA,
+    torch otherwise). Returns "torch" or "triton"."""
+    choice = backend if backend is not None else os.environ.get("RADI_FAST_BACKEND", "auto")
+    check_choice(choice, "backend (or RADI_FAST_BACKEND)", PAIRWISE_BACKENDS)
+    if choice == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    return choice

@@ -29,10 +29,14 @@ def lowbias32(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def row_hashes(seed: int, row: torch.Tensor) -> torch.Tensor:
+    """``lowbias32(lowbias32(seed) ^ row)``: the per-row key of the pair hash (int64 holding uint32)."""
+    return lowbias32(lowbias32(torch.as_tensor(seed & MASK32, dtype=torch.int64)) ^ row.to(torch.int64))
+
+
 def pair_uniform(seed: int, row: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     """Uniform [0, 1) weight of answer pair (i, j) in batch row ``row`` (broadcasting int64 tensors)."""
-    h = lowbias32(torch.as_tensor(seed & MASK32, dtype=torch.int64))
-    h = lowbias32(h ^ row.to(torch.int64))
+    h = row_hashes(seed, row)
     h = lowbias32(h ^ i.to(torch.int64))
     h = lowbias32(h ^ j.to(torch.int64))
     return (h >> 8).to(torch.float64) * UNIFORM_SCALE

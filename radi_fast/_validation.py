@@ -9,7 +9,7 @@ tensors, and on CUDA tensors only when asked for (:func:`set_value_checks` or
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -115,3 +115,33 @@ def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return per_sample.sum()
     return per_sample
+
+
+def check_scores(scores, name: str, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+    """A 2-D floating tensor whose valid entries (columns < lengths[b]) are finite.
+
+    Padding columns may hold anything (e.g. -inf or NaN): they are never read.
+    """
+    check_tensor(scores, name, 2, finite=False)
+    if scores.numel() == 0 or not value_checks_enabled(scores):
+        return scores
+    finite = torch.isfinite(scores)
+    if lengths is not None:
+        columns = torch.arange(scores.shape[1], device=scores.device)
+        finite = finite | (columns[None, :] >= lengths.to(scores.device)[:, None])
+    if not bool(finite.all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf) among the valid answers")
+    return scores
+
+
+def check_list_sizes(hot, cold, n_answers: int, lengths: Optional[torch.Tensor]) -> Tuple[int, int]:
+    """``hot`` and ``cold`` are non-negative ints with ``hot + cold`` <= every row's valid answers."""
+    hot = check_int(hot, "hot")
+    cold = check_int(cold, "cold")
+    available = n_answers if lengths is None or lengths.numel() == 0 else int(lengths.min())
+    if hot + cold > available:
+        where = "the number of answers N" if lengths is None else "min(lengths)"
+        raise ValueError(
+            f"hot + cold must be <= {where} ({available}), got hot={hot} and cold={cold}"
+        )
+    return hot, cold

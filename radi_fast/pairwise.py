@@ -1,37 +1,21 @@
-"""RADI-P (sec. 3.2): pairwise uncertainty, log-domain Sinkhorn margins and the soft-margin
-ranking loss, with a CPU path that never builds the [B, T, K, K] tensor of eq. 5.
+"""RADI-P (sec. 3.2): the teacher's pairwise uncertainty (eq. 5), optimal-transport soft margins
+(Algorithm 1) and the soft-margin ranking loss (eq. 4).
 
-Math choices (also in the README):
-
-* ``U_ij = Var_t(P_ti - P_tj)`` with the 1/T (population) variance of eq. 5. With the centred
-  points ``z_i = P[:, i] - mean_t P[:, i]`` it is ``||z_i - z_j||^2 / T``, computed from
-  ``[B, K, T]`` (design notes).
-* Sinkhorn (Algorithm 1) runs to ones marginals, so W is doubly stochastic over the off-diagonal
-  pairs: rows and columns of W sum to 1 and the average margin is ``m / (K - 1)``.
-* ``lam="auto"`` is the per-sample mean off-diagonal uncertainty (the paper gives no value);
-  at that scale Algorithm 1 converges in a handful of iterations. A float is absolute.
-* Stopping: ``max |log v_t - log v_{t-1}| <= tol`` (the log-marginal error; scale free), not the
-  paper's ``mean(v_t - v_{t-1}) > 1e-8``, which fp32 cannot meet. ``tol=0`` runs ``max_iter``.
-* Each sample is truncated to the teacher's top ``top_k`` answers (teacher ranking by
-  ``teacher_logits``, default the mean of the MC passes; ties broken by lower index); U,
-  Sinkhorn and the pairs all live on those answers.
-* Eq. 4 per sample is divided by ``|R_p|`` (pairs the teacher orders strictly); a sample with
-  no such pair (all teacher scores tied, K = 1) has loss 0. Batch mean over all samples.
-* The teacher is frozen: no gradient flows to ``teacher_mc_logits`` or ``teacher_logits``.
-* margin modes (Table 3): "ot" ``W`` from Sinkhorn; "uniform" ``W = 1``; "random"
-  ``W ~ U[0, 1]`` from a counter-based hash of (seed, row, answer i, answer j), so every path
-  draws the same weights; "uncertainty" ``W = 1 / (U + 1e-6)``.
+The public faces: argument checks and the choice of backend (``ops/pairwise_cpu.py``: PyTorch,
+any device; ``ops/pairwise_triton.py``: Triton kernels, CUDA). The conventions the paper leaves
+open (variance, marginals, "auto" lam, stopping, top-k, normalisation, margin modes) are in
+docs/design.md and the README's "Math choices".
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ._random import draw_seed, pair_uniform
+from ._backend import resolve_backend
+from ._constants import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_TOP_K, MARGIN_MODES
+from ._random import draw_seed
 from ._validation import (
     check_choice,
     check_int,
@@ -43,338 +27,13 @@ from ._validation import (
     check_tensor,
     reduce,
 )
-from .reference import UNCERTAINTY_EPS
-
-MARGIN_MODES = ("ot", "uniform", "random", "uncertainty")
-BACKENDS = ("auto", "torch", "triton")
-DEFAULT_TOP_K = 2500
-DEFAULT_MAX_ITER = 100
-DEFAULT_TOL = 1e-5
-# Elements of the materialised K x K cost of a chunk of samples on the CPU path (32 MB in fp32):
-# samples go through Sinkhorn in chunks that fit (at least one sample per chunk).
-CPU_BLOCK_ELEMENTS = 1 << 23
-# Elements of each [samples, rows, K] temporary of the hinge pass (4 MB in fp32).
-CPU_ROW_BLOCK_ELEMENTS = 1 << 20
-# Elements of the row blocks in which the CPU Sinkhorn builds and exponentiates its kernel (1 MB in fp32).
-CPU_FUSED_BLOCK_ELEMENTS = 1 << 18
-# Largest cost U/lam for which the plain-domain Sinkhorn (matrix-vector products with a
-# materialised exp(-U/lam)) is exact to rounding; beyond it the log domain takes over.
-PLAIN_DOMAIN_MAX_COST = {torch.float32: 30.0, torch.float64: 300.0}
+from .ops import pairwise_cpu
 
 
-# ----------------------------------------------------------------------------- preparation
-@dataclass
-class PairwiseProblem:
-    """One batch of teacher-side quantities on the top-k answers, padded to ``K = max_b K_b``.
-
-    points: centred MC logits ``z`` [B, K, T] (0 on padding); sq: ``||z_i||^2`` [B, K];
-    teacher: teacher scores [B, K]; valid: [B, K] bool; answer_ids: [B, K] column ids in the
-    student's [B, N]; n_valid: [B] K_b; lam: [B]; inv_scale: ``1 / lam_b`` [B].
-    """
-
-    points: torch.Tensor
-    sq: torch.Tensor
-    teacher: torch.Tensor
-    valid: torch.Tensor
-    answer_ids: torch.Tensor
-    n_valid: torch.Tensor
-    lam: torch.Tensor
-    inv_scale: torch.Tensor
-
-    @property
-    def T(self) -> int:
-        return self.points.shape[2]
-
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """fp64 stays fp64; everything else accumulates in fp32."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, lengths: Optional[torch.Tensor]):
-    """Answer ids of each row's top ``top_k`` valid answers in teacher order, their validity and K_b."""
-    B, N = teacher_logits.shape
-    keys = teacher_logits.float() if teacher_logits.dtype in (torch.float16, torch.bfloat16) else teacher_logits
-    n_valid = torch.full((B,), N, dtype=torch.int64, device=keys.device) if lengths is None else lengths.to(keys.device)
-    if lengths is not None:  # padding sorts last
-        col = torch.arange(N, device=keys.device)
-        keys = keys.masked_fill(col[None, :] >= n_valid[:, None], float("-inf"))
-    K = min(top_k, int(n_valid.max())) if B else 0
-    order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :K]
-    k_b = n_valid.clamp(max=top_k)
-    valid = torch.arange(K, device=keys.device)[None, :] < k_b[:, None]
-    return order, valid, k_b
-
-
-def auto_lam_from_points(points: torch.Tensor, sq: torch.Tensor, n_valid: torch.Tensor,
-                         logit_scale: torch.Tensor) -> torch.Tensor:
-    """Mean off-diagonal U per sample in O(K T): ``sum_ij U_ij = (2 K sum_i s_i - 2 ||sum_i z_i||^2) / T``.
-
-    A mean at the level of rounding noise (identical MC passes) counts as no uncertainty: lam = 1.
-    """
-    T = points.shape[2]
-    k = n_valid.to(points.dtype)
-    total = (2 * k * sq.sum(1) - 2 * (points.sum(1) ** 2).sum(1)) / T
-    mean_off = total / (k * (k - 1)).clamp(min=1)
-    meaningful = (n_valid >= 2) & (mean_off > negligible_uncertainty(logit_scale, points.dtype))
-    return torch.where(meaningful, mean_off, torch.ones_like(mean_off))
-
-
-def negligible_uncertainty(logit_scale, dtype: torch.dtype):
-    """Variances below this are rounding noise of logits of magnitude ``logit_scale``."""
-    return 64 * (torch.finfo(dtype).eps * logit_scale) ** 2
-
-
-def prepare_pairwise(teacher_mc_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], top_k: int,
-                     lam: Optional[float], lengths: Optional[torch.Tensor]) -> PairwiseProblem:
-    """Top-k gather, centring and the per-sample scale: everything O(B K T) before the K x K work."""
-    dtype = compute_dtype(teacher_mc_logits, teacher_logits)
-    mc = teacher_mc_logits.detach().to(dtype)
-    teacher = mc.mean(dim=1) if teacher_logits is None else teacher_logits.detach().to(dtype)
-    order, valid, n_valid = teacher_top_k(teacher, top_k, lengths)
-    B, T, _ = mc.shape
-    gathered = mc.gather(2, order[:, None, :].expand(B, T, order.shape[1]))  # [B, T, K]
-    points = (gathered - gathered.mean(dim=1, keepdim=True)).transpose(1, 2).contiguous()
-    points = points * valid[:, :, None]
-    sq = (points * points).sum(-1)
-    logit_scale = (gathered * valid[:, None, :]).abs().amax(dim=(1, 2)) if gathered.numel() else sq.new_zeros(B)
-    lam_b = auto_lam_from_points(points, sq, n_valid, logit_scale) if lam is None else torch.full((B,), lam, dtype=dtype, device=mc.device)
-    return PairwiseProblem(points=points, sq=sq, teacher=teacher.gather(1, order), valid=valid, answer_ids=order,
-                           n_valid=n_valid, lam=lam_b, inv_scale=1.0 / lam_b)
-
-
-# ----------------------------------------------------------------------------- CPU K x K blocks
-def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice, cols: slice = slice(None)) -> torch.Tensor:
-    """``U[b, i, j] = (s_i + s_j - 2 <z_i, z_j>) / T`` for samples ``s``, rows, columns: [b, r, c].
-
-    Clamped at 0: the expansion can go slightly negative by rounding for close answers. One
-    [b, r, c] allocation: the row norms broadcast into ``baddbmm``, the rest in place.
-    """
-    U = torch.baddbmm(p.sq[s, rows, None], p.points[s, rows], p.points[s, cols].transpose(1, 2), alpha=-2)
-    return U.add_(p.sq[s, None, cols]).clamp_min_(0).div_(p.T)
-
-
-def chunks(total: int, size: int, start: int = 0):
-    for first in range(start, total, max(1, size)):
-        yield slice(first, min(total, first + max(1, size)))
-
-
-@dataclass
-class SinkhornSolution:
-    """Log potentials f = log u, g = log v [b, K] and the chunk's materialised kernel, kept so the
-    loss pass reads ``W_ij = exp(f_i + g_j - U_ij/lam)`` instead of recomputing it.
-
-    The kernel is stored with its rank-one part folded out (design notes): with
-    ``shift_i = s_i / (T lam)``, ``-U_ij/lam = G_ij - shift_i - shift_j`` where
-    ``G_ij = 2 <z_i, z_j> / (T lam)``. ``kernel`` is ``exp(G)`` (plain domain) or ``G`` (log
-    domain), 0 / -inf off the allowed pairs, so ``W_ij = kernel_ij * exp(f_i - shift_i) *
-    exp(g_j - shift_j)`` (plain). ``shift`` None means no folding (``kernel`` is ``exp(-U/lam)``
-    or ``-U/lam``)."""
-
-    f: torch.Tensor
-    g: torch.Tensor
-    kernel: torch.Tensor
-    plain: bool
-    shift: Optional[torch.Tensor] = None
-
-    def folded(self):
-        """The potentials that pair with ``kernel``: ``f - shift``, ``g - shift``."""
-        if self.shift is None:
-            return self.f, self.g
-        return self.f - self.shift, self.g - self.shift
-
-    def weights(self, rows: slice, cols: slice, scale: float = 1.0) -> torch.Tensor:
-        """``scale * W`` for rows and columns, [b, r, c], a fresh tensor (one allocation)."""
-        f, g = self.folded()
-        if self.plain:
-            u, v = torch.exp(f[:, rows, None]), torch.exp(g[:, None, cols])
-            if scale != 1.0:
-                u = u * scale
-            return torch.mul(self.kernel[:, rows, cols], u).mul_(v)
-        W = torch.add(self.kernel[:, rows, cols], f[:, rows, None]).add_(g[:, None, cols]).exp_()
-        return W.mul_(scale) if scale != 1.0 else W
-
-
-def _row_logsumexp(G: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``logsumexp_j(G[b, i, j] + h[b, j])`` [b, K], in row blocks so no [b, K, K] temporary."""
-    b, K, _ = G.shape
-    out = h.new_empty(b, K)
-    block = max(1, CPU_ROW_BLOCK_ELEMENTS // max(1, b * K))
-    for rows in chunks(K, block):
-        out[:, rows] = torch.logsumexp(G[:, rows] + h[:, None, :], dim=2)
-    return out
-
-
-def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s: slice,
-                                out: Optional[torch.Tensor] = None) -> SinkhornSolution:
-    """Algorithm 1 for the samples ``s`` (a chunk whose K x K kernel fits the memory budget).
-
-    The rank-one parts of the cost fold into the potentials (design notes): the chunk's only
-    K x K tensor is ``G = 2 <z_i, z_j> / (T lam)`` (rank-T products), exponentiated in place for
-    the plain domain, with the diagonal and the padding (a suffix of each row) filled in place.
-    When the cost and G are small enough (``max G`` and the bound ``2 max shift - min G`` of
-    ``U/lam`` within ``PLAIN_DOMAIN_MAX_COST``) the plain-domain iteration (two mat-vecs per step,
-    no exp) is exact to rounding; otherwise the log-domain iteration (row-blocked logsumexp)
-    avoids underflow.
-    The kernel is symmetric, so both half-steps are row reductions. Converged samples are
-    frozen, so each sample stops on its own test like the reference. ``out``: optional storage
-    of at least ``b * K * K`` elements for the kernel (reused across chunks: no fresh pages).
-    """
-    pts = p.points[s]
-    b, K, T = pts.shape
-    dtype = pts.dtype
-    scale = p.inv_scale[s].to(dtype) / T  # 1 / (T lam)
-    shift = p.sq[s] * scale[:, None]  # -U/lam = G - shift_i - shift_j
-    zs = pts * torch.sqrt(2 * scale)[:, None, None]
-    zs_t = zs.transpose(1, 2).contiguous()
-    G = pts.new_empty(b, K, K) if out is None else out.view(-1)[: b * K * K].view(b, K, K)
-    limit = PLAIN_DOMAIN_MAX_COST[dtype]
-    # Cauchy-Schwarz: |G_ij| <= 2 sqrt(shift_i shift_j) and U_ij/lam <= 4 max shift. Under that
-    # bound the plain domain is known before G exists: each row block is exponentiated while it
-    # is still in cache. Otherwise the exact max G and max U/lam bound decide.
-    sure_plain = 4 * float(shift.amax()) <= limit if shift.numel() else True
-    if sure_plain:
-        rows_per_block = max(1, CPU_FUSED_BLOCK_ELEMENTS // max(1, K))
-        for i in range(b):
-            for rows in chunks(K, rows_per_block):
-                torch.mm(zs[i, rows], zs_t[i], out=G[i, rows]).exp_()
-        plain = True
-    else:
-        torch.bmm(zs, zs_t, out=G)  # out=: ~3x faster than a fresh result on CPU
-        g_min, g_max = torch.aminmax(G)
-        plain = float(g_max) <= limit and 2 * float(shift.amax()) - float(g_min) <= limit
-        if plain:
-            G.exp_()
-    fill = 0.0 if plain else float("-inf")
-    G.diagonal(dim1=1, dim2=2).fill_(fill)
-    n_valid = p.n_valid[s]
-    for i in torch.nonzero(n_valid < K).flatten().tolist():  # padding: the tail of each row
-        k = int(n_valid[i])
-        G[i, k:, :] = fill
-        G[i, :, k:] = fill
-    has_partner = n_valid >= 2
-    row_ok = p.valid[s] & has_partner[:, None]
-    pinned = -shift  # rows without a partner keep f = g = 0 (folded: -shift)
-    f = pinned.clone()
-    g = pinned.clone()
-    active = has_partner.clone()
-    for _ in range(max_iter):
-        if not bool(active.any()):
-            break
-        # rows without a partner (padding, K_b < 2) would give log(0): pin them before use
-        if plain:  # row vector x kernel (= kernel x column, symmetric): the fast BLAS layout, also batched
-            f_new = torch.bmm(torch.exp(g)[:, None, :], G).squeeze(1).log_().neg_()
-            f_new = torch.where(row_ok, f_new, pinned)
-            g_new = torch.bmm(torch.exp(f_new)[:, None, :], G).squeeze(1).log_().neg_()
-        else:  # f_i = -logsumexp_j(g_j + G_ij)
-            f_new = torch.where(row_ok, _row_logsumexp(G, g).neg_(), pinned)
-            g_new = _row_logsumexp(G, f_new).neg_()
-        g_new = torch.where(row_ok, g_new, pinned)
-        delta = (g_new - g).abs().amax(dim=1)
-        f = torch.where(active[:, None], f_new, f)
-        g = torch.where(active[:, None], g_new, g)
-        active = active & (delta > tol)
-    return SinkhornSolution(f=f + shift, g=g + shift, kernel=G, plain=plain, shift=shift)
-
-
-def margin_weights_block(p: PairwiseProblem, mode: str, s: slice, rows: slice, cols: slice,
-                         solution: Optional[SinkhornSolution], seed: int) -> torch.Tensor:
-    """W for samples ``s``, rows and columns ([b, r, c]; arbitrary off the allowed pairs)."""
-    dtype = p.points.dtype
-    if mode == "uniform":
-        return torch.ones(1, 1, 1, dtype=dtype, device=p.points.device)
-    if mode == "random":
-        sample_rows = torch.arange(p.points.shape[0], device=p.points.device)[s]
-        ids = p.answer_ids[s]
-        return pair_uniform(seed, sample_rows[:, None, None], ids[:, rows, None], ids[:, None, cols]).to(dtype)
-    if mode == "uncertainty":
-        return uncertainty_block(p, s, rows, cols).add_(UNCERTAINTY_EPS).reciprocal_()
-    return solution.weights(rows, cols)
-
-
-def teacher_tie_ends(p: PairwiseProblem) -> torch.Tensor:
-    """For answer i (teacher order), the first position j whose teacher score is strictly lower.
-
-    The answers are sorted by the teacher, so ``R_p`` for row i is exactly the valid columns
-    ``j >= tie_end[i]``: one comparison per pair instead of comparing scores.
-    """
-    neg = torch.where(p.valid, -p.teacher, torch.full_like(p.teacher, float("inf"))).contiguous()
-    return torch.searchsorted(neg, neg, right=True)
-
-
-def pairwise_hinge_cpu(student: torch.Tensor, p: PairwiseProblem, margin: float, mode: str, max_iter: int,
-                       tol: float, seed: int):
-    """Per-sample eq. 4 losses [B] and their gradient w.r.t. the gathered student scores [B, K].
-
-    Forward and backward share one blockwise pass over the upper triangle (the answers are in
-    teacher order, so every ordered pair has i < j): ``dL/ds_i = (1/|R_p|) (#{j: j≻i active}
-    - #{j: i≻j active})`` (design notes), so nothing K x K outlives a block. Each block is one
-    [b, r, c] tensor worked in place: margins, ``+ s_j - s_i``, the hinge, the pair mask (only the
-    diagonal square when the block has no teacher tie and no padding), the loss sum, then its
-    sign (1 where active) summed along rows and columns for the gradient.
-    """
-    B, K = student.shape
-    loss = student.new_zeros(B)
-    grad = torch.zeros_like(student)
-    tie_end = teacher_tie_ends(p)
-    n_valid = p.n_valid.to(tie_end.device)
-    n_pairs = ((n_valid[:, None] - tie_end).clamp(min=0) * p.valid).sum(1).to(student.dtype)
-    col_ids = torch.arange(K, device=student.device)
-    # rows whose ordered pairs are exactly j > i (no tie with the next answer, valid, no padding)
-    plain_row = (tie_end == col_ids[None, :] + 1) & p.valid & (n_valid[:, None] == K)
-    sample_chunk = max(1, CPU_BLOCK_ELEMENTS // max(1, K * K))
-    workspace = student.new_empty(min(B, sample_chunk) * K * K) if mode == "ot" and B else None
-    for s in chunks(B, sample_chunk):
-        solution = sinkhorn_log_potentials_cpu(p, max_iter, tol, s, out=workspace) if mode == "ot" else None
-        row_block = max(1, CPU_ROW_BLOCK_ELEMENTS // max(1, (s.stop - s.start) * K))
-        for rows in chunks(K, row_block):
-            cols = slice(rows.start + 1, K)  # j > i for every ordered pair of these rows
-            if cols.start >= K:
-                continue
-            if mode == "ot":  # margin * W, then + s_j - s_i, in place
-                hinge = solution.weights(rows, cols, margin).add_(student[s, None, cols]).sub_(student[s, rows, None])
-            else:
-                M = margin_weights_block(p, mode, s, rows, cols, solution, seed)
-                hinge = (student[s, None, cols] - student[s, rows, None]).add_(M * margin if margin != 1.0 else M)
-            hinge.clamp_min_(0)
-            if bool(plain_row[s, rows].all()):
-                r = rows.stop - rows.start
-                hinge[:, :, :r].triu_()  # local column c is answer rows.start + 1 + c: keep c >= row
-            else:
-                c = col_ids[cols]
-                ordered = (c[None, None, :] >= tie_end[s, rows, None]) & (c[None, None, :] < n_valid[s, None, None])
-                ordered &= p.valid[s, rows, None]
-                hinge.masked_fill_(~ordered, 0)
-            loss[s] += hinge.sum(dim=(1, 2))
-            active = hinge.sign_()  # 1 where the hinge is positive, 0 elsewhere
-            grad[s, rows] -= active.sum(dim=2)
-            grad[s, cols] += active.sum(dim=1)
-    scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))
-    return loss * scale, grad * scale[:, None]
-
-
-class _PairwiseHingeCPU(torch.autograd.Function):
-    """Per-sample losses whose backward is the gradient computed in the forward pass."""
-
-    @staticmethod
-    def forward(ctx, student_logits, problem, margin, mode, max_iter, tol, seed):
-        dtype = problem.points.dtype
-        student = student_logits.detach().to(dtype).gather(1, problem.answer_ids)
-        loss, grad_k = pairwise_hinge_cpu(student, problem, margin, mode, max_iter, tol, seed)
-        grad = torch.zeros(student_logits.shape, dtype=dtype, device=student_logits.device)
-        grad.scatter_add_(1, problem.answer_ids, grad_k * problem.valid)
-        ctx.save_for_backward(grad)
-        ctx.input_dtype = student_logits.dtype
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_loss[:, None].to(grad.dtype)).to(ctx.input_dtype), None, None, None, None, None, None
-
-
-# ----------------------------------------------------------------------------- validation
-def validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths, name_mc="teacher_mc_logits"):
+def validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths,
+                             name_mc: str = "teacher_mc_logits") -> Optional[torch.Tensor]:
+    """Shapes, dtypes, devices (and, where cheap, values) of the RADI-P inputs; returns ``lengths``
+    as int64 or None. Raises ``ValueError`` naming the argument."""
     check_tensor(teacher_mc_logits, name_mc, 3)
     if teacher_mc_logits.shape[1] < 2:
         raise ValueError(f"{name_mc} needs T >= 2 MC-dropout passes in dim 1 to estimate a variance, "
@@ -392,62 +51,35 @@ def validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, 
     return check_lengths(lengths, teacher_mc_logits.shape[0], teacher_mc_logits.shape[2])
 
 
-def validate_sinkhorn_args(lam, max_iter, tol):
+def validate_sinkhorn_args(lam, max_iter, tol) -> Optional[float]:
+    """``lam`` ("auto" -> None, else > 0), ``max_iter >= 1``, ``tol >= 0``."""
     lam_value = check_lam(lam)
     check_int(max_iter, "max_iter", minimum=1)
     check_positive(tol, "tol", allow_zero=True)
     return lam_value
 
 
-def resolve_backend(backend: Optional[str], device: torch.device) -> str:
-    """``backend`` argument, else ``RADI_FAST_BACKEND``, else "auto" (Triton on CUDA, torch on CPU)."""
-    choice = backend if backend is not None else os.environ.get("RADI_FAST_BACKEND", "auto")
-    check_choice(choice, "backend (or RADI_FAST_BACKEND)", BACKENDS)
-    if choice == "auto":
-        from ._backend import triton_available
-
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
-    return choice
-
-
-# ----------------------------------------------------------------------------- public API
 def pairwise_uncertainty(mc_logits: torch.Tensor) -> torch.Tensor:
-    """Eq. 5: the teacher's pairwise uncertainty ``U_ij = Var_t(P_ti - P_tj)``, [B, T, K] -> [B, K, K].
+    """Eq. 5, ``U_ij = Var_t(P_ti - P_tj)``: [B, T, K] -> [B, K, K] (diagonal 0), dense.
 
-    Dense, for inspection and small K. Computed from the centred [B, K, T] points
-    (``U_ij = ||z_i - z_j||^2 / T``), never from the [B, T, K, K] differences; the diagonal is 0.
+    For inspection and small K; computed as ``||z_i - z_j||^2 / T`` from the centred points, never
+    from the [B, T, K, K] differences. fp64 stays fp64, other dtypes give fp32.
     """
     validate_pairwise_inputs(None, mc_logits, None, None, name_mc="mc_logits")
-    dtype = compute_dtype(mc_logits)
-    mc = mc_logits.to(dtype)
-    z = (mc - mc.mean(dim=1, keepdim=True)).transpose(1, 2).contiguous()
-    sq = (z * z).sum(-1)
-    B, K, T = z.shape
-    # one [B, K, K] allocation: s_i - 2 <z_i, z_j>, then + s_j, clamp (rounding), / T in place
-    U = torch.baddbmm(sq[:, :, None], z, z.transpose(1, 2), alpha=-2, out=z.new_empty(B, K, K))
-    U.add_(sq[:, None, :]).clamp_min_(0).div_(T)
-    U.diagonal(dim1=1, dim2=2).zero_()
-    return U
+    return pairwise_cpu.uncertainty_dense(mc_logits)
 
 
 def sinkhorn_margin_weights(mc_logits: torch.Tensor, lam="auto", max_iter: int = DEFAULT_MAX_ITER,
                             tol: float = DEFAULT_TOL) -> torch.Tensor:
-    """Algorithm 1 on the uncertainty of ``mc_logits`` [B, T, K] -> W [B, K, K] (dense).
+    """Algorithm 1 on the uncertainty of ``mc_logits`` [B, T, K] -> W [B, K, K], dense.
 
-    ``W = diag(u) exp(-U/lam) diag(v)`` with the diagonal excluded, scaled to ones marginals
-    (rows and columns sum to 1). Iterated in the log domain when ``U/lam`` is large, so a small
-    ``lam`` does not underflow. ``lam``: a positive float (absolute) or "auto" (per sample, the
-    mean off-diagonal U). Stops when ``max |log v_t - log v_{t-1}| <= tol`` or after ``max_iter``.
+    ``W = diag(u) exp(-U/lam) diag(v)`` with the diagonal excluded, scaled to ones marginals.
+    ``lam``: a positive float or "auto" (per sample, the mean off-diagonal U). Stops when
+    ``max |log v_t - log v_{t-1}| <= tol`` or after ``max_iter`` iterations.
     """
     validate_pairwise_inputs(None, mc_logits, None, None, name_mc="mc_logits")
     lam_value = validate_sinkhorn_args(lam, max_iter, tol)
-    B, _, K = mc_logits.shape
-    # an all-tied teacher keeps every answer in its original order (stable sort), no truncation
-    tied = torch.zeros(B, K, dtype=mc_logits.dtype, device=mc_logits.device)
-    p = prepare_pairwise(mc_logits, tied, K, lam_value, None)
-    W = sinkhorn_log_potentials_cpu(p, max_iter, tol, slice(None)).weights(slice(None), slice(None))
-    off_diagonal = ~torch.eye(K, dtype=torch.bool, device=W.device)
-    return torch.where(off_diagonal, W, torch.zeros((), dtype=W.dtype))
+    return pairwise_cpu.sinkhorn_weights_dense(mc_logits, lam_value, max_iter, tol)
 
 
 def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
@@ -456,28 +88,28 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
                        tol: float = DEFAULT_TOL, reduction: str = "mean", *,
                        generator: Optional[torch.Generator] = None, lengths: Optional[torch.Tensor] = None,
                        backend: Optional[str] = None) -> torch.Tensor:
-    """RADI-P: the adaptive pairwise ranking distillation loss (eq. 4 with ``M = margin * W``).
+    """RADI-P: eq. 4 with the soft margins ``M = margin * W``.
 
     Args:
         student_logits: [B, N] student scores ``p_S`` (gradients flow here only).
         teacher_mc_logits: [B, T, N] teacher scores from T >= 2 MC-dropout passes (constant).
-        teacher_logits: [B, N] teacher scores defining the ranking ``R_p``; default the mean of
-            the MC passes.
-        margin: the scalar m (the paper searches {0.1, 1, 10}); >= 0.
-        margin_mode: "ot" (Uncertainty + OT, the paper's method), "uniform", "random" or
-            "uncertainty" (Table 3).
-        lam: Sinkhorn smoothing factor, a positive float or "auto" (per-sample mean
-            off-diagonal U).
+        teacher_logits: [B, N] teacher scores defining the ranking; default the MC mean.
+        margin: m >= 0 (the paper searches {0.1, 1, 10}).
+        margin_mode: "ot" (the paper's method), "uniform", "random" or "uncertainty" (Table 3).
+        lam: Sinkhorn smoothing, a positive float or "auto" (per-sample mean off-diagonal U).
         top_k: each sample keeps the teacher's top ``top_k`` answers (the paper: 2500).
         max_iter, tol: Sinkhorn budget and stopping test (``max |Δ log v| <= tol``).
         reduction: "mean" (default), "sum" or "none" ([B]).
         generator: seeds the "random" mode (the global RNG when None).
-        lengths: optional [B] number of valid answers per row (the rest is padding).
-        backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton"; the
-            default comes from ``RADI_FAST_BACKEND``.
+        lengths: optional [B] numbers of valid answers (the rest of each row is padding).
+        backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton";
+            default from ``RADI_FAST_BACKEND``.
 
-    Rows of W sum to 1, so the average OT margin is ``margin / (K - 1)``. See the module
-    docstring for the remaining conventions.
+    Returns the loss in fp32 (fp64 for fp64 inputs). Per sample, the sum of the hinges over the
+    teacher-ordered pairs divided by their number ``|R_p|`` (0 without such a pair); rows of W
+    sum to 1, so the average OT margin is ``margin / (K - 1)``.
+
+    Raises ``ValueError`` naming the argument (shapes, dtypes, devices, options).
     """
     lengths = validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths)
     margin = check_positive(margin, "margin", allow_zero=True)
@@ -487,13 +119,13 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
     check_reduction(reduction)
     seed = draw_seed(generator) if margin_mode == "random" else 0
     if resolve_backend(backend, student_logits.device) == "triton":
-        from .ops.pairwise_triton import radi_pairwise_loss_triton
+        from .ops import pairwise_triton
 
-        per_sample = radi_pairwise_loss_triton(student_logits, teacher_mc_logits, teacher_logits, margin,
-                                               margin_mode, lam_value, top_k, max_iter, tol, seed, lengths)
+        op = pairwise_triton.pairwise_loss_op
     else:
-        problem = prepare_pairwise(teacher_mc_logits, teacher_logits, top_k, lam_value, lengths)
-        per_sample = _PairwiseHingeCPU.apply(student_logits, problem, margin, margin_mode, max_iter, tol, seed)
+        op = pairwise_cpu.pairwise_loss_op
+    per_sample, _ = op(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode, lam_value,
+                       top_k, max_iter, float(tol), seed)
     return reduce(per_sample, reduction)
 
 
@@ -518,4 +150,3 @@ class RadiPairwiseLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"margin={self.margin}, margin_mode={self.margin_mode!r}, lam={self.lam!r}, top_k={self.top_k}, "
                 f"max_iter={self.max_iter}, tol={self.tol}, reduction={self.reduction!r}")
-

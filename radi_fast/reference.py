@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
+from ._constants import UNCERTAINTY_EPS
 from ._random import pair_uniform
 from ._validation import reduce
-
-UNCERTAINTY_EPS = 1e-6
+from .reference_listwise import *  # noqa: F401,F403  (the listwise side of the reference, sec. 3.3)
 
 
 def pairwise_uncertainty_literal(mc_logits_one: torch.Tensor) -> torch.Tensor:
@@ -141,9 +141,3 @@ def classification_loss_literal(logits: torch.Tensor, targets: torch.Tensor) -> 
         P = torch.exp(logits[b]) / torch.exp(logits[b]).sum()  # eq. 1
         out.append(-torch.log(P[labelled]).sum() / len(labelled))
     return torch.stack(out).mean()
-
-
-try:  # the listwise side of the reference (sec. 3.3), when present
-    from .reference_listwise import *  # noqa: F401,F403
-except ImportError:  # pragma: no cover - only while the listwise module is being written
-    pass

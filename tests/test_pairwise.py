@@ -227,7 +227,7 @@ def test_scaling_case_memory_is_bounded():
         loss.backward()
     assert math.isfinite(loss.item())
     # never the [B, T, K, K] tensor (8 GB) nor a [B, K, K] one (800 MB): at most one 32 MB block
-    assert mode.biggest <= 4 * radi_fast.pairwise.CPU_BLOCK_ELEMENTS, mode.biggest
+    assert mode.biggest <= 4 * radi_fast.ops.pairwise_cpu.CPU_BLOCK_ELEMENTS, mode.biggest
 
 
 # ----------------------------------------------------------------------------- bad input

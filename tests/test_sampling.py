@@ -1,7 +1,6 @@
 """The partial-list sampler (sec. 3.3): hot list, cold-list law (chi-square tests with negative
 controls), exact Plackett-Luce order probabilities, dispatch and argument checks."""
 import itertools
-import sys
 import types
 import warnings
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import radi_fast.ops
+import radi_fast.sampling
 from radi_fast.reference_listwise import (
     draw_probability_literal,
     rank_probabilities_literal,
@@ -158,20 +157,21 @@ def test_rank_log_probs_match_literal(scheme, alpha):
 # dispatch to the compiled op
 # ------------------------------------------------------------------------------------------
 def _install_op(monkeypatch, module):
-    if module is None:  # the module does not exist: importing it raises ImportError
-        monkeypatch.delattr(radi_fast.ops, "sampler", raising=False)
-    else:
-        monkeypatch.setattr(radi_fast.ops, "sampler", module, raising=False)
-    monkeypatch.setitem(sys.modules, "radi_fast.ops.sampler", module)
+    monkeypatch.setattr(radi_fast.sampling, "compiled_sampler", module)
 
 
-def test_dispatch_falls_back_silently_when_op_missing(monkeypatch):
-    _install_op(monkeypatch, None)
+def test_dispatch_without_the_extension_falls_back_with_one_warning(monkeypatch):
+    warned = []
+    _install_op(monkeypatch, types.SimpleNamespace(compiled_available=lambda: False,
+                                                   warn_fallback_once=lambda: warned.append(1)))
     scores = torch.randn(4, 20, generator=gen(14))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        out = sample_partial_list(scores, 2, 5, "zipf", 1.0, gen(15))
+    out = sample_partial_list(scores, 2, 5, "zipf", 1.0, gen(15))
     assert torch.equal(out, partial_list_torch(scores, 2, 5, "zipf", 1.0, gen(15)))
+    assert warned == [1]
+    with warnings.catch_warnings():  # backend="torch" asks for the fallback: no warning
+        warnings.simplefilter("error")
+        sample_partial_list(scores, 2, 5, "zipf", 1.0, gen(15), backend="torch")
+    assert warned == [1]
     with pytest.raises(ValueError, match="backend"):
         sample_partial_list(scores, 2, 5, "zipf", 1.0, gen(15), backend="compiled")
 
@@ -203,7 +203,8 @@ def test_dispatch_skips_unbuilt_op(monkeypatch):
     def partial_list_op(*args):
         raise AssertionError("must not be called when not compiled")
 
-    _install_op(monkeypatch, types.SimpleNamespace(compiled_available=lambda: False, partial_list_op=partial_list_op))
+    _install_op(monkeypatch, types.SimpleNamespace(compiled_available=lambda: False, partial_list_op=partial_list_op,
+                                                   warn_fallback_once=lambda: None))
     scores = torch.randn(3, 12, generator=gen(18))
     assert torch.equal(sample_partial_list(scores, 1, 3, "random", 1.0, gen(19)),
                        partial_list_torch(scores, 1, 3, "random", 1.0, gen(19)))

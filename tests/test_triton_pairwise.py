@@ -13,6 +13,7 @@ diagonal tiles), T = 2, 5, 16 (T = 16 needs the 32-lane padding), B = 1, 3, ragg
 with a K_b = 1 sample, N > top_k.
 """
 import os
+from dataclasses import replace
 
 DEVICE = os.environ.get("RADI_FAST_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
@@ -30,7 +31,8 @@ import radi_fast  # noqa: E402
 from radi_fast import reference as R  # noqa: E402
 from radi_fast._random import draw_seed, pair_uniform  # noqa: E402
 from radi_fast.ops import pairwise_triton as PT  # noqa: E402
-from radi_fast.pairwise import prepare_pairwise, sinkhorn_log_potentials_cpu  # noqa: E402
+from radi_fast.ops.pairwise_cpu import prepare_pairwise, sinkhorn_log_potentials_cpu  # noqa: E402
+from radi_fast.ops.triton_config import choose_split  # noqa: E402
 
 # loss: relative + absolute; grad: absolute (entries are integer counts / |R_p|, so a single
 # hinge that flipped sign would show up as an error of 1 / |R_p| >> these tolerances)
@@ -191,7 +193,7 @@ def test_sinkhorn_potentials_and_per_sample_freezing_match_cpu():
     f_cpu, g_cpu = (sol.f, sol.g) if hasattr(sol, "f") else sol
     for every in (1, 4):
         cfg = PT.default_config(DEVICE == "cpu", torch.float64)
-        cfg = PT.replace(cfg, check_every=every)
+        cfg = replace(cfg, check_every=every)
         f, g, order, launched = PT.sinkhorn_log_potentials_triton(mc, None, None, 2500, 100, 1e-5, lengths, cfg)
         f, g, order = f.cpu(), g.cpu(), order.cpu()
         assert torch.equal(order, p.answer_ids)
@@ -214,9 +216,9 @@ def test_sinkhorn_weights_doubly_stochastic_fp32():
 
 def test_split_choice_fills_the_last_wave():
     # B = 32, K = 2500, 128-row blocks: 640 programs; H100: 132 SMs x 2 phase-1 programs
-    assert PT.choose_split(640, 264) == 2  # 2.4 waves -> 4.85 waves
-    assert PT.choose_split(2640, 264) == 1  # whole waves already
-    assert PT.choose_split(20, 264) == 4  # one small sample: spread it
+    assert choose_split(640, 264) == 2  # 2.4 waves -> 4.85 waves
+    assert choose_split(2640, 264) == 1  # whole waves already
+    assert choose_split(20, 264) == 4  # one small sample: spread it
 
 
 def test_random_weights_bit_exact_with_cpu_hash():
@@ -248,13 +250,13 @@ def test_gradient_only_to_student_and_reductions():
 
 def test_env_var_selects_triton(monkeypatch):
     calls = []
-    real = PT.radi_pairwise_loss_triton
+    real = PT.pairwise_loss_op
 
     def spy(*args):
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(PT, "radi_pairwise_loss_triton", spy)
+    monkeypatch.setattr(PT, "pairwise_loss_op", spy)
     student, mc, _ = make_inputs(2, 5, 37, seed=1)
     monkeypatch.setenv("RADI_FAST_BACKEND", "triton")
     a = radi_fast.radi_pairwise_loss(student, mc, margin_mode="uniform")
@@ -266,9 +268,9 @@ def test_env_var_selects_triton(monkeypatch):
 
 
 def test_cpu_tensors_without_interpreter_raise(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(PT, "triton_interpret", lambda: False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        PT._check_device(torch.zeros(1), PT._interpret_requested())
+        PT.check_device(torch.zeros(1))
 
 
 class NumelRecorder(TorchDispatchMode):
@@ -329,7 +331,7 @@ def test_torch_compile_step():
 
     def step_op(x):  # the op alone traces without a graph break
         scores = model(x)
-        return PT.radi_pairwise_loss_triton(scores, mc, None, 1.0, "ot", None, 2500, 100, 1e-5, 0, None).mean()
+        return PT.pairwise_loss_op(scores, mc, None, None, 1.0, "ot", None, 2500, 100, 1e-5, 0)[0].mean()
 
     eager = step(feats)
     (g_eager,) = torch.autograd.grad(eager, model.weight)

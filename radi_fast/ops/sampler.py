@@ -23,17 +23,16 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
-from .._validation import check_choice, check_int, check_positive, check_tensor
-from ..sampling import SAMPLING_SCHEMES, check_scores
+from .._constants import SAMPLING_SCHEMES
+from .._validation import check_choice, check_int, check_positive, check_scores, check_tensor
 
 __all__ = [
     "SCHEMES",
     "compiled_available",
-    "draw_seed_offset",
     "extension_status",
     "partial_list_op",
     "warn_fallback_once",
@@ -99,13 +98,6 @@ def warn_fallback_once() -> None:
         RuntimeWarning,
         stacklevel=3,
     )
-
-
-def draw_seed_offset(generator: Optional[torch.Generator] = None) -> Tuple[int, int]:
-    """A ``(seed, offset)`` pair for the op drawn from ``generator`` (global RNG when None)."""
-    device = torch.device("cpu") if generator is None else generator.device
-    seed, offset = torch.randint(0, 2**62, (2,), generator=generator, device=device).tolist()
-    return int(seed), int(offset)
 
 
 def _as_int64(value, name: str) -> int:

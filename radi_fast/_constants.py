@@ -1,0 +1,16 @@
+"""Defaults and the names of every option, in one place (the public modules re-export them)."""
+
+# RADI-P
+DEFAULT_TOP_K = 2500  # the paper restricts the pairs to the teacher's top 2500 answers
+DEFAULT_MAX_ITER = 100
+DEFAULT_TOL = 1e-5
+UNCERTAINTY_EPS = 1e-6  # W = 1 / (U + eps) in the "uncertainty" margin mode
+MARGIN_MODES = ("ot", "uniform", "random", "uncertainty")
+PAIRWISE_BACKENDS = ("auto", "torch", "triton")
+
+# RADI-L
+SAMPLING_SCHEMES = ("zipf", "exp", "random")
+SUBLIST_SAMPLINGS = SAMPLING_SCHEMES + ("full",)
+SAMPLER_BACKENDS = ("auto", "torch", "compiled")
+LAMBDA_LOSSES = ("ranknet", "ndcg_loss1", "ndcg_loss2", "ndcg_loss2pp")
+LISTWISE_LOSSES = ("listmle", "listnet", "stlistnet") + LAMBDA_LOSSES

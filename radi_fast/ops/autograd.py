@@ -1,0 +1,23 @@
+"""The autograd of the RADI-P ops: the forward pass returns each sample's loss and its gradient
+w.r.t. the student (the teacher is constant), so the backward pass only scales that gradient."""
+from __future__ import annotations
+
+
+def _setup_context(ctx, inputs, output):
+    _, grad = output
+    ctx.save_for_backward(grad)
+    ctx.student_dtype = inputs[0].dtype
+    ctx.n_inputs = len(inputs)
+    ctx.mark_non_differentiable(grad)
+
+
+def _backward(ctx, grad_loss, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    d_student = (grad * grad_loss[:, None].to(grad.dtype)).to(ctx.student_dtype)
+    return (d_student,) + (None,) * (ctx.n_inputs - 1)
+
+
+def register_precomputed_gradient(op) -> None:
+    """For a ``torch.library.custom_op`` whose first input is the student's logits [B, N] and
+    whose outputs are ``(loss [B], grad [B, N])``: gradient to the student only."""
+    op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,52 @@
+"""The teacher side shared by both RADI-P backends: compute dtype, top-k ranking, tie groups."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """fp64 stays fp64; everything else accumulates in fp32."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, lengths: Optional[torch.Tensor], *,
+                  pad_to_top_k: bool = False):
+    """Each row's top ``top_k`` valid answers in teacher order: ``(ids [B, K], valid [B, K], K_b [B])``.
+
+    Stable descending sort (ties by lower index), padding (columns ``>= lengths[b]``) last.
+    ``K = max_b K_b``, which needs the lengths on the host; ``pad_to_top_k``: ``K = min(top_k, N)``
+    instead (no host sync; the extra columns are padding), the same ids on every valid position.
+    """
+    B, N = teacher_logits.shape
+    keys = teacher_logits.float() if teacher_logits.dtype in (torch.float16, torch.bfloat16) else teacher_logits
+    if lengths is None:
+        k_b = torch.full((B,), min(top_k, N), dtype=torch.int64, device=keys.device)
+    else:
+        lengths = lengths.to(keys.device)
+        keys = keys.masked_fill(torch.arange(N, device=keys.device)[None, :] >= lengths[:, None], float("-inf"))
+        k_b = lengths.clamp(max=top_k)
+    if pad_to_top_k:
+        K = min(top_k, N)
+    else:
+        K = min(top_k, N if lengths is None else int(lengths.max())) if B else 0
+    order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :K]
+    valid = torch.arange(K, device=keys.device)[None, :] < k_b[:, None]
+    return order, valid, k_b
+
+
+def tie_groups(teacher_sorted: torch.Tensor, valid: torch.Tensor, n_valid: torch.Tensor):
+    """``(tie_lo, tie_hi, n_pairs)`` of scores sorted in descending order: answer i's tie group is
+    ``[tie_lo_i, tie_hi_i)``, so ``t_i > t_j`` iff ``j >= tie_hi_i``; ``n_pairs = |R_p| =
+    sum_i (K_b - tie_hi_i)`` over valid i ([B] int64)."""
+    ascending = torch.where(valid, -teacher_sorted, torch.full_like(teacher_sorted, float("inf"))).contiguous()
+    tie_lo = torch.searchsorted(ascending, ascending, side="left")
+    tie_hi = torch.searchsorted(ascending, ascending, side="right")
+    n_pairs = ((n_valid.to(tie_hi.device)[:, None] - tie_hi).clamp(min=0) * valid).sum(dim=1)
+    return tie_lo, tie_hi, n_pairs
+
+
+def negligible_uncertainty(logit_scale, dtype: torch.dtype):
+    """Variances below this are rounding noise of logits of magnitude ``logit_scale``."""
+    return 64 * (torch.finfo(dtype).eps * logit_scale) ** 2

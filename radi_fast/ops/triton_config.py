@@ -1,0 +1,108 @@
+"""Tile sizes and launch parameters of the RADI-P Triton kernels (docs/triton.md, "Tuning knobs")."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """Tile sizes and launch parameters. ``sink_*``: Sinkhorn row-sum kernel (its update kernel
+    uses the same tiles); ``loss_*``: eq. 4 kernel (``loss_warps`` for "ot", whose tiles come from
+    tensor-core products, ``loss_warps_other`` for the other margin modes); ``stats_bk``: answers
+    per statistics program.
+
+    ``sink_acc``: accumulate ``2^x`` per pair and reduce once per program (more registers) rather
+    than reducing each tile. ``sink_split``: column shares per row block (0: :func:`choose_split`
+    from the SM count and ``split_ctas_per_sm``, the row-sum programs one SM holds at once, to fill
+    the last wave). ``shift_lo_log2``, ``shift_hi_log2``: the window of row sums the shifted pass
+    accepts (a narrow one forces the online fallback: tests). ``check_every``: host look at the
+    Sinkhorn stopping flags every this many iterations.
+    Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=64,sink_warps=4"``.
+    """
+
+    sink_bm: int = 128
+    sink_bn: int = 128
+    sink_warps: int = 8
+    sink_stages: int = 2
+    sink_acc: bool = False
+    sink_split: int = 0
+    split_ctas_per_sm: int = 2
+    shift_lo_log2: int = -60
+    shift_hi_log2: int = 100
+    loss_bm: int = 64
+    loss_bn: int = 64
+    loss_warps: int = 4
+    loss_warps_other: int = 8
+    loss_stages: int = 2
+    stats_bk: int = 64
+    check_every: int = 4
+
+
+# the interpreter's cost is per tile op, not per element: large tiles (the tests cover small ones)
+INTERPRETER_CONFIG = TritonConfig(sink_bm=128, sink_bn=128, sink_warps=4, sink_stages=1, loss_bm=128, loss_bn=128,
+                                  stats_bk=128)
+
+
+def parse_config_override(text: str, base: TritonConfig) -> TritonConfig:
+    types = {f.name: f.type for f in fields(TritonConfig)}
+    updates = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in types:
+            raise ValueError(f"RADI_FAST_TRITON_CONFIG: unknown key {key!r}; expected one of {sorted(types)}")
+        updates[key] = value.strip().lower() in ("1", "true", "yes") if types[key] in (bool, "bool") else int(value)
+    return replace(base, **updates)
+
+
+def default_config(interpret: bool, dtype: torch.dtype) -> TritonConfig:
+    cfg = INTERPRETER_CONFIG if interpret else TritonConfig()
+    if dtype == torch.float64 and not interpret:  # fp64 tiles cost twice the registers
+        cfg = replace(cfg, sink_bm=64, sink_bn=64, sink_warps=4, split_ctas_per_sm=2, loss_bm=64, loss_bn=64,
+                      loss_warps=4)
+    override = os.environ.get("RADI_FAST_TRITON_CONFIG")
+    if override:
+        cfg = parse_config_override(override, cfg)
+    return cfg
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def point_lanes(T: int) -> int:
+    """TP: the lanes of an augmented point, ``[y (T), p, q, 1]`` padded to a power of two >= 16
+    (the K of a TF32 tensor-core product is a multiple of 8)."""
+    return max(16, 1 << (T + 2).bit_length())
+
+
+def padded_answers(K: int, cfg: TritonConfig) -> int:
+    """KP: K rounded up to a whole number of every kernel's tiles (all powers of two)."""
+    q = max(cfg.sink_bm, cfg.sink_bn, cfg.loss_bm, cfg.loss_bn, cfg.stats_bk)
+    return triton_cdiv(K, q) * q
+
+
+def choose_split(n_programs: int, slots: int, max_split: int = 4) -> int:
+    """Column shares per row block for the Sinkhorn row sums: the count that best fills the last
+    wave of ``n_programs * split`` programs over ``slots`` concurrent ones, each extra share
+    charged 1.5% (it re-reads its rows and writes one more partial sum)."""
+    best, best_eff = 1, 0.0
+    for split in range(1, max_split + 1):
+        n = n_programs * split
+        eff = n / (triton_cdiv(n, slots) * slots) * (1.0 - 0.015 * (split - 1))
+        if eff > best_eff + 1e-9:
+            best, best_eff = split, eff
+    return best
+
+
+def resolve_split(cfg: TritonConfig, n_programs: int, device: torch.device) -> int:
+    """Column shares of the Sinkhorn row sums for this launch."""
+    if cfg.sink_split > 0:
+        return cfg.sink_split
+    if device.type != "cuda":
+        return 1
+    slots = torch.cuda.get_device_properties(device).multi_processor_count * cfg.split_ctas_per_sm
+    return choose_split(n_programs, slots)
