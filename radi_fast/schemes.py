@@ -38,7 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import classification_loss, radi_listwise_loss, radi_pairwise_loss
+from .classification import classification_loss
+from .listwise import radi_listwise_loss
+from .pairwise import radi_pairwise_loss
 
 
 @dataclass
