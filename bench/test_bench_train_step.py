@@ -20,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import providers as P
-from radi_fast.data import SyntheticConfig, VideoQACollate, make_synthetic
+from radi_fast.data import VideoQACollate
 from radi_fast.model import ModelConfig, build_model
 from radi_fast.schemes import SchemeConfig, build_scheme
+from radi_fast.synthetic import SyntheticConfig, make_synthetic
 
 SCHEMES = ["baseline", "kd", "radi_l", "radi_p"]
 BATCH = int(os.environ.get("RADI_BENCH_TRAIN_BATCH", 64))

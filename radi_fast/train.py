@@ -45,9 +45,11 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist_utils
 from . import metrics
-from .data import EpochSampler, SyntheticConfig, VideoQACollate, VideoQAData, load_frozenbilm, make_synthetic
+from .data import EpochSampler, VideoQACollate, VideoQAData
+from .frozenbilm import load_frozenbilm
 from .model import ModelConfig, RadiModel, build_model
 from .schemes import DEFAULT_SCHEMES, SchemeConfig, build_scheme
+from .synthetic import SyntheticConfig, make_synthetic
 
 
 # --------------------------------------------------------------------------------------------
