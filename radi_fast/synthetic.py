@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List
 
 import numpy as np
@@ -25,28 +25,39 @@ WH_WORDS = ["what", "which", "who", "where", "how"]
 class SyntheticConfig:
     """Size and difficulty of the synthetic benchmark (the generative story is in docs/training.md)."""
 
-    n_train: int = 5000         # training questions (one video each)
-    n_val: int = 1000           # validation questions (full answer sets)
-    n_test: int = 1000          # test questions (full answer sets)
-    n_answers: int = 1000       # answer vocabulary size
-    n_types: int = 6            # question types, each owning a share of the answer clusters
-    cluster_min: int = 2        # synonym / related-answer cluster sizes are uniform in [min, max]
-    cluster_max: int = 6
-    feat_dim: int = 32          # frame feature dimension
-    text_dim: int = 32          # answer "text embedding" dimension (a language model's stand-in)
-    num_frames: int = 10
-    frame_noise: float = 1.0    # std of the Gaussian noise on every frame feature
-    visual_signal: float = 3.0  # norm of a concept's visual prototype added to the frames showing it
-    alignment: float = 0.8      # how much a visual prototype follows its cluster's text embedding (CLIP-like)
-    secondary_prob: float = 0.5  # chance that a second, less salient concept of the asked type is shown
-    secondary_vote: float = 0.25  # chance that an annotator answers about that second concept
-    popularity_zipf: float = 1.0  # within-cluster popularity of answer r is proportional to r^-s
-    dirichlet: float = 3.0      # per-video variation of the annotators' synonym preferences
-    synonym_noise: float = 0.7  # how far a synonym's text embedding is from its cluster's
-    type_share: float = 1.0     # weight of the text direction shared by all answers of a question type
-    shown_types: int = 3        # concepts shown per video: the asked type's and shown_types - 1 others
-    n_annotators: int = 5       # annotators per question, as iVQA's five
-    data_seed: int = 0          # seed of the generator (the benchmark itself)
+    n_train: int = field(default=5000, metadata={"help": "training questions (one video each)"})
+    n_val: int = field(default=1000, metadata={"help": "validation questions (full answer sets)"})
+    n_test: int = field(default=1000, metadata={"help": "test questions (full answer sets)"})
+    n_answers: int = field(default=1000, metadata={"help": "answer vocabulary size"})
+    n_types: int = field(default=6, metadata={"help": "question types, each owning a share of the answer clusters"})
+    cluster_min: int = field(
+        default=2, metadata={"help": "synonym / related-answer cluster sizes are uniform in [min, max]"})
+    cluster_max: int = field(default=6, metadata={"help": "largest cluster size (see cluster_min)"})
+    feat_dim: int = field(default=32, metadata={"help": "frame feature dimension"})
+    text_dim: int = field(
+        default=32, metadata={"help": "answer \"text embedding\" dimension (a language model's stand-in)"})
+    num_frames: int = field(default=10, metadata={"help": "frames per video (the trainer sets it from --num_frames)"})
+    frame_noise: float = field(default=1.0, metadata={"help": "std of the Gaussian noise on every frame feature"})
+    visual_signal: float = field(
+        default=3.0, metadata={"help": "norm of a concept's visual prototype added to the frames showing it"})
+    alignment: float = field(
+        default=0.8, metadata={"help": "how much a visual prototype follows its cluster's text embedding (CLIP-like)"})
+    secondary_prob: float = field(
+        default=0.5, metadata={"help": "chance that a second, less salient concept of the asked type is shown"})
+    secondary_vote: float = field(
+        default=0.25, metadata={"help": "chance that an annotator answers about that second concept"})
+    popularity_zipf: float = field(
+        default=1.0, metadata={"help": "within-cluster popularity of answer r is proportional to r^-s"})
+    dirichlet: float = field(
+        default=3.0, metadata={"help": "per-video variation of the annotators' synonym preferences"})
+    synonym_noise: float = field(
+        default=0.7, metadata={"help": "how far a synonym's text embedding is from its cluster's"})
+    type_share: float = field(
+        default=1.0, metadata={"help": "weight of the text direction shared by all answers of a question type"})
+    shown_types: int = field(
+        default=3, metadata={"help": "concepts shown per video: the asked type's and shown_types - 1 others"})
+    n_annotators: int = field(default=5, metadata={"help": "annotators per question, as iVQA's five"})
+    data_seed: int = field(default=0, metadata={"help": "seed of the generator (the benchmark itself)"})
 
 
 def _cluster_sizes(rng: np.random.Generator, n: int, lo: int, hi: int) -> List[int]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import inspect
 import json
 import os
 import random
@@ -36,7 +35,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -57,49 +56,77 @@ from .synthetic import SyntheticConfig, make_synthetic
 # --------------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | ivqa | msrvtt | msvd | activitynet | tgif
-    data_dir: str = ""          # FrozenBiLM data folder (e.g. data/iVQA) with the CSVs, vocab.json, clipvitl14.pth
-    features: str = ""          # features file (.pth dict, .npz, or .npy + .index.json); default <data_dir>/clipvitl14.pth
-    vocab: str = ""             # answer vocabulary; default <data_dir>/vocab.json
-    train_csv: str = ""         # default <data_dir>/train.csv (TGIF: train_frameqa.csv)
-    val_csv: str = ""           # default <data_dir>/val.csv (TGIF: test_frameqa.csv, as FrozenBiLM)
-    test_csv: str = ""          # default <data_dir>/test.csv (TGIF: test_frameqa.csv)
-    num_frames: int = 10        # frames sampled uniformly per video (padded and masked when fewer)
-    train_labels: str = "top1"  # top1: keep only the most frequent training answer (sec. 4.3) | all
-    cache_dir: str = ""         # where the memory-mapped copy of the features goes (default: beside them)
-    allow_missing_features: bool = False  # use zero features for videos missing from the features file
+    """Which dataset, and where its files are."""
+
+    dataset: str = field(
+        default="synthetic", metadata={"help": "synthetic | ivqa | msrvtt | msvd | activitynet | tgif"})
+    data_dir: str = field(default="", metadata={"help": (
+        "FrozenBiLM data folder (e.g. data/iVQA) with the CSVs, vocab.json, clipvitl14.pth")})
+    features: str = field(default="", metadata={"help": (
+        "features file (.pth dict, .npz, or .npy + .index.json); default <data_dir>/clipvitl14.pth")})
+    vocab: str = field(default="", metadata={"help": "answer vocabulary; default <data_dir>/vocab.json"})
+    train_csv: str = field(default="", metadata={"help": "default <data_dir>/train.csv (TGIF: train_frameqa.csv)"})
+    val_csv: str = field(
+        default="", metadata={"help": "default <data_dir>/val.csv (TGIF: test_frameqa.csv, as FrozenBiLM)"})
+    test_csv: str = field(default="", metadata={"help": "default <data_dir>/test.csv (TGIF: test_frameqa.csv)"})
+    num_frames: int = field(
+        default=10, metadata={"help": "frames sampled uniformly per video (padded and masked when fewer)"})
+    train_labels: str = field(
+        default="top1", metadata={"help": "top1: keep only the most frequent training answer (sec. 4.3) | all"})
+    cache_dir: str = field(
+        default="", metadata={"help": "where the memory-mapped copy of the features goes (default: beside them)"})
+    allow_missing_features: bool = field(
+        default=False, metadata={"help": "use zero features for videos missing from the features file"})
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.0             # AdamW learning rate; 0 = auto: the paper's 5e-5 on real data, 2e-3 on the synthetic benchmark (a small model trained from scratch)
-    weight_decay: float = 0.0
-    warmup_frac: float = 0.1    # linear warmup over this fraction of a stage's steps, then linear decay to 0
-    grad_clip: float = 0.1      # max gradient norm (the paper's 0.1)
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    teacher_epochs: int = 10    # stage 1 (and the "individual" student initialisation)
-    student_epochs: int = 6     # stage 2, per scheme
+    """Optimiser, schedule, batches and epochs of every stage."""
+
+    lr: float = field(default=0.0, metadata={"help": (
+        "AdamW learning rate; 0 = auto: the paper's 5e-5 on real data, 2e-3 on the synthetic benchmark (a small "
+        "model trained from scratch)")})
+    weight_decay: float = field(default=0.0, metadata={"help": (
+        "AdamW weight decay of the model's parameters (a scheme's own parameters get none)")})
+    warmup_frac: float = field(
+        default=0.1, metadata={"help": "linear warmup over this fraction of a stage's steps, then linear decay to 0"})
+    grad_clip: float = field(default=0.1, metadata={"help": "max gradient norm (the paper's 0.1)"})
+    batch_size: int = field(default=64, metadata={"help": (
+        "training batch per process (under torchrun the global batch is this times the processes)")})
+    eval_batch_size: int = field(default=256, metadata={"help": "evaluation batch per process"})
+    teacher_epochs: int = field(default=10, metadata={"help": 'stage 1 (and the "individual" student initialisation)'})
+    student_epochs: int = field(default=6, metadata={"help": "stage 2, per scheme"})
 
 
 @dataclass
 class RunConfig:
-    schemes: str = ",".join(DEFAULT_SCHEMES)  # comma-separated specs, e.g. baseline,kd,radi_p:margin_mode=uniform
-    student_init: str = "individual"  # individual (trained like the teacher, another seed) | teacher | scratch
-    seed: int = 0               # teacher seed; the individual init uses seed+1000, every student seed+2000
-    precision: str = "fp32"     # fp32 | bf16 (autocast; losses are computed in fp32)
-    device: str = "auto"        # auto | cpu | cuda | cuda:N
-    out_dir: str = "runs/radi"  # checkpoints/, results.json and config.json go here
-    resume: bool = False        # continue from the checkpoints in out_dir (finished stages are reused)
-    save_every: int = 0         # also checkpoint every N steps inside an epoch (0: only after each epoch)
-    halt_after_steps: int = 0   # stop after N training steps in this process, checkpointed (for preemptible jobs)
-    num_workers: int = 0        # DataLoader workers
-    threads: int = 1            # torch intra-op threads on CPU (the default model is too small to gain from more)
-    progress: bool = True       # tqdm progress bars
+    """The run itself: schemes, seeds, precision, device, files, resume and halting."""
+
+    schemes: str = field(default=",".join(DEFAULT_SCHEMES), metadata={"help": (
+        "comma-separated specs, e.g. baseline,kd,radi_p:margin_mode=uniform")})
+    student_init: str = field(default="individual", metadata={"help": (
+        "individual (trained like the teacher, another seed) | teacher | scratch")})
+    seed: int = field(
+        default=0, metadata={"help": "teacher seed; the individual init uses seed+1000, every student seed+2000"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (autocast; losses are computed in fp32)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    out_dir: str = field(default="runs/radi", metadata={"help": "checkpoints/, results.json and config.json go here"})
+    resume: bool = field(
+        default=False, metadata={"help": "continue from the checkpoints in out_dir (finished stages are reused)"})
+    save_every: int = field(
+        default=0, metadata={"help": "also checkpoint every N steps inside an epoch (0: only after each epoch)"})
+    halt_after_steps: int = field(default=0, metadata={"help": (
+        "stop after N training steps in this process, checkpointed (for preemptible jobs)")})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
+    threads: int = field(default=1, metadata={"help": (
+        "torch intra-op threads on CPU (the default model is too small to gain from more)")})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bars"})
 
 
 @dataclass
 class Config:
+    """Every setting of a run, by section; each field of a section is a flag of the same name."""
+
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -115,46 +142,36 @@ RESUMABLE = {"resume", "halt_after_steps", "num_workers", "threads", "progress",
              "save_every"}
 
 
-def _field_help(cls) -> Dict[str, str]:
-    """The trailing ``# comment`` of each dataclass field, used as its --help text."""
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M)}
-
-
-def _flag_fields():
+def flag_fields() -> Iterator[Tuple[str, dataclasses.Field]]:
+    """``(section name, field)`` of every flag, in the order of ``--help``."""
     for section in dataclasses.fields(Config):
-        cls = section.default_factory
-        helps = _field_help(cls)
-        for f in dataclasses.fields(cls):
+        for f in dataclasses.fields(section.default_factory):
             if f.name not in NOT_FLAGS.get(section.name, ()):
-                yield section.name, f, helps.get(f.name, "")
+                yield section.name, f
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m radi_fast.train", description=__doc__.split("\n\n")[0])
+    """The command line: ``--config`` and one flag per setting, every flag defaulting to None (= not given)."""
+    p = argparse.ArgumentParser(prog="python -m radi_fast.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="", help="JSON file of settings (flat, or by section: data, synthetic, "
                                                  "model, optim, scheme, run); flags given here override it")
     defaults = Config()
     groups = {}
-    for section, f, help_text in _flag_fields():
+    for section, f in flag_fields():
         g = groups.setdefault(section, p.add_argument_group(section))
         default = getattr(getattr(defaults, section), f.name)
+        help_text = f"{f.metadata['help']} (default: {default})"
         if isinstance(default, bool):
-            g.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{help_text} (default: {default})")
+            g.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            g.add_argument(f"--{f.name}", type=type(default), default=None, help=f"{help_text} (default: {default})")
+            g.add_argument(f"--{f.name}", type=type(default), default=None, help=help_text)
     return p
 
 
 def config_from_dict(d: dict, base: Optional[Config] = None, source: str = "config") -> Config:
     """Apply a flat or sectioned dict of settings to ``base`` (default: the defaults)."""
     cfg = copy.deepcopy(base or Config())
-    where = {f.name: s for s, f, _ in _flag_fields()}
+    where = {f.name: s for s, f in flag_fields()}
     flat = {}
     for k, v in d.items():
         if isinstance(v, dict) and k in {s.name for s in dataclasses.fields(Config)}:
