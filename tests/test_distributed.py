@@ -207,7 +207,12 @@ def test_single_process_is_not_distributed(monkeypatch):
     assert not D.launched() and not D.is_initialized()
     assert (D.rank(), D.world_size(), D.is_main()) == (0, 1, True)
     t = torch.ones(3)
-    assert D.all_reduce_sum(t) is t and D.all_gather_object(5) == [5]
+    assert D.all_reduce_sum(t) is t and D.all_gather_object(5) == [5] and D.mean_over_ranks(0.1) == 0.1
     D.barrier()
     assert type(T.make_runtime(T.Config())) is T.Runtime
+    assert D.init("cpu") == torch.device("cpu") and not D.is_initialized()
+    model, p = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.ones(1))
+    p.grad = torch.full((1,), 3.0)
+    D.average_grads([p])
+    assert D.wrap_model(model, torch.device("cpu")) is model and p.grad.item() == 3.0
     assert D.backend_for(torch.device("cpu")) == "gloo" and D.backend_for(torch.device("cuda", 0)) == "nccl"
