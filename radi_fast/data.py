@@ -1,4 +1,4 @@
-"""What every dataset of the trainer shares: the item, the batch, the sampler.
+"""What every dataset of the trainer shares: the item, the batch, the sampler, the loader.
 
 A dataset (the synthetic benchmark, :mod:`radi_fast.synthetic`; FrozenBiLM's data,
 :mod:`radi_fast.frozenbilm`) yields items, dicts with
@@ -18,10 +18,10 @@ the trainer gets: three splits and the vocabularies.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 PAD, UNK = 0, 1
 
@@ -60,8 +60,8 @@ class EpochSampler(Sampler):
     epoch is recomputed from the epoch number, and ``set_start`` skips the batches a mid-epoch
     checkpoint had already consumed. With ``world_size > 1`` each rank takes every
     ``world_size``-th index of the padded permutation, like
-    :class:`torch.utils.data.DistributedSampler` (which can be passed to the trainer instead).
-    Raises ``ValueError`` unless ``0 <= rank < world_size``.
+    :class:`torch.utils.data.DistributedSampler`. Raises ``ValueError`` unless
+    ``0 <= rank < world_size``.
     """
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
@@ -139,3 +139,13 @@ class VideoQAData:
     @property
     def n_answers(self) -> int:
         return len(self.answers)
+
+
+def make_loader(dataset: Dataset, n_answers: int, *, sampler: Iterable[int], batch_size: int,
+                num_workers: int = 0) -> DataLoader:
+    """A DataLoader of ``dataset`` in the order of ``sampler``, batched by :class:`VideoQACollate`.
+
+    Its own generator (seeded 0) keeps the loader from drawing on the global torch RNG.
+    """
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=VideoQACollate(n_answers),
+                      num_workers=num_workers, generator=torch.Generator().manual_seed(0))
