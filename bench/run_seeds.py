@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from radi_fast import train as T  # noqa: E402
+from radi_fast.config import parse_args  # noqa: E402
+from radi_fast.evaluation import METRIC_NAMES, METRICS, results_table  # noqa: E402
 
 SCHEMES = ["baseline", "kd", "radi_p", "radi_l"]
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,7 +40,7 @@ def summarise(per_seed: list) -> dict:
     names = ["teacher", "individual"] + SCHEMES
     for name in names:
         rows[name] = {}
-        for m in T.METRICS:
+        for m in METRICS:
             vals = [(r["stages"].get(name) or r["schemes"].get(name))["test"][m] for r in per_seed
                     if name in r["stages"] or name in r["schemes"]]
             if vals:
@@ -51,7 +53,7 @@ def verdict(per_seed: list, rows: dict) -> dict:
     out = {}
     for radi in ("radi_p", "radi_l"):
         out[radi] = {}
-        for m in T.METRICS:
+        for m in METRICS:
             wins = sum(r["schemes"][radi]["test"][m] > max(r["schemes"]["baseline"]["test"][m],
                                                           r["schemes"]["kd"]["test"][m]) for r in per_seed)
             mean_beats = rows[radi][m]["mean"] > max(rows["baseline"][m]["mean"], rows["kd"][m]["mean"])
@@ -80,23 +82,23 @@ def markdown(rows: dict, ver: dict, meta: dict) -> str:
     for name, label in names.items():
         if rows.get(name):
             cells = [f"{rows[name][m]['mean']:.2f} ± {rows[name][m]['std']:.2f} "
-                     f"[{rows[name][m]['min']:.1f}–{rows[name][m]['max']:.1f}]" for m in T.METRICS]
+                     f"[{rows[name][m]['min']:.1f}–{rows[name][m]['max']:.1f}]" for m in METRICS]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Does each RADI beat both the baseline and vanilla KD (the paper's Table 2 claim)?", "",
-              "| | " + " | ".join(T.METRIC_NAMES[m] for m in T.METRICS) + " |", "|---|---|---|---|"]
+              "| | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " |", "|---|---|---|---|"]
     for radi in ("radi_p", "radi_l"):
         cells = []
-        for m in T.METRICS:
+        for m in METRICS:
             v = ver[radi][m]
             cells.append(f"{'yes' if v['mean_beats_baseline_and_kd'] else 'no'} (mean); "
                          f"{v['seeds_beating_both']}/{v['seeds']} seeds")
         lines.append(f"| {names[radi]} | " + " | ".join(cells) + " |")
     lines += ["", "Paired differences (same seed, same teacher and initialisation), mean ± std over seeds:", "",
-              "| | " + " | ".join(T.METRIC_NAMES[m] for m in T.METRICS) + " |", "|---|---|---|---|"]
+              "| | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " |", "|---|---|---|---|"]
     for radi in ("radi_p", "radi_l"):
         for ref in ("baseline", "kd"):
             cells = []
-            for m in T.METRICS:
+            for m in METRICS:
                 d = [a - b for a, b in zip(rows[radi][m]["values"], rows[ref][m]["values"])]
                 sd = statistics.stdev(d) if len(d) > 1 else 0.0
                 cells.append(f"{statistics.mean(d):+.2f} ± {sd:.2f}")
@@ -138,10 +140,10 @@ def main(argv=None) -> int:
                  os.path.join(args.runs, f"seed{s}"), "--no-progress"]
         if args.resume:
             flags.append("--resume")
-        cfg = T.parse_args(flags)
+        cfg = parse_args(flags)
         print(f"== seed {s}: python -m radi_fast.train {' '.join(flags)}", flush=True)
         res = T.run(cfg)
-        print(T.results_table(res), flush=True)
+        print(results_table(res), flush=True)
         per_seed.append(res)
     rows = summarise(per_seed)
     ver = verdict(per_seed, rows)

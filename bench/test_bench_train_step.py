@@ -4,8 +4,8 @@ benchmark, for the schemes baseline, KD, RADI-L and RADI-P with their default se
 (``radi_fast.schemes.SchemeConfig``: RADI-P T = 10 MC passes of the teacher's last layer,
 top 2500, lam auto; RADI-L hot 100 / cold 10, Zipf, ListNet).
 
-The step is the body of ``radi_fast.train.train_stage``'s loop, reproduced here because the
-trainer has no separate step function: the frozen teacher's outputs (``teacher_outputs``: one
+The step is the body of ``radi_fast.train.train_step``, reproduced here because that function
+takes a whole training stage (scheduler, data order, checkpoint path): the frozen teacher's outputs (``teacher_outputs``: one
 encode, T last-layer passes) when the scheme needs them, the student's forward, ``scheme.loss``,
 ``backward``, gradient clipping at 0.1 and an AdamW step. Batch 64 (the trainer's default),
 N answers = the synthetic vocabulary size: 1000 (the trainer's default); on CUDA also 2500
@@ -20,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import providers as P
-from radi_fast.data import SyntheticConfig, VideoQACollate, make_synthetic
+from radi_fast.data import VideoQACollate
 from radi_fast.model import ModelConfig, build_model
 from radi_fast.schemes import SchemeConfig, build_scheme
+from radi_fast.synthetic import SyntheticConfig, make_synthetic
 
 SCHEMES = ["baseline", "kd", "radi_l", "radi_p"]
 BATCH = int(os.environ.get("RADI_BENCH_TRAIN_BATCH", 64))

@@ -5,8 +5,9 @@
 picks the device (``cuda:LOCAL_RANK`` when CUDA is available, else the CPU) and the backend
 (``nccl`` for CUDA devices, ``gloo`` for the CPU) and joins the process group. Without those
 variables (a plain ``python -m radi_fast.train``) nothing is initialised and every helper below
-is the single-process identity: ``rank() == 0``, ``world_size() == 1``, ``barrier()`` and
-``all_reduce_sum`` do nothing.
+is the single-process identity: ``rank() == 0``, ``world_size() == 1``, ``barrier()``,
+``all_reduce_sum``, ``average_grads`` and ``wrap_model`` do nothing. This module is the trainer's
+only rank-aware layer: the trainer calls these helpers and never asks whether it is distributed.
 
 Randomness per rank (see ``docs/training.md``, "Distributed training"):
 
@@ -21,13 +22,15 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, List, Optional
+from typing import Any, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 __all__ = ["launched", "init", "cleanup", "is_initialized", "rank", "local_rank", "world_size", "is_main",
-           "barrier", "all_reduce_sum", "all_gather_object", "backend_for", "loss_seed"]
+           "barrier", "all_reduce_sum", "mean_over_ranks", "all_gather_object", "wrap_model", "average_grads",
+           "backend_for", "loss_seed"]
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -64,18 +67,17 @@ def backend_for(device: torch.device) -> str:
 
 
 def select_device(device: str = "auto") -> torch.device:
-    """The device of this process: ``cuda:LOCAL_RANK`` for ``auto`` (when CUDA is available) or
-    ``cuda``; the CPU for ``auto`` without CUDA or ``cpu``; an explicit ``cuda:N`` is kept."""
-    lr = int(os.environ.get("LOCAL_RANK", 0))
+    """The device of this process. ``auto`` is ``cuda`` when CUDA is available, else ``cpu``;
+    under torchrun ``cuda`` becomes ``cuda:LOCAL_RANK``; an explicit ``cuda:N`` is kept."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{lr}"
+    if device == "cuda" and launched():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return torch.device(device)
 
 
 def init(device: str = "auto", timeout_s: float = 1800.0) -> torch.device:
-    """Join torchrun's process group (once) and return this process's device.
+    """Join torchrun's process group (once) and return this process's device (:func:`select_device`).
 
     Without torchrun's environment this only resolves ``device``. The backend follows the device:
     ``nccl`` when it is a GPU (so with ``device="auto"``: whenever CUDA is available), else
@@ -116,6 +118,11 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return buf.to(t.device)
 
 
+def mean_over_ranks(x: float) -> float:
+    """The mean of ``x`` over all ranks, summed in float64 (``x`` itself when alone)."""
+    return float(all_reduce_sum(torch.tensor([x], dtype=torch.float64))[0]) / world_size()
+
+
 def all_gather_object(obj: Any) -> List[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when alone)."""
     if not is_initialized():
@@ -123,6 +130,25 @@ def all_gather_object(obj: Any) -> List[Any]:
     out: List[Optional[Any]] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """The module to train through: under torchrun ``model`` in DistributedDataParallel, which
+    averages its gradients over the ranks in ``backward``; ``model`` itself when alone."""
+    if not is_initialized():
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def average_grads(params: Iterable[torch.Tensor]) -> None:
+    """Average the ``.grad`` of ``params`` over the ranks, in place: for parameters that live
+    outside the DDP module (CTKD's temperature). Nothing when alone."""
+    if not is_initialized():
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad.copy_(all_reduce_sum(p.grad) / world_size())
 
 
 _MASK64 = (1 << 64) - 1

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -78,12 +78,17 @@ class RadiModel(nn.Module, ABC):
 
 @dataclass
 class ModelConfig:
-    d_model: int = 64           # width of the transformer
-    n_layers: int = 3           # transformer layers, the last one (the MC-dropout layer) included
-    n_heads: int = 4            # attention heads
-    dropout: float = 0.1        # as FrozenBiLM's adapters; MC dropout reuses it in the last layer
-    max_question_len: int = 20  # question tokens kept (longer questions are truncated)
-    max_frames: int = 10        # frames per video (the trainer sets it from --num_frames)
+    """Size of the default :class:`VideoQATransformer` (every field but ``max_frames`` is a trainer flag)."""
+
+    d_model: int = field(default=64, metadata={"help": "width of the transformer"})
+    n_layers: int = field(
+        default=3, metadata={"help": "transformer layers, the last one (the MC-dropout layer) included"})
+    n_heads: int = field(default=4, metadata={"help": "attention heads"})
+    dropout: float = field(
+        default=0.1, metadata={"help": "as FrozenBiLM's adapters; MC dropout reuses it in the last layer"})
+    max_question_len: int = field(
+        default=20, metadata={"help": "question tokens kept (longer questions are truncated)"})
+    max_frames: int = field(default=10, metadata={"help": "frames per video (the trainer sets it from --num_frames)"})
 
 
 class LastLayer(nn.Module):

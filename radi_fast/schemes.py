@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -47,33 +47,37 @@ from .pairwise import radi_pairwise_loss
 class SchemeConfig:
     """Hyper-parameters of every scheme (each scheme reads its own prefix)."""
 
-    ls_sigma: float = 0.1           # label smoothing amount (paper: 0.1, 0.3, 0.5)
-    pl_topk: int = 3                # pseudo labels: the teacher's top-k (paper: 3, 5, 10)
-    kd_alpha: float = 1.0           # vanilla KD weight
-    kd_tau: float = 8.0             # vanilla KD temperature
-    dkd_alpha: float = 1.0          # DKD: weight of TCKD (target vs. rest)
-    dkd_beta: float = 2.0           # DKD: weight of NCKD (among the non-targets)
-    dkd_tau: float = 1.0            # DKD temperature
-    ctkd_alpha: float = 1.0         # CTKD weight
-    ctkd_tau_min: float = 1.0       # CTKD: tau = tau_min + tau_range * sigmoid(theta)
-    ctkd_tau_range: float = 4.0
-    ctkd_lambda_max: float = 1.0    # CTKD: final strength of the reversed gradient on theta
-    ctkd_curriculum_epochs: int = 0  # epochs over which lambda rises 0 -> max (0: all epochs)
-    radi_p_alpha: float = 3.0       # RADI-P weight (paper searches 0.1 ... 1000)
-    margin: float = 10.0            # RADI-P margin m (paper searches 0.1, 1, 10)
-    margin_mode: str = "ot"         # ot | uniform | random | uncertainty
-    lam: str = "auto"               # Sinkhorn smoothing: "auto" or a number
-    top_k: int = 0                  # RADI-P keeps the teacher's top-k answers; 0 = auto: the paper's 2500, 100 on the synthetic benchmark
-    sinkhorn_iters: int = 100
-    sinkhorn_tol: float = 1e-5
-    mc_samples: int = 10            # T, MC-dropout passes of the teacher's last layer
-    radi_l_alpha: float = 1.0       # RADI-L weight
-    hot: int = 100                  # RADI-L hot list: the teacher's top-k (paper: 100)
-    cold: int = 10                  # RADI-L cold list: sampled from the rest (paper: 10)
-    sampling: str = "zipf"          # zipf | exp | random | full
-    sampling_alpha: float = 1.0     # smoothing coefficient of the Zipf / Exp sampling
-    list_loss: str = "listnet"      # listmle | listnet | stlistnet | ranknet | ndcg_loss1 | ndcg_loss2 | ndcg_loss2pp
-    stl_beta: float = 1.0           # STListNet noise scale
+    ls_sigma: float = field(default=0.1, metadata={"help": "label smoothing amount (paper: 0.1, 0.3, 0.5)"})
+    pl_topk: int = field(default=3, metadata={"help": "pseudo labels: the teacher's top-k (paper: 3, 5, 10)"})
+    kd_alpha: float = field(default=1.0, metadata={"help": "vanilla KD weight"})
+    kd_tau: float = field(default=8.0, metadata={"help": "vanilla KD temperature"})
+    dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of TCKD (target vs. rest)"})
+    dkd_beta: float = field(default=2.0, metadata={"help": "DKD: weight of NCKD (among the non-targets)"})
+    dkd_tau: float = field(default=1.0, metadata={"help": "DKD temperature"})
+    ctkd_alpha: float = field(default=1.0, metadata={"help": "CTKD weight"})
+    ctkd_tau_min: float = field(default=1.0, metadata={"help": "CTKD: tau = tau_min + tau_range * sigmoid(theta)"})
+    ctkd_tau_range: float = field(default=4.0, metadata={"help": "CTKD: see ctkd_tau_min"})
+    ctkd_lambda_max: float = field(
+        default=1.0, metadata={"help": "CTKD: final strength of the reversed gradient on theta"})
+    ctkd_curriculum_epochs: int = field(
+        default=0, metadata={"help": "epochs over which lambda rises 0 -> max (0: all epochs)"})
+    radi_p_alpha: float = field(default=3.0, metadata={"help": "RADI-P weight (paper searches 0.1 ... 1000)"})
+    margin: float = field(default=10.0, metadata={"help": "RADI-P margin m (paper searches 0.1, 1, 10)"})
+    margin_mode: str = field(default="ot", metadata={"help": "ot | uniform | random | uncertainty"})
+    lam: str = field(default="auto", metadata={"help": 'Sinkhorn smoothing: "auto" or a number'})
+    top_k: int = field(default=0, metadata={"help": (
+        "RADI-P keeps the teacher's top-k answers; 0 = auto: the paper's 2500, 100 on the synthetic benchmark")})
+    sinkhorn_iters: int = field(default=100, metadata={"help": "RADI-P: at most this many Sinkhorn iterations"})
+    sinkhorn_tol: float = field(default=1e-5, metadata={"help": "RADI-P: Sinkhorn stopping tolerance"})
+    mc_samples: int = field(default=10, metadata={"help": "T, MC-dropout passes of the teacher's last layer"})
+    radi_l_alpha: float = field(default=1.0, metadata={"help": "RADI-L weight"})
+    hot: int = field(default=100, metadata={"help": "RADI-L hot list: the teacher's top-k (paper: 100)"})
+    cold: int = field(default=10, metadata={"help": "RADI-L cold list: sampled from the rest (paper: 10)"})
+    sampling: str = field(default="zipf", metadata={"help": "zipf | exp | random | full"})
+    sampling_alpha: float = field(default=1.0, metadata={"help": "smoothing coefficient of the Zipf / Exp sampling"})
+    list_loss: str = field(default="listnet", metadata={"help": (
+        "listmle | listnet | stlistnet | ranknet | ndcg_loss1 | ndcg_loss2 | ndcg_loss2pp")})
+    stl_beta: float = field(default=1.0, metadata={"help": "STListNet noise scale"})
 
 
 Parts = Dict[str, torch.Tensor]

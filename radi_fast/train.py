@@ -17,402 +17,101 @@ full answer sets), and a table comparing the schemes is printed and written to
 ``--save_every`` steps); ``--resume`` continues every stage exactly where it stopped.
 
 Under ``torchrun`` every process runs this same pipeline on its shard of each global batch
-(``--batch_size`` is per process) with DistributedDataParallel (:class:`DistributedRuntime`,
-:mod:`radi_fast.distributed`); rank 0 alone logs, shows progress bars and writes files.
+(``--batch_size`` is per process) with DistributedDataParallel (:mod:`radi_fast.distributed`);
+rank 0 alone logs, shows progress bars and writes files.
 
-The file reads top to bottom: configuration, runtime (the rank-aware hooks), checkpoints,
-evaluation, one training stage, the pipeline, the command line.
+The file reads top to bottom: one training stage (start, resume, one epoch of steps, end of
+epoch, checkpoint, halt), the pipeline, the command line. The settings are in
+:mod:`radi_fast.config`, the files in :mod:`radi_fast.checkpoint`, the scoring in
+:mod:`radi_fast.evaluation`; docs/training.md explains the whole.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import inspect
 import json
 import os
-import random
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import distributed as dist_utils
-from . import metrics
-from .data import EpochSampler, SyntheticConfig, VideoQACollate, VideoQAData, load_frozenbilm, make_synthetic
-from .model import ModelConfig, RadiModel, build_model
-from .schemes import DEFAULT_SCHEMES, SchemeConfig, build_scheme
+from . import distributed as D
+from .checkpoint import (checkpoint_path, fingerprint_diff, load_checkpoint, rng_state, save_checkpoint,
+                         seed_everything, set_rng_state, stage_fingerprint, student_fingerprint)
+from .config import Config, check_config, parse_args, resolve_auto, scheme_specs
+from .data import EpochSampler, VideoQAData, make_loader
+from .evaluation import autocast, evaluate, fmt_metrics, results_table
+from .frozenbilm import load_frozenbilm
+from .model import RadiModel, build_model
+from .schemes import Scheme, build_scheme
+from .synthetic import make_synthetic
 
 
-# --------------------------------------------------------------------------------------------
-# Configuration: dataclasses; every field is a command-line flag of the same name
-# --------------------------------------------------------------------------------------------
-@dataclass
-class DataConfig:
-    dataset: str = "synthetic"  # synthetic | ivqa | msrvtt | msvd | activitynet | tgif
-    data_dir: str = ""          # FrozenBiLM data folder (e.g. data/iVQA) with the CSVs, vocab.json, clipvitl14.pth
-    features: str = ""          # features file (.pth dict, .npz, or .npy + .index.json); default <data_dir>/clipvitl14.pth
-    vocab: str = ""             # answer vocabulary; default <data_dir>/vocab.json
-    train_csv: str = ""         # default <data_dir>/train.csv (TGIF: train_frameqa.csv)
-    val_csv: str = ""           # default <data_dir>/val.csv (TGIF: test_frameqa.csv, as FrozenBiLM)
-    test_csv: str = ""          # default <data_dir>/test.csv (TGIF: test_frameqa.csv)
-    num_frames: int = 10        # frames sampled uniformly per video (padded and masked when fewer)
-    train_labels: str = "top1"  # top1: keep only the most frequent training answer (sec. 4.3) | all
-    cache_dir: str = ""         # where the memory-mapped copy of the features goes (default: beside them)
-    allow_missing_features: bool = False  # use zero features for videos missing from the features file
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 0.0             # AdamW learning rate; 0 = auto: the paper's 5e-5 on real data, 2e-3 on the synthetic benchmark (a small model trained from scratch)
-    weight_decay: float = 0.0
-    warmup_frac: float = 0.1    # linear warmup over this fraction of a stage's steps, then linear decay to 0
-    grad_clip: float = 0.1      # max gradient norm (the paper's 0.1)
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    teacher_epochs: int = 10    # stage 1 (and the "individual" student initialisation)
-    student_epochs: int = 6     # stage 2, per scheme
-
-
-@dataclass
-class RunConfig:
-    schemes: str = ",".join(DEFAULT_SCHEMES)  # comma-separated specs, e.g. baseline,kd,radi_p:margin_mode=uniform
-    student_init: str = "individual"  # individual (trained like the teacher, another seed) | teacher | scratch
-    seed: int = 0               # teacher seed; the individual init uses seed+1000, every student seed+2000
-    precision: str = "fp32"     # fp32 | bf16 (autocast; losses are computed in fp32)
-    device: str = "auto"        # auto | cpu | cuda | cuda:N
-    out_dir: str = "runs/radi"  # checkpoints/, results.json and config.json go here
-    resume: bool = False        # continue from the checkpoints in out_dir (finished stages are reused)
-    save_every: int = 0         # also checkpoint every N steps inside an epoch (0: only after each epoch)
-    halt_after_steps: int = 0   # stop after N training steps in this process, checkpointed (for preemptible jobs)
-    num_workers: int = 0        # DataLoader workers
-    threads: int = 1            # torch intra-op threads on CPU (the default model is too small to gain from more)
-    progress: bool = True       # tqdm progress bars
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    scheme: SchemeConfig = field(default_factory=SchemeConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-
-# fields derived from others, not flags: the frame count follows --num_frames
-NOT_FLAGS = {"synthetic": {"num_frames"}, "model": {"max_frames"}}
-# run settings that may change between a run and its --resume
-RESUMABLE = {"resume", "halt_after_steps", "num_workers", "threads", "progress", "out_dir", "device", "schemes",
-             "save_every"}
-
-
-def _field_help(cls) -> Dict[str, str]:
-    """The trailing ``# comment`` of each dataclass field, used as its --help text."""
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M)}
-
-
-def _flag_fields():
-    for section in dataclasses.fields(Config):
-        cls = section.default_factory
-        helps = _field_help(cls)
-        for f in dataclasses.fields(cls):
-            if f.name not in NOT_FLAGS.get(section.name, ()):
-                yield section.name, f, helps.get(f.name, "")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m radi_fast.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="", help="JSON file of settings (flat, or by section: data, synthetic, "
-                                                 "model, optim, scheme, run); flags given here override it")
-    defaults = Config()
-    groups = {}
-    for section, f, help_text in _flag_fields():
-        g = groups.setdefault(section, p.add_argument_group(section))
-        default = getattr(getattr(defaults, section), f.name)
-        if isinstance(default, bool):
-            g.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{help_text} (default: {default})")
-        else:
-            g.add_argument(f"--{f.name}", type=type(default), default=None, help=f"{help_text} (default: {default})")
-    return p
-
-
-def config_from_dict(d: dict, base: Optional[Config] = None, source: str = "config") -> Config:
-    """Apply a flat or sectioned dict of settings to ``base`` (default: the defaults)."""
-    cfg = copy.deepcopy(base or Config())
-    where = {f.name: s for s, f, _ in _flag_fields()}
-    flat = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k in {s.name for s in dataclasses.fields(Config)}:
-            flat.update(v)
-        else:
-            flat[k] = v
-    for k, v in flat.items():
-        if k not in where:
-            raise ValueError(f"{source}: unknown setting {k!r}")
-        section = getattr(cfg, where[k])
-        want = type(getattr(section, k))
-        if want is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if not isinstance(v, want) or (want is int and isinstance(v, bool)):
-            raise ValueError(f"{source}: setting {k!r} must be {want.__name__}, got {v!r}")
-        setattr(section, k, v)
-    return cfg
-
-
-def parse_args(argv: Optional[List[str]] = None) -> Config:
-    args = build_parser().parse_args(argv)
-    cfg = Config()
-    if args.config:
-        if not os.path.isfile(args.config):
-            raise FileNotFoundError(f"config file not found: {args.config}")
-        try:
-            with open(args.config) as f:
-                cfg = config_from_dict(json.load(f), cfg, source=args.config)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{args.config}: not valid JSON ({e})") from None
-    given = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
-    return config_from_dict(given, cfg, source="command line")
-
-
-def resolve_auto(cfg: Config) -> Config:
-    """Fill the settings whose default depends on the data (``0`` = auto); returns a copy.
-
-    Real data gets the paper's values (lr 5e-5, RADI-P top-k 2500). The synthetic benchmark trains
-    a small model from scratch, where 5e-5 would need hundreds of epochs, so it uses lr 2e-3; and
-    it keeps RADI-P to the teacher's top 100 of its 1,000 answers, which holds every answer the
-    teacher ranks near a correct one while costing ~(2500/100)^2 less per step on a CPU.
-    """
-    cfg = copy.deepcopy(cfg)
-    synthetic = cfg.data.dataset == "synthetic"
-    if not cfg.optim.lr:
-        cfg.optim.lr = 2e-3 if synthetic else 5e-5
-    if not cfg.scheme.top_k:
-        cfg.scheme.top_k = 100 if synthetic else 2500
-    return cfg
-
-
-def check_config(cfg: Config) -> None:
-    r, o = cfg.run, cfg.optim
-    if r.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {r.precision!r}")
-    if r.student_init not in ("individual", "teacher", "scratch"):
-        raise ValueError(f"student_init must be individual, teacher or scratch, got {r.student_init!r}")
-    if o.batch_size < 1 or o.teacher_epochs < 1 or o.student_epochs < 1:
-        raise ValueError("batch_size, teacher_epochs and student_epochs must be >= 1")
-    if not 0 <= o.warmup_frac < 1:
-        raise ValueError(f"warmup_frac must be in [0, 1), got {o.warmup_frac}")
-    for spec in scheme_specs(cfg):
-        build_scheme(spec, cfg.scheme)  # raises on an unknown scheme or a bad override
-
-
-def scheme_specs(cfg: Config) -> List[str]:
-    specs = [s.strip() for s in cfg.run.schemes.split(",") if s.strip()]
-    if not specs:
-        raise ValueError("--schemes is empty")
-    if len(set(specs)) != len(specs):
-        raise ValueError(f"--schemes lists a scheme twice: {cfg.run.schemes}")
-    return specs
-
-
-# --------------------------------------------------------------------------------------------
-# Runtime: where rank-awareness lives (one process; DistributedRuntime under torchrun)
-# --------------------------------------------------------------------------------------------
 class Halted(Exception):
-    """Raised after ``--halt_after_steps`` steps, once the checkpoint is written."""
+    """Raised after ``--halt_after_steps`` training steps, once the checkpoint is written."""
+
+
+def log(msg: str) -> None:
+    """Print ``msg`` on rank 0 (through tqdm, so that a progress bar stays whole)."""
+    if D.is_main():
+        tqdm.write(msg)
 
 
 @dataclass
-class Runtime:
-    """Process-level facts and hooks. A distributed runtime overrides ``all_reduce_sum``,
-    ``barrier`` and ``wrap_model`` and sets rank / world_size; only rank 0 logs, shows progress
-    bars and writes checkpoints and results."""
+class RunContext:
+    """What the stages of one run share in this process."""
 
-    device: torch.device = torch.device("cpu")
-    rank: int = 0
-    world_size: int = 1
-    steps_this_run: int = 0
+    cfg: Config
+    device: torch.device
+    steps: int = 0  # training steps this process has taken, all stages together (--halt_after_steps)
 
     @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def log(self, msg: str) -> None:
-        if self.is_main:
-            tqdm.write(msg)
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return t
-
-    def barrier(self) -> None:
-        pass
-
-    def wrap_model(self, model: RadiModel) -> torch.nn.Module:
-        """The module the optimizer steps through (DDP wraps it here)."""
-        return model
-
-    def train_sampler(self, n: int, seed: int):
-        """The training sampler; it must have ``set_epoch`` (``set_start`` enables mid-epoch resume)."""
-        return EpochSampler(n, seed=seed, rank=self.rank, world_size=self.world_size)
-
-    def all_gather_object(self, obj) -> list:
-        """``[obj of rank 0, obj of rank 1, ...]`` (used for the per-rank RNG states of checkpoints)."""
-        return [obj]
-
-    def average_grads(self, params) -> None:
-        """Average the gradients of parameters outside the DDP module (CTKD's temperature)."""
-
-    def close(self) -> None:
-        pass
-
-
-class DistributedRuntime(Runtime):
-    """One process of a ``torchrun`` job (:mod:`radi_fast.distributed` does the process group).
-
-    The student (and the teacher while it trains) is wrapped in DistributedDataParallel, which
-    averages the gradients over the ranks: with a per-rank batch ``b`` a step is a step on the
-    global batch of ``b * world_size`` samples, the union of the ranks' shards. The frozen teacher
-    is not wrapped: its logits and MC-dropout passes are computed locally on each rank's batch.
-    """
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return dist_utils.all_reduce_sum(t)
-
-    def barrier(self) -> None:
-        dist_utils.barrier()
-
-    def wrap_model(self, model: RadiModel) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        return DDP(model, device_ids=[self.device] if self.device.type == "cuda" else None)
-
-    def all_gather_object(self, obj) -> list:
-        return dist_utils.all_gather_object(obj)
-
-    def average_grads(self, params) -> None:
-        for p in params:
-            if p.grad is not None:
-                p.grad.copy_(dist_utils.all_reduce_sum(p.grad) / self.world_size)
-
-    def close(self) -> None:
-        dist_utils.cleanup()
-
-
-def make_runtime(cfg: Config) -> Runtime:
-    """A :class:`DistributedRuntime` under ``torchrun`` (it joins the process group: ``nccl`` on
-    GPUs, ``gloo`` on the CPU), else a single-process :class:`Runtime`."""
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    if dist_utils.launched():
-        dev = dist_utils.init(cfg.run.device)
-        return DistributedRuntime(device=dev, rank=dist_utils.rank(), world_size=dist_utils.world_size())
-    dev = cfg.run.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    return Runtime(device=torch.device(dev))
-
-
-def autocast(cfg: Config, rt: Runtime):
-    return torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16")
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints: atomic writes, full RNG state
-# --------------------------------------------------------------------------------------------
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write to ``path.tmp`` then ``os.replace``: a crash leaves the old checkpoint or the new one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); delete it or drop --resume") from None
-
-
-def rng_state(loss_gen: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "loss": loss_gen.get_state()}
-
-
-def set_rng_state(state: dict, loss_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    loss_gen.set_state(state["loss"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation: Acc@1 / Hit@5 / nDCG@5 against the full answer sets
-# --------------------------------------------------------------------------------------------
-METRICS = ("acc1", "hit5", "ndcg5")
-METRIC_NAMES = {"acc1": "Acc@1", "hit5": "Hit@5", "ndcg5": "nDCG@5", "ivqa_acc": "iVQA acc"}
-
-
-def make_loader(cfg: Config, dataset, n_answers: int, *, sampler, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=VideoQACollate(n_answers),
-                      num_workers=cfg.run.num_workers, generator=torch.Generator().manual_seed(0))
-
-
-@torch.no_grad()
-def evaluate(model: RadiModel, dataset, n_answers: int, cfg: Config, rt: Runtime) -> Dict[str, float]:
-    """Metrics in percent over the split; every sample counted once across ranks."""
-    was_training = model.training
-    model.eval()
-    loader = make_loader(cfg, dataset, n_answers, sampler=list(range(rt.rank, len(dataset), rt.world_size)),
-                         batch_size=cfg.optim.eval_batch_size)
-    sums = torch.zeros(5, dtype=torch.float64)  # acc1, hit5, ndcg5, ivqa_acc, rows
-    for batch in loader:
-        batch = {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
-        with autocast(cfg, rt):
-            scores = model(batch)
-        scores, counts = scores.float().cpu(), batch["answer_counts"].cpu()
-        sums[4] += scores.shape[0]
-        ok = (counts > 0).any(dim=1)  # a row whose answers are all out of vocabulary counts as wrong
-        if ok.any():
-            s, c = scores[ok], counts[ok]
-            sums[:4] += torch.stack([metrics.acc_at_1(s, c > 0, reduction="none").sum(),
-                                     metrics.hit_at_k(s, c > 0, k=5, reduction="none").sum(),
-                                     metrics.ndcg_at_k(s, c > 0, k=5, reduction="none").sum(),
-                                     metrics.ivqa_accuracy(s, c, reduction="none").sum()]).double()
-    sums = rt.all_reduce_sum(sums.to(rt.device)).cpu()
-    model.train(was_training)
-    names = METRICS + ("ivqa_acc",)
-    return {m: 100.0 * float(sums[i] / max(float(sums[4]), 1.0)) for i, m in enumerate(names)}
-
-
-def fmt_metrics(m: Dict[str, float]) -> str:
-    return "  ".join(f"{METRIC_NAMES[k]} {m[k]:5.2f}" for k in METRICS)
+    def halting(self) -> bool:
+        """True once ``--halt_after_steps`` steps are done."""
+        return bool(self.cfg.run.halt_after_steps) and self.steps >= self.cfg.run.halt_after_steps
 
 
 # --------------------------------------------------------------------------------------------
 # One training stage: the teacher, the individual initialisation, or one scheme's student
 # --------------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    """One training stage in progress: what it trains, with what, and how far it is."""
+
+    name: str
+    path: str                      # its checkpoint
+    model: RadiModel
+    net: torch.nn.Module           # what the forward pass goes through: the model, in DDP under torchrun
+    scheme: Scheme
+    teacher: Optional[RadiModel]   # frozen, for the schemes that distil
+    data: VideoQAData
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: EpochSampler
+    loader: DataLoader
+    steps_per_epoch: int
+    loss_gen: torch.Generator      # the losses' generator, re-seeded before every step (D.loss_seed)
+    seed: int
+    epochs: int
+    fingerprint: dict              # the settings its checkpoint must agree with on --resume
+    epoch: int = 0                 # epochs done
+    batch: int = 0                 # batches of the current epoch done
+    loss_sum: float = 0.0          # sum of the current epoch's batch losses, and how many
+    n_loss: int = 0
+    history: List[dict] = field(default_factory=list)  # per epoch: train_loss, val metrics, seconds
+
+    def result(self) -> dict:
+        """``{"history": [...], "val": metrics of the last epoch}`` (what :func:`train_stage` returns)."""
+        return {"history": self.history, "val": self.history[-1]["val"] if self.history else {}}
+
+
 def linear_warmup_decay(total: int, warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor at a step: linear from 0 to 1 over ``warmup`` steps, then to 0 at ``total``."""
     def f(step: int) -> float:
         if step < warmup:
             return step / max(1, warmup)
@@ -420,148 +119,198 @@ def linear_warmup_decay(total: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
-def train_stage(stage: str, model: RadiModel, data: VideoQAData, scheme, cfg: Config, rt: Runtime, *,
-                seed: int, epochs: int, fingerprint: dict, teacher: Optional[RadiModel] = None) -> dict:
-    """Train ``model`` in place with ``scheme``; returns ``{"history": [...], "val": {...}}``.
-
-    Checkpoint ``<out_dir>/checkpoints/<stage>.pt`` after every epoch (and every ``save_every``
-    steps). With ``--resume`` a finished stage is loaded and skipped, an unfinished one continues
-    from its last checkpoint with the same optimizer, schedule, RNG and data order.
-
-    Randomness: each rank seeds its global RNGs (dropout, MC dropout) with ``seed + rank``, and
-    the generator passed to the loss (RADI-L's sampler, RADI-P's random margins, STListNet) is
-    re-seeded before every step with ``distributed.loss_seed(seed, rank, epoch, step)``. Under
-    torchrun every rank reads the same checkpoint, which holds every rank's RNG states.
-    """
-    o = cfg.optim
-    path = os.path.join(cfg.run.out_dir, "checkpoints", re.sub(r"[^A-Za-z0-9_.=-]+", "_", stage) + ".pt")
-    model.to(rt.device).train()
-    scheme.to(rt.device)
-    net = rt.wrap_model(model)
+def start_stage(ctx: RunContext, name: str, model: RadiModel, data: VideoQAData, scheme: Scheme, *, seed: int,
+                epochs: int, fingerprint: dict, teacher: Optional[RadiModel]) -> Stage:
+    """Move ``model`` and ``scheme`` to the device, build the optimiser, schedule and data order,
+    and seed this rank's global RNGs with ``seed + rank``."""
+    o = ctx.cfg.optim
+    path = checkpoint_path(ctx.cfg.run.out_dir, name)
+    model.to(ctx.device).train()
+    scheme.to(ctx.device)
+    net = D.wrap_model(model, ctx.device)
     optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "weight_decay": o.weight_decay},
                                    {"params": scheme.parameters(), "weight_decay": 0.0}], lr=o.lr)
-    sampler = rt.train_sampler(len(data.train), seed)
-    loader = make_loader(cfg, data.train, data.n_answers, sampler=sampler, batch_size=o.batch_size)
-    steps_per_epoch = len(loader)
-    total = steps_per_epoch * epochs
+    sampler = EpochSampler(len(data.train), seed=seed, rank=D.rank(), world_size=D.world_size())
+    loader = make_loader(data.train, data.n_answers, sampler=sampler, batch_size=o.batch_size,
+                         num_workers=ctx.cfg.run.num_workers)
+    total = len(loader) * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total, int(o.warmup_frac * total)))
-    loss_gen = torch.Generator()  # re-seeded every step with dist_utils.loss_seed(seed, rank, epoch, step)
-    seed_everything(seed + rt.rank)
-    epoch, batch_in_epoch, history, loss_sum, n_loss = 0, 0, [], 0.0, 0
+    loss_gen = torch.Generator()
+    seed_everything(seed + D.rank())
+    return Stage(name, path, model, net, scheme, teacher, data, optimizer, scheduler, sampler, loader, len(loader),
+                 loss_gen, seed, epochs, fingerprint)
 
-    found = cfg.run.resume and os.path.isfile(path)
-    if rt.world_size > 1 and cfg.run.resume:
-        n_found = int(rt.all_reduce_sum(torch.tensor([float(found)], dtype=torch.float64)).item())
-        if 0 < n_found < rt.world_size:
-            raise ValueError(f"{path} exists for {n_found} of {rt.world_size} ranks: --resume needs --out_dir on a "
-                             "file system that every node shares")
-    if found:
-        ck = load_checkpoint(path)
-        if ck.get("fingerprint") != fingerprint:
-            old = ck.get("fingerprint", {})
-            diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-            raise ValueError(f"checkpoint {path} was written with other settings (differing: {diff}); "
-                             "use another --out_dir or drop --resume")
-        model.load_state_dict(ck["model"])
-        scheme.load_state_dict(ck["scheme"])
-        history = ck["history"]
-        if ck["done"]:
-            rt.log(f"[{stage}] finished in {path}: reusing it")
-            return {"history": history, "val": history[-1]["val"] if history else {}}
-        if ck.get("world_size", 1) != rt.world_size:
-            raise ValueError(f"checkpoint {path} was written by {ck.get('world_size', 1)} process(es), this run has "
-                             f"{rt.world_size}: the global batch and data shards differ; relaunch with as many "
-                             "processes, or use another --out_dir")
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]  # one state per rank
-        set_rng_state(rngs[rt.rank], loss_gen)
-        epoch, batch_in_epoch, loss_sum, n_loss = ck["epoch"], ck["batch"], ck["loss_sum"], ck["n_loss"]
-        rt.log(f"[{stage}] resuming at epoch {epoch + 1}, batch {batch_in_epoch} from {path}")
 
-    def checkpoint(done: bool = False) -> None:
-        # collectives first (every rank): every rank's RNG states, and the running loss sum made
-        # the mean over ranks on every rank (so a resumed rank continues from the shared value)
-        nonlocal loss_sum
-        rngs = rt.all_gather_object(rng_state(loss_gen))
-        loss_sum = float(rt.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))[0]) / rt.world_size
-        if rt.is_main:
-            save_checkpoint(path, {
-                "stage": stage, "fingerprint": fingerprint, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scheme": scheme.state_dict(), "rng": rngs, "world_size": rt.world_size, "epoch": epoch,
-                "batch": batch_in_epoch, "loss_sum": loss_sum, "n_loss": n_loss, "history": history, "done": done})
-        rt.barrier()  # the other ranks wait until the checkpoint is on disk
+def restore_stage(st: Stage) -> bool:
+    """``--resume``: load the stage's checkpoint, if any, into ``st``; True when the stage had finished.
 
+    Raises ``ValueError`` when only some ranks find the checkpoint, when it was written with
+    other settings, or when an unfinished one was written by another number of processes.
+    """
+    found = os.path.isfile(st.path)
+    if D.world_size() > 1:
+        n_found = int(D.all_reduce_sum(torch.tensor([float(found)], dtype=torch.float64)).item())
+        if 0 < n_found < D.world_size():
+            raise ValueError(f"{st.path} exists for {n_found} of {D.world_size()} ranks: --resume needs --out_dir on "
+                             "a file system that every node shares")
+    if not found:
+        return False
+    ck = load_checkpoint(st.path)
+    if ck.get("fingerprint") != st.fingerprint:
+        diff = fingerprint_diff(ck.get("fingerprint", {}), st.fingerprint)
+        raise ValueError(f"checkpoint {st.path} was written with other settings (differing: {diff}); "
+                         "use another --out_dir or drop --resume")
+    st.model.load_state_dict(ck["model"])
+    st.scheme.load_state_dict(ck["scheme"])
+    st.history = ck["history"]
+    if ck["done"]:
+        log(f"[{st.name}] finished in {st.path}: reusing it")
+        return True
+    if ck.get("world_size", 1) != D.world_size():
+        raise ValueError(f"checkpoint {st.path} was written by {ck.get('world_size', 1)} process(es), this run has "
+                         f"{D.world_size()}: the global batch and data shards differ; relaunch with as many "
+                         "processes, or use another --out_dir")
+    st.optimizer.load_state_dict(ck["optimizer"])
+    st.scheduler.load_state_dict(ck["scheduler"])
+    rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]  # one state per rank
+    set_rng_state(rngs[D.rank()], st.loss_gen)
+    st.epoch, st.batch, st.loss_sum, st.n_loss = ck["epoch"], ck["batch"], ck["loss_sum"], ck["n_loss"]
+    log(f"[{st.name}] resuming at epoch {st.epoch + 1}, batch {st.batch} from {st.path}")
+    return False
+
+
+def train_step(ctx: RunContext, st: Stage, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, dict]:
+    """One optimisation step on one batch; returns ``(loss, {part: value})``.
+
+    The teacher's outputs (when the scheme needs them), the student's logits, the scheme's loss
+    with the generator seeded from ``(seed, rank, epoch, step)``, backward (gradients averaged
+    over the ranks), clipping, AdamW and the schedule. Raises ``FloatingPointError`` on a
+    non-finite loss.
+    """
+    cfg, device, scheme = ctx.cfg, ctx.device, st.scheme
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    t_logits = t_mc = None
+    if scheme.needs_teacher:
+        with torch.no_grad(), autocast(cfg, device):
+            t_logits, t_mc = st.teacher.teacher_outputs(batch, scheme.mc_samples)
+    with autocast(cfg, device):
+        logits = st.net(batch)
+    st.loss_gen.manual_seed(D.loss_seed(st.seed, D.rank(), st.epoch, st.batch))
+    loss, parts = scheme.loss(logits, batch["targets"], t_logits, t_mc if scheme.mc_samples else None, st.loss_gen)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"[{st.name}] non-finite loss {loss.item()} at epoch {st.epoch + 1}, "
+                                 f"batch {st.batch}; parts: { {k: float(v) for k, v in parts.items()} }")
+    st.optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # under DDP: gradients averaged over the ranks
+    D.average_grads(scheme.parameters())
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.optim.grad_clip)
+    st.optimizer.step()
+    st.scheduler.step()
+    return loss, parts
+
+
+def train_epoch(ctx: RunContext, st: Stage) -> None:
+    """Train on this rank's share of the current epoch, from batch ``st.batch`` on.
+
+    Checkpoints every ``--save_every`` steps; raises :class:`Halted` (after a checkpoint) once
+    ``--halt_after_steps`` steps are done inside the epoch.
+    """
+    run = ctx.cfg.run
+    st.scheme.start_epoch(st.epoch, st.epochs)
+    st.sampler.set_epoch(st.epoch)
+    st.sampler.set_start(st.batch * ctx.cfg.optim.batch_size)
+    if not st.batch:
+        st.loss_sum, st.n_loss = 0.0, 0
+    bar = tqdm(st.loader, desc=f"{st.name} {st.epoch + 1}/{st.epochs}", leave=False, dynamic_ncols=True,
+               disable=not (run.progress and D.is_main()), initial=st.batch, total=st.steps_per_epoch)
+    for batch in bar:
+        loss, parts = train_step(ctx, st, batch)
+        st.batch += 1
+        ctx.steps += 1
+        st.loss_sum, st.n_loss = st.loss_sum + float(loss.detach()), st.n_loss + 1
+        if st.batch % 10 == 0 or st.batch == st.steps_per_epoch:
+            bar.set_postfix(loss=f"{st.loss_sum / st.n_loss:.4f}", **{k: f"{float(v):.3g}" for k, v in parts.items()},
+                            lr=f"{st.scheduler.get_last_lr()[0]:.2e}")
+        if st.batch < st.steps_per_epoch and (ctx.halting or (run.save_every and st.batch % run.save_every == 0)):
+            save_stage(st)
+            if ctx.halting:
+                bar.close()
+                halt(ctx, st)
+    bar.close()
+
+
+def end_epoch(ctx: RunContext, st: Stage, t0: float) -> None:
+    """Score the validation split, record and log the epoch (started at ``t0``), go to the next."""
+    val = evaluate(st.model, st.data.val, st.data.n_answers, ctx.cfg, ctx.device)
+    st.loss_sum = D.mean_over_ranks(st.loss_sum)  # so that train_loss is the mean global-batch loss
+    train_loss = st.loss_sum / max(st.n_loss, 1)
+    st.history.append({"epoch": st.epoch + 1, "train_loss": train_loss, "val": val, "seconds": time.time() - t0})
+    log(f"[{st.name}] epoch {st.epoch + 1}/{st.epochs}  loss {train_loss:.4f}  val {fmt_metrics(val)}"
+        f"  ({time.time() - t0:.1f}s)")
+    st.epoch, st.batch = st.epoch + 1, 0
+
+
+def save_stage(st: Stage, done: bool = False) -> None:
+    """Checkpoint the stage; every rank calls it (rank 0 writes, the others wait at a barrier).
+
+    First the collectives: every rank's RNG states are gathered, and the running loss sum
+    becomes the mean over ranks on every rank (so that a resumed rank continues from it).
+    """
+    rngs = D.all_gather_object(rng_state(st.loss_gen))
+    st.loss_sum = D.mean_over_ranks(st.loss_sum)
+    if D.is_main():
+        save_checkpoint(st.path, {
+            "stage": st.name, "fingerprint": st.fingerprint, "model": st.model.state_dict(),
+            "optimizer": st.optimizer.state_dict(), "scheduler": st.scheduler.state_dict(),
+            "scheme": st.scheme.state_dict(), "rng": rngs, "world_size": D.world_size(), "epoch": st.epoch,
+            "batch": st.batch, "loss_sum": st.loss_sum, "n_loss": st.n_loss, "history": st.history, "done": done})
+    D.barrier()
+
+
+def halt(ctx: RunContext, st: Stage) -> None:
+    """Stop the run (the stage is checkpointed): raises :class:`Halted`."""
+    raise Halted(f"[{st.name}] halted after {ctx.steps} steps; rerun with --resume")
+
+
+def train_stage(ctx: RunContext, name: str, model: RadiModel, data: VideoQAData, scheme: Scheme, *, seed: int,
+                epochs: int, fingerprint: dict, teacher: Optional[RadiModel] = None) -> dict:
+    """Train ``model`` in place with ``scheme``; returns ``{"history": [...], "val": {...}}``.
+
+    Checkpoints ``<out_dir>/checkpoints/<name>.pt`` after every epoch (and every ``--save_every``
+    steps). With ``--resume`` a finished stage is loaded and skipped, an unfinished one continues
+    from its last checkpoint with the same optimizer, schedule, RNG and data order. Raises
+    :class:`Halted` after ``--halt_after_steps`` steps. How the randomness is seeded per rank and
+    step: docs/training.md, "Distributed training".
+    """
+    st = start_stage(ctx, name, model, data, scheme, seed=seed, epochs=epochs, fingerprint=fingerprint,
+                     teacher=teacher)
+    if ctx.cfg.run.resume and restore_stage(st):
+        return st.result()
     if teacher is not None:
-        teacher.to(rt.device).eval()
-    while epoch < epochs:
-        scheme.start_epoch(epoch, epochs)
-        sampler.set_epoch(epoch)
-        if batch_in_epoch:
-            if not hasattr(sampler, "set_start"):
-                raise ValueError(f"{type(sampler).__name__} cannot resume mid-epoch (it has no set_start)")
-            sampler.set_start(batch_in_epoch * o.batch_size)
-        elif hasattr(sampler, "set_start"):
-            sampler.set_start(0)
+        teacher.to(ctx.device).eval()
+    while st.epoch < st.epochs:
         t0 = time.time()
-        if not batch_in_epoch:
-            loss_sum, n_loss = 0.0, 0
-        bar = tqdm(loader, desc=f"{stage} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
-                   disable=not (cfg.run.progress and rt.is_main), initial=batch_in_epoch, total=steps_per_epoch)
-        for batch in bar:
-            batch = {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
-            t_logits = t_mc = None
-            if scheme.needs_teacher:
-                with torch.no_grad(), autocast(cfg, rt):
-                    t_logits, t_mc = teacher.teacher_outputs(batch, scheme.mc_samples)
-            with autocast(cfg, rt):
-                logits = net(batch)
-            loss_gen.manual_seed(dist_utils.loss_seed(seed, rt.rank, epoch, batch_in_epoch))
-            loss, parts = scheme.loss(logits, batch["targets"], t_logits, t_mc if scheme.mc_samples else None,
-                                      loss_gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{stage}] non-finite loss {loss.item()} at epoch {epoch + 1}, "
-                                         f"batch {batch_in_epoch}; parts: { {k: float(v) for k, v in parts.items()} }")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # under DDP: gradients averaged over the ranks
-            rt.average_grads(scheme.parameters())
-            if o.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            batch_in_epoch += 1
-            rt.steps_this_run += 1
-            loss_sum, n_loss = loss_sum + float(loss.detach()), n_loss + 1
-            if batch_in_epoch % 10 == 0 or batch_in_epoch == steps_per_epoch:
-                bar.set_postfix(loss=f"{loss_sum / n_loss:.4f}", **{k: f"{float(v):.3g}" for k, v in parts.items()},
-                                lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            halt = cfg.run.halt_after_steps and rt.steps_this_run >= cfg.run.halt_after_steps
-            if batch_in_epoch < steps_per_epoch and (halt or (cfg.run.save_every
-                                                              and batch_in_epoch % cfg.run.save_every == 0)):
-                checkpoint()
-                if halt:
-                    bar.close()
-                    raise Halted(f"[{stage}] halted after {rt.steps_this_run} steps; rerun with --resume")
-        bar.close()
-        val = evaluate(model, data.val, data.n_answers, cfg, rt)
-        # the mean over ranks of each rank's mean batch loss (= the mean global-batch loss)
-        loss_sum = float(rt.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))[0]) / rt.world_size
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n_loss, 1), "val": val,
-                        "seconds": time.time() - t0})
-        rt.log(f"[{stage}] epoch {epoch + 1}/{epochs}  loss {loss_sum / max(n_loss, 1):.4f}  val {fmt_metrics(val)}"
-               f"  ({time.time() - t0:.1f}s)")
-        epoch, batch_in_epoch = epoch + 1, 0
-        checkpoint(done=epoch == epochs)
-        if cfg.run.halt_after_steps and rt.steps_this_run >= cfg.run.halt_after_steps and epoch < epochs:
-            raise Halted(f"[{stage}] halted after {rt.steps_this_run} steps; rerun with --resume")
-    return {"history": history, "val": history[-1]["val"] if history else {}}
+        train_epoch(ctx, st)
+        end_epoch(ctx, st, t0)
+        save_stage(st, done=st.epoch == st.epochs)
+        if ctx.halting and st.epoch < st.epochs:
+            halt(ctx, st)
+    return st.result()
 
 
 # --------------------------------------------------------------------------------------------
 # The pipeline: data -> teacher -> student initialisation -> one student per scheme -> table
 # --------------------------------------------------------------------------------------------
+def setup(cfg: Config) -> torch.device:
+    """This process's device; sets the CPU threads and, under ``torchrun``, joins the process group."""
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    return D.init(cfg.run.device)
+
+
 def load_data(cfg: Config) -> VideoQAData:
+    """The synthetic benchmark or a FrozenBiLM dataset, as ``--dataset`` says."""
     d = cfg.data
     if d.dataset == "synthetic":
         return make_synthetic(dataclasses.replace(cfg.synthetic, num_frames=d.num_frames))
@@ -573,8 +322,16 @@ def load_data(cfg: Config) -> VideoQAData:
 
 
 def new_model(data: VideoQAData, cfg: Config, seed: int) -> RadiModel:
+    """A freshly initialised model (torch seeded with ``seed``); replace it to train your own."""
     torch.manual_seed(seed)
     return build_model(data, dataclasses.replace(cfg.model, max_frames=cfg.data.num_frames))
+
+
+def stage_result(ctx: RunContext, name: str, model: RadiModel, data: VideoQAData, out: dict, t0: float) -> dict:
+    """A trained stage's entry in ``results.json``: its validation and test metrics, history and seconds."""
+    test = evaluate(model, data.test, data.n_answers, ctx.cfg, ctx.device)
+    log(f"[{name}] test {fmt_metrics(test)}")
+    return {"val": out["val"], "test": test, "history": out["history"], "seconds": time.time() - t0}
 
 
 # stage seeds: the teacher uses --seed, the individual initialisation and the students these
@@ -582,47 +339,42 @@ def new_model(data: VideoQAData, cfg: Config, seed: int) -> RadiModel:
 INDIVIDUAL_SEED, STUDENT_SEED = 1000, 2000
 
 
-def run(cfg: Config, rt: Optional[Runtime] = None) -> dict:
-    """Run the whole pipeline; returns (and writes, on rank 0) the results dict."""
+def run(cfg: Config) -> dict:
+    """Run the whole pipeline; returns (and writes, on rank 0) the results dict.
+
+    Raises ``ValueError`` / ``FileNotFoundError`` for bad settings or data files, :class:`Halted`
+    after ``--halt_after_steps`` steps.
+    """
     cfg = resolve_auto(cfg)
     check_config(cfg)
-    rt = rt or make_runtime(cfg)
+    ctx = RunContext(cfg, setup(cfg))
     t_start, cpu_start = time.time(), time.process_time()
     data = load_data(cfg)
     os.makedirs(cfg.run.out_dir, exist_ok=True)
-    if rt.is_main:
+    if D.is_main():
         with open(os.path.join(cfg.run.out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=2)
-    rt.log(f"data: {cfg.data.dataset}  train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}  "
-           f"answers {data.n_answers}  device {rt.device}  precision {cfg.run.precision}"
-           + (f"  processes {rt.world_size} (global batch {rt.world_size * cfg.optim.batch_size})"
-              if rt.world_size > 1 else ""))
-    # what a stage's checkpoint must agree with on --resume
-    base_fp = {f"{s}.{k}": v for s in ("data", "synthetic", "model", "optim") for k, v in asdict(getattr(cfg, s)).items()}
-    base_fp.update({"run.seed": cfg.run.seed, "run.precision": cfg.run.precision})
-    base_fp.pop("optim.student_epochs")
+    world = D.world_size()
+    log(f"data: {cfg.data.dataset}  train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}  "
+        f"answers {data.n_answers}  device {ctx.device}  precision {cfg.run.precision}"
+        + (f"  processes {world} (global batch {world * cfg.optim.batch_size})" if world > 1 else ""))
+    base_fp = stage_fingerprint(cfg)
     results = {"config": asdict(cfg), "stages": {}, "schemes": {}}
-
-    def stage_result(name, model, out, t0):
-        test = evaluate(model, data.test, data.n_answers, cfg, rt)
-        rt.log(f"[{name}] test {fmt_metrics(test)}")
-        return {"val": out["val"], "test": test, "history": out["history"], "seconds": time.time() - t0}
 
     # stage 1: the teacher, trained with eq. 2 on the insufficient labels
     t0, teacher = time.time(), new_model(data, cfg, cfg.run.seed)
-    out = train_stage("teacher", teacher, data, build_scheme("baseline"), cfg, rt, seed=cfg.run.seed,
+    out = train_stage(ctx, "teacher", teacher, data, build_scheme("baseline"), seed=cfg.run.seed,
                       epochs=cfg.optim.teacher_epochs, fingerprint=base_fp)
-    results["stages"]["teacher"] = stage_result("teacher", teacher, out, t0)
+    results["stages"]["teacher"] = stage_result(ctx, "teacher", teacher, data, out, t0)
     teacher.eval().requires_grad_(False)
 
     # the student initialisation shared by every scheme
     init_state = None
     if cfg.run.student_init == "individual":
         t0, individual = time.time(), new_model(data, cfg, INDIVIDUAL_SEED + cfg.run.seed)
-        out = train_stage("individual", individual, data, build_scheme("baseline"), cfg, rt,
-                          seed=INDIVIDUAL_SEED + cfg.run.seed,
-                          epochs=cfg.optim.teacher_epochs, fingerprint=base_fp)
-        results["stages"]["individual"] = stage_result("individual", individual, out, t0)
+        out = train_stage(ctx, "individual", individual, data, build_scheme("baseline"),
+                          seed=INDIVIDUAL_SEED + cfg.run.seed, epochs=cfg.optim.teacher_epochs, fingerprint=base_fp)
+        results["stages"]["individual"] = stage_result(ctx, "individual", individual, data, out, t0)
         init_state = copy.deepcopy(individual.state_dict())
         del individual
     elif cfg.run.student_init == "teacher":
@@ -631,22 +383,21 @@ def run(cfg: Config, rt: Optional[Runtime] = None) -> dict:
     # stage 2: one student per scheme, all from the same initialisation, data order and seed
     for spec in scheme_specs(cfg):
         scheme = build_scheme(spec, cfg.scheme)
-        fp = {**base_fp, "run.student_init": cfg.run.student_init, "optim.student_epochs": cfg.optim.student_epochs,
-              "scheme.spec": spec, **{f"scheme.{k}": v for k, v in asdict(scheme.cfg).items()}}
         t0, student = time.time(), new_model(data, cfg, STUDENT_SEED + cfg.run.seed)
         if init_state is not None:
             student.load_state_dict(init_state)
-        out = train_stage(f"student-{spec}", student, data, scheme, cfg, rt, seed=STUDENT_SEED + cfg.run.seed,
-                          epochs=cfg.optim.student_epochs, fingerprint=fp, teacher=teacher)
-        results["schemes"][spec] = stage_result(f"student-{spec}", student, out, t0)
+        out = train_stage(ctx, f"student-{spec}", student, data, scheme, seed=STUDENT_SEED + cfg.run.seed,
+                          epochs=cfg.optim.student_epochs, fingerprint=student_fingerprint(cfg, base_fp, spec, scheme),
+                          teacher=teacher)
+        results["schemes"][spec] = stage_result(ctx, f"student-{spec}", student, data, out, t0)
         del student
 
     results["wall_seconds"] = time.time() - t_start
     # CPU time of all threads of all processes (summed over the ranks)
-    results["cpu_seconds"] = float(rt.all_reduce_sum(torch.tensor([time.process_time() - cpu_start],
-                                                                  dtype=torch.float64))[0])
-    results["world_size"] = rt.world_size
-    if rt.is_main:
+    results["cpu_seconds"] = float(D.all_reduce_sum(torch.tensor([time.process_time() - cpu_start],
+                                                                 dtype=torch.float64))[0])
+    results["world_size"] = world
+    if D.is_main():
         tmp = os.path.join(cfg.run.out_dir, "results.json.tmp")
         with open(tmp, "w") as f:
             json.dump(results, f, indent=2)
@@ -654,44 +405,29 @@ def run(cfg: Config, rt: Optional[Runtime] = None) -> dict:
     return results
 
 
-def results_table(results: dict) -> str:
-    """A Markdown table of the test metrics: reference rows, then the schemes with deltas vs. baseline."""
-    head = "| scheme | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " | time (s) |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 2)]
-    for name, r in results["stages"].items():
-        lines.append(f"| {name} (stage 1) | " + " | ".join(f"{r['test'][m]:.2f}" for m in METRICS)
-                     + f" | {r['seconds']:.0f} |")
-    base = results["schemes"].get("baseline")
-    for name, r in results["schemes"].items():
-        cells = []
-        for m in METRICS:
-            v = r["test"][m]
-            cells.append(f"{v:.2f}" if base is None or name == "baseline" else f"{v:.2f} ({v - base['test'][m]:+.2f})")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
 def main(argv: Optional[List[str]] = None) -> int:
-    """The command line; under ``torchrun`` every rank runs it and rank 0 alone prints the table."""
-    rt = None
+    """The command line; under ``torchrun`` every rank runs it and rank 0 alone prints the table.
+
+    Returns the exit code: 0 done, 2 bad settings or data files (``error: ...`` on stderr),
+    3 halted by ``--halt_after_steps``.
+    """
     try:
         cfg = parse_args(argv)
-        rt = make_runtime(cfg)
-        results = run(cfg, rt)
+        results = run(cfg)
+        is_main = D.is_main()  # asked before cleanup() leaves the process group
     except Halted as e:
-        if rt is None or rt.is_main:
+        if D.is_main():
             print(str(e), file=sys.stderr)
         return 3
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        if rt is not None:
-            rt.close()
-    if not rt.is_main:
+        D.cleanup()
+    if not is_main:
         return 0
     deltas = "; deltas vs. baseline" if "baseline" in results["schemes"] else ""
     print(f"\ntest metrics (%) on the full answer sets{deltas}; "

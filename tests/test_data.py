@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from radi_fast.data import (EpochSampler, FeatureStore, SyntheticConfig, VideoQACollate, load_frozenbilm,
-                            make_synthetic, sample_frames)
+from radi_fast.data import EpochSampler, VideoQACollate
+from radi_fast.frozenbilm import FeatureStore, load_frozenbilm, sample_frames
+from radi_fast.synthetic import SyntheticConfig, make_synthetic
 
 SMALL = SyntheticConfig(n_train=120, n_val=40, n_test=40, n_answers=200)
 

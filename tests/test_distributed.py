@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler
 
 from radi_fast import distributed as D
 from radi_fast import train as T
+from radi_fast.config import config_from_dict
 from radi_fast.data import EpochSampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,7 +123,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path):
     """
     common = dict(dropout=0.0, schemes="baseline,kd,ctkd,radi_p")
     two = torchrun(tmp_path, tmp_path / "two", batch_size=8, **common)
-    single = T.run(T.config_from_dict({**TINY, **common, "batch_size": 16, "out_dir": str(tmp_path / "one")}))
+    single = T.run(config_from_dict({**TINY, **common, "batch_size": 16, "out_dir": str(tmp_path / "one")}))
     out = finish(two).stdout
     assert out.count("| scheme |") == 1 and out.count("[teacher] epoch 1/2") == 1  # rank 0 alone prints
     double = json.loads((tmp_path / "two" / "results.json").read_text())
@@ -165,7 +166,7 @@ def test_halted_then_resumed_two_process_run_is_exact(tmp_path):
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # each rank its own stream
     # one process may reuse the finished teacher, but not continue a stage that 2 processes began
     with pytest.raises(ValueError, match="written by 2 process"):
-        T.run(T.config_from_dict({**TINY, **common, "resume": True, "out_dir": str(tmp_path / "halted")}))
+        T.run(config_from_dict({**TINY, **common, "resume": True, "out_dir": str(tmp_path / "halted")}))
     forked_run(tmp_path, tmp_path / "halted", resume=True, **common)
 
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
@@ -207,7 +208,11 @@ def test_single_process_is_not_distributed(monkeypatch):
     assert not D.launched() and not D.is_initialized()
     assert (D.rank(), D.world_size(), D.is_main()) == (0, 1, True)
     t = torch.ones(3)
-    assert D.all_reduce_sum(t) is t and D.all_gather_object(5) == [5]
+    assert D.all_reduce_sum(t) is t and D.all_gather_object(5) == [5] and D.mean_over_ranks(0.1) == 0.1
     D.barrier()
-    assert type(T.make_runtime(T.Config())) is T.Runtime
+    assert D.init("cpu") == torch.device("cpu") and not D.is_initialized()
+    model, p = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.ones(1))
+    p.grad = torch.full((1,), 3.0)
+    D.average_grads([p])
+    assert D.wrap_model(model, torch.device("cpu")) is model and p.grad.item() == 3.0
     assert D.backend_for(torch.device("cpu")) == "gloo" and D.backend_for(torch.device("cuda", 0)) == "nccl"

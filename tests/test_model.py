@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from radi_fast.data import SyntheticConfig, VideoQACollate, make_synthetic
+from radi_fast.data import VideoQACollate
 from radi_fast.model import ModelConfig, RadiModel, VideoQATransformer, build_model
+from radi_fast.synthetic import SyntheticConfig, make_synthetic
 
 
 @pytest.fixture(scope="module")

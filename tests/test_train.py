@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from radi_fast import train as T
+from radi_fast.checkpoint import load_checkpoint, save_checkpoint
+from radi_fast.config import Config, config_from_dict, parse_args, resolve_auto
 from radi_fast.schemes import SCHEMES, SchemeConfig, build_scheme
 
 TINY = {"n_train": 64, "n_val": 32, "n_test": 32, "n_answers": 120, "d_model": 16, "n_layers": 2, "n_heads": 2,
@@ -16,7 +18,7 @@ TINY = {"n_train": 64, "n_val": 32, "n_test": 32, "n_answers": 120, "d_model": 1
 
 
 def tiny(tmp_path, **kw):
-    return T.config_from_dict({**TINY, "out_dir": str(tmp_path), **kw})
+    return config_from_dict({**TINY, "out_dir": str(tmp_path), **kw})
 
 
 # ------------------------------------------------------------------ end to end
@@ -94,7 +96,7 @@ def test_resume_with_other_settings_fails_clearly(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "ck.pt")
-    T.save_checkpoint(path, {"v": 1})
+    save_checkpoint(path, {"v": 1})
     assert os.listdir(tmp_path) == ["ck.pt"]
 
     def crash(obj, f, *a, **k):
@@ -104,12 +106,12 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
-        T.save_checkpoint(path, {"v": 2})
+        save_checkpoint(path, {"v": 2})
     monkeypatch.undo()
-    assert T.load_checkpoint(path) == {"v": 1}  # the old checkpoint is intact
+    assert load_checkpoint(path) == {"v": 1}  # the old checkpoint is intact
     (tmp_path / "bad.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.pt"):
-        T.load_checkpoint(str(tmp_path / "bad.pt"))
+        load_checkpoint(str(tmp_path / "bad.pt"))
 
 
 # ------------------------------------------------------------------ configuration and errors
@@ -120,23 +122,23 @@ def _write(path, obj):
 
 def test_config_file_and_flags(tmp_path):
     f = _write(tmp_path / "c.json", {"optim": {"lr": 0.01, "batch_size": 8}, "margin_mode": "uniform"})
-    cfg = T.parse_args(["--config", f, "--batch_size", "16", "--no-progress"])
+    cfg = parse_args(["--config", f, "--batch_size", "16", "--no-progress"])
     assert cfg.optim.lr == 0.01 and cfg.optim.batch_size == 16 and cfg.scheme.margin_mode == "uniform"
     assert cfg.run.progress is False
     with pytest.raises(ValueError, match="unknown setting 'bogus'"):
-        T.parse_args(["--config", _write(tmp_path / "b.json", {"bogus": 1})])
+        parse_args(["--config", _write(tmp_path / "b.json", {"bogus": 1})])
     with pytest.raises(ValueError, match="'lr' must be float"):
-        T.parse_args(["--config", _write(tmp_path / "b.json", {"lr": "fast"})])
+        parse_args(["--config", _write(tmp_path / "b.json", {"lr": "fast"})])
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json: not valid JSON"):
-        T.parse_args(["--config", str(tmp_path / "bad.json")])
+        parse_args(["--config", str(tmp_path / "bad.json")])
     with pytest.raises(FileNotFoundError, match="nope.json"):
-        T.parse_args(["--config", str(tmp_path / "nope.json")])
+        parse_args(["--config", str(tmp_path / "nope.json")])
 
 
 def test_help_lists_the_flags(capsys):
     with pytest.raises(SystemExit) as e:
-        T.parse_args(["--help"])
+        parse_args(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--schemes", "--student_init", "--precision", "--resume", "--margin_mode", "--sampling",
@@ -145,11 +147,11 @@ def test_help_lists_the_flags(capsys):
 
 
 def test_auto_defaults():
-    cfg = T.resolve_auto(T.Config())
+    cfg = resolve_auto(Config())
     assert cfg.optim.lr == 2e-3 and cfg.scheme.top_k == 100
-    real = T.Config()
+    real = Config()
     real.data.dataset = "ivqa"
-    real = T.resolve_auto(real)
+    real = resolve_auto(real)
     assert real.optim.lr == 5e-5 and real.scheme.top_k == 2500
 
 
