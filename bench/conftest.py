@@ -1,7 +1,7 @@
 """pytest hooks of the benchmark suite: ``pytest bench/ --benchmark-only``.
 
-Benchmarks live in ``bench/test_bench_*.py`` (RADI-P, Sinkhorn, uncertainty, RADI-L, training
-step) and ``bench/bench_*.py`` (the sampler). A plain ``pytest`` run that reaches this folder collects them but skips them, so
+Benchmarks live in ``bench/test_bench_*.py`` (RADI-P, Sinkhorn, uncertainty, RADI-L, sampler,
+training step). A plain ``pytest`` run that reaches this folder collects them but skips them, so
 the test suite never spends minutes timing things. Measurement, machine facts and the results
 file are in ``harness.py``; this file wires them into the session: the ``bench_run`` fixture,
 the thread setting at start, the results file at the end.
@@ -30,20 +30,12 @@ def bench_run(benchmark):
 
 
 # ----------------------------------------------------------------------------- collection
-def pytest_collect_file(file_path, parent):
-    # bench_*.py files (the sampler benchmark); files named on the command line are collected by pytest itself
-    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
-            and not parent.session.isinitpath(file_path)):
-        return pytest.Module.from_parent(parent, path=file_path)
-    return None
-
-
 def pytest_collection_modifyitems(config, items):
     if config.getoption("benchmark_only", default=False):
         return
     skip = pytest.mark.skip(reason="benchmark: run with pytest bench/ --benchmark-only")
     for item in items:
-        if item.path.name.startswith("bench_") or item.path.name.startswith("test_bench_"):
+        if item.path.name.startswith("test_bench_"):
             item.add_marker(skip)
 
 

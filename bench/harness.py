@@ -280,7 +280,7 @@ def record(bench) -> Dict[str, Any]:
         "median_s": s.median, "min_s": s.min, "mean_s": s.mean, "stddev_s": s.stddev, "iqr_s": s.iqr,
         "rounds": s.rounds, **extra,
     }
-    if "case" not in rec:  # the sampler benchmark (bench_sampler.py) does not use run_benchmark
+    if "case" not in rec:  # the sampler benchmark (test_bench_sampler.py) does not use run_benchmark
         p = rec["params"]
         rec.update(case="sampler", provider=p.get("provider"), B=p.get("b"), K=p.get("n"),
                    device=p.get("device", "cpu"), T=None)

@@ -29,7 +29,7 @@ CASE_TITLES = OrderedDict([
     ("sinkhorn", "Sinkhorn (Algorithm 1) alone"),
     ("uncertainty", "Pairwise uncertainty (eq. 5) alone"),
     ("radi_l", "RADI-L forward + backward, per listwise loss"),
-    ("sampler", "Partial-list sampler (bench_sampler.py)"),
+    ("sampler", "Partial-list sampler (test_bench_sampler.py)"),
     ("train_step", "Training step of the built-in model (Table 4 analogue)"),
 ])
 PROVIDER_ORDER = ["radi_fast", "op", "literal", "dense", "dense_compiled", "pot", "geomloss", "geomloss_keops",
