@@ -127,7 +127,8 @@ def fmt_bytes(n: float) -> str:
 
 # ----------------------------------------------------------------------------- sizes
 SIZES = {
-    # mode -> batch sizes and answer-set sizes (issue 6: K in {256, 512, 1024, 2500, 4096}, B in {1, 8, 32})
+    # mode -> batch sizes B and answer-set sizes K: full = the grid of the performance targets (GPU), cpu = what
+    # a 2-core CPU runs in minutes, tiny = a smoke run
     "full": {"B": [1, 8, 32], "K": [256, 512, 1024, 2500, 4096]},
     "cpu": {"B": [1, 4], "K": [256, 1024, 2500]},
     "tiny": {"B": [1, 2], "K": [64, 128]},

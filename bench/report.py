@@ -206,7 +206,7 @@ def train_step_table(doc: dict) -> List[str]:
 
 
 def headline(doc: dict) -> List[str]:
-    """The issue's targets at the headline shape: B = 4 (CPU) or the largest B, K = 2500."""
+    """The performance targets at the headline shape: B = 4 (CPU) or the largest B, K = 2500."""
     res = doc["results"]
     cpu = doc["machine"].get("device_type") == "cpu"
     pp = by_shape(res, "radi_p")
@@ -266,7 +266,7 @@ def headline(doc: dict) -> List[str]:
                           f"{'met' if worst >= 1 else 'NOT met'} (POT / radi_fast, worst over the lam settings: "
                           f"{fmt_ratio(worst)} wall)")
         if checks:
-            lines += ["", "Issue 6 targets on CPU: " + "; ".join(checks) + "."]
+            lines += ["", "CPU performance targets: " + "; ".join(checks) + "."]
     return lines
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of the partial-list sampler (RADI-L, sec. 3.3; issue 4).
+"""Benchmark of the partial-list sampler (RADI-L, sec. 3.3): the compiled op against PyTorch.
 
 Run:  pytest bench/ --benchmark-only            (or: pytest bench/test_bench_sampler.py --benchmark-only)
 

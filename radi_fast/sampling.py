@@ -109,7 +109,7 @@ def rank_log_probs(n_remaining: int, scheme: str, alpha: float, *, dtype: torch.
     return torch.log_softmax(log_w, dim=0) if n_remaining else log_w
 
 
-# The name used in the issue brief; the values are log-probabilities, not weights.
+# Alias under the sampler specification's name; the values are log-probabilities, not weights.
 rank_weights = rank_log_probs
 
 
