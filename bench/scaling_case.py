@@ -1,4 +1,4 @@
-"""Issue 2's scaling case: RADI-P forward + backward at B = 32, T = 10, K = 2500 on the CPU path.
+"""The CPU scaling case: RADI-P forward + backward at B = 32, T = 10, K = 2500 on the CPU path.
 
 Prints the loss, the wall time and the process's peak resident memory before and after the call
 (``ru_maxrss``), i.e. what the blockwise path adds on top of its inputs.

@@ -1,6 +1,6 @@
 """RADI-L forward + backward for each listwise loss: teacher scores [B, N = K], hot 100, cold 10,
 Zipf sampling (alpha 1), the paper's defaults; radi_fast vs the literal reference on the same
-sub-lists (the draw is inside both timed functions). The sampler alone is ``bench_sampler.py``."""
+sub-lists (the draw is inside both timed functions). The sampler alone is ``test_bench_sampler.py``."""
 import pytest
 
 import providers as P

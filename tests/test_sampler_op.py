@@ -1,4 +1,4 @@
-"""The compiled partial-list sampler ``torch.ops.radi_fast.partial_list`` (csrc/, issue 4).
+"""The compiled partial-list sampler ``torch.ops.radi_fast.partial_list`` (csrc/).
 
 Exactness: Philox known-answer vectors, the uniforms and keys against an independent Python
 implementation, and the cold list equal to the exact top-k of the keys (this checks the CPU

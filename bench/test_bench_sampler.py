@@ -1,6 +1,6 @@
-"""Benchmark of the partial-list sampler (RADI-L, sec. 3.3; issue 4).
+"""Benchmark of the partial-list sampler (RADI-L, sec. 3.3): the compiled op against PyTorch.
 
-Run:  pytest bench/ --benchmark-only            (or: pytest bench/bench_sampler.py --benchmark-only)
+Run:  pytest bench/ --benchmark-only            (or: pytest bench/test_bench_sampler.py --benchmark-only)
 
 Providers, on identical teacher scores [B, N] (fp32), hot = 100, cold = 10, Zipf alpha = 1
 (the paper's defaults), every one producing the same [B, hot + cold] sub-list contract:
