@@ -426,7 +426,7 @@ def _sinkhorn_radi_fast(inp: Inputs):
         from radi_fast.ops.pairwise_triton import sinkhorn_log_potentials_triton
 
         def run_triton():
-            f, g, _, _ = sinkhorn_log_potentials_triton(t["mc"], None, s["lam"], top_k=inp.K, max_iter=s["n_iter"],
+            f, g, _, _, _ = sinkhorn_log_potentials_triton(t["mc"], None, s["lam"], top_k=inp.K, max_iter=s["n_iter"],
                                                         tol=0.0)
             sync(inp.dev)
             return f, g
@@ -435,7 +435,7 @@ def _sinkhorn_radi_fast(inp: Inputs):
     p = t["problem"]
 
     def run():
-        out = solve_sinkhorn(p, s["n_iter"], 0.0)  # the CPU path, batch chunked as the loss does
+        out = solve_sinkhorn(p, s["n_iter"], 0.0)[:2]  # the CPU path, batch chunked as the loss does
         sync(inp.dev)
         return out
 

@@ -7,6 +7,9 @@ DEFAULT_TOL = 1e-5
 UNCERTAINTY_EPS = 1e-6  # W = 1 / (U + eps) in the "uncertainty" margin mode
 MARGIN_MODES = ("ot", "uniform", "random", "uncertainty")
 PAIRWISE_BACKENDS = ("auto", "torch", "triton")
+# Sinkhorn schemes (docs/sinkhorn.md); "auto": "plain" with lam="auto" (a handful of iterations
+# there) or tol=0 (a fixed budget of Algorithm 1), else "anderson"
+SINKHORN_SCHEMES = ("auto", "plain", "overrelaxed", "anderson", "scaling")
 
 # RADI-L
 SAMPLING_SCHEMES = ("zipf", "exp", "random")

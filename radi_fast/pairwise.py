@@ -8,13 +8,13 @@ docs/design.md and the README's "Math choices".
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from ._backend import resolve_backend
-from ._constants import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_TOP_K, MARGIN_MODES
+from ._constants import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_TOP_K, MARGIN_MODES, SINKHORN_SCHEMES
 from ._random import draw_seed
 from ._validation import (
     check_choice,
@@ -51,12 +51,30 @@ def validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, 
     return check_lengths(lengths, teacher_mc_logits.shape[0], teacher_mc_logits.shape[2])
 
 
-def validate_sinkhorn_args(lam, max_iter, tol) -> Optional[float]:
-    """``lam`` ("auto" -> None, else > 0), ``max_iter >= 1``, ``tol >= 0``."""
+def validate_sinkhorn_args(lam, max_iter, tol, sinkhorn: str = "auto") -> Optional[float]:
+    """``lam`` ("auto" -> None, else > 0), ``max_iter >= 1``, ``tol >= 0``, ``sinkhorn`` a scheme."""
     lam_value = check_lam(lam)
     check_int(max_iter, "max_iter", minimum=1)
     check_positive(tol, "tol", allow_zero=True)
+    check_choice(sinkhorn, "sinkhorn", SINKHORN_SCHEMES)
     return lam_value
+
+
+def resolve_sinkhorn(sinkhorn: str, lam_value: Optional[float], tol: float) -> str:
+    """"auto": Algorithm 1 as written with lam="auto" (it converges in a handful of iterations
+    there) or a fixed budget (``tol = 0``: the result is that of ``max_iter`` iterations of
+    Algorithm 1), else Anderson acceleration; any other scheme as given."""
+    if sinkhorn != "auto":
+        return sinkhorn
+    return "plain" if lam_value is None or tol == 0 else "anderson"
+
+
+class SinkhornInfo(NamedTuple):
+    """Per sample: Sinkhorn ``iterations`` [B] (int64) and ``marginal_error`` [B], the L-infinity
+    error of W's row and column sums against 1 at the end (None where not computed)."""
+
+    iterations: torch.Tensor
+    marginal_error: Optional[torch.Tensor] = None
 
 
 def pairwise_uncertainty(mc_logits: torch.Tensor) -> torch.Tensor:
@@ -70,16 +88,20 @@ def pairwise_uncertainty(mc_logits: torch.Tensor) -> torch.Tensor:
 
 
 def sinkhorn_margin_weights(mc_logits: torch.Tensor, lam="auto", max_iter: int = DEFAULT_MAX_ITER,
-                            tol: float = DEFAULT_TOL) -> torch.Tensor:
+                            tol: float = DEFAULT_TOL, *, sinkhorn: str = "auto", return_info: bool = False):
     """Algorithm 1 on the uncertainty of ``mc_logits`` [B, T, K] -> W [B, K, K], dense.
 
     ``W = diag(u) exp(-U/lam) diag(v)`` with the diagonal excluded, scaled to ones marginals.
     ``lam``: a positive float or "auto" (per sample, the mean off-diagonal U). Stops when
-    ``max |log v_t - log v_{t-1}| <= tol`` or after ``max_iter`` iterations.
+    ``max |log v_t - log v_{t-1}| <= tol`` or after ``max_iter`` iterations. ``sinkhorn``: "auto",
+    "plain", "overrelaxed", "anderson" or "scaling" (docs/sinkhorn.md; the same W to the
+    tolerance). ``return_info``: return ``(W, SinkhornInfo)``.
     """
     validate_pairwise_inputs(None, mc_logits, None, None, name_mc="mc_logits")
-    lam_value = validate_sinkhorn_args(lam, max_iter, tol)
-    return pairwise_cpu.sinkhorn_weights_dense(mc_logits, lam_value, max_iter, tol)
+    lam_value = validate_sinkhorn_args(lam, max_iter, tol, sinkhorn)
+    W, iterations, error = pairwise_cpu.sinkhorn_weights_dense(mc_logits, lam_value, max_iter, tol,
+                                                               resolve_sinkhorn(sinkhorn, lam_value, tol))
+    return (W, SinkhornInfo(iterations, error)) if return_info else W
 
 
 def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
@@ -87,7 +109,7 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
                        lam="auto", top_k: int = DEFAULT_TOP_K, max_iter: int = DEFAULT_MAX_ITER,
                        tol: float = DEFAULT_TOL, reduction: str = "mean", *,
                        generator: Optional[torch.Generator] = None, lengths: Optional[torch.Tensor] = None,
-                       backend: Optional[str] = None) -> torch.Tensor:
+                       backend: Optional[str] = None, sinkhorn: str = "auto", return_info: bool = False):
     """RADI-P: eq. 4 with the soft margins ``M = margin * W``.
 
     Args:
@@ -104,8 +126,11 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
         lengths: optional [B] numbers of valid answers (the rest of each row is padding).
         backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton";
             default from ``RADI_FAST_BACKEND``.
+        sinkhorn: the Sinkhorn scheme, "auto" (plain with lam="auto" or tol=0, else Anderson),
+            "plain", "overrelaxed", "anderson" or "scaling" (docs/sinkhorn.md).
+        return_info: also return a :class:`SinkhornInfo` (iterations per sample).
 
-    Returns the loss in fp32 (fp64 for fp64 inputs). Per sample, the sum of the hinges over the
+    Returns the loss in fp32 (fp64 for fp64 inputs), or ``(loss, SinkhornInfo)``. Per sample, the sum of the hinges over the
     teacher-ordered pairs divided by their number ``|R_p|`` (0 without such a pair); rows of W
     sum to 1, so the average OT margin is ``margin / (K - 1)``.
 
@@ -114,7 +139,7 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
     lengths = validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths)
     margin = check_positive(margin, "margin", allow_zero=True)
     check_choice(margin_mode, "margin_mode", MARGIN_MODES)
-    lam_value = validate_sinkhorn_args(lam, max_iter, tol)
+    lam_value = validate_sinkhorn_args(lam, max_iter, tol, sinkhorn)
     check_int(top_k, "top_k", minimum=1)
     check_reduction(reduction)
     seed = draw_seed(generator) if margin_mode == "random" else 0
@@ -124,9 +149,11 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
         op = pairwise_triton.pairwise_loss_op
     else:
         op = pairwise_cpu.pairwise_loss_op
-    per_sample, _ = op(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode, lam_value,
-                       top_k, max_iter, float(tol), seed)
-    return reduce(per_sample, reduction)
+    scheme = resolve_sinkhorn(sinkhorn, lam_value, tol)
+    per_sample, _, iterations = op(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode,
+                                   lam_value, top_k, max_iter, float(tol), seed, scheme)
+    loss = reduce(per_sample, reduction)
+    return (loss, SinkhornInfo(iterations)) if return_info else loss
 
 
 class RadiPairwiseLoss(nn.Module):
@@ -134,19 +161,20 @@ class RadiPairwiseLoss(nn.Module):
 
     def __init__(self, margin: float = 1.0, margin_mode: str = "ot", lam="auto", top_k: int = DEFAULT_TOP_K,
                  max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL, reduction: str = "mean",
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, sinkhorn: str = "auto"):
         super().__init__()
         check_choice(margin_mode, "margin_mode", MARGIN_MODES)
         check_reduction(reduction)
-        validate_sinkhorn_args(lam, max_iter, tol)
+        validate_sinkhorn_args(lam, max_iter, tol, sinkhorn)
         self.margin, self.margin_mode, self.lam, self.top_k = margin, margin_mode, lam, top_k
         self.max_iter, self.tol, self.reduction, self.backend = max_iter, tol, reduction, backend
+        self.sinkhorn = sinkhorn
 
     def forward(self, student_logits, teacher_mc_logits, teacher_logits=None, *, generator=None, lengths=None):
         return radi_pairwise_loss(student_logits, teacher_mc_logits, teacher_logits, self.margin, self.margin_mode,
                                   self.lam, self.top_k, self.max_iter, self.tol, self.reduction,
-                                  generator=generator, lengths=lengths, backend=self.backend)
+                                  generator=generator, lengths=lengths, backend=self.backend, sinkhorn=self.sinkhorn)
 
     def extra_repr(self) -> str:
         return (f"margin={self.margin}, margin_mode={self.margin_mode!r}, lam={self.lam!r}, top_k={self.top_k}, "
-                f"max_iter={self.max_iter}, tol={self.tol}, reduction={self.reduction!r}")
+                f"max_iter={self.max_iter}, tol={self.tol}, reduction={self.reduction!r}, sinkhorn={self.sinkhorn!r}")

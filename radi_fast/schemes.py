@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._constants import DEFAULT_TOP_K
 from .classification import classification_loss
 from .listwise import radi_listwise_loss
 from .pairwise import radi_pairwise_loss
@@ -65,6 +66,9 @@ class SchemeConfig:
     margin: float = field(default=10.0, metadata={"help": "RADI-P margin m (paper searches 0.1, 1, 10)"})
     margin_mode: str = field(default="ot", metadata={"help": "ot | uniform | random | uncertainty"})
     lam: str = field(default="auto", metadata={"help": 'Sinkhorn smoothing: "auto" or a number'})
+    sinkhorn: str = field(default="auto", metadata={"help": (
+        "Sinkhorn scheme: auto (plain with lam=auto or tol 0, else anderson) | plain | overrelaxed | anderson | "
+        "scaling")})
     top_k: int = field(default=0, metadata={"help": (
         "RADI-P keeps the teacher's top-k answers; 0 = auto: the paper's 2500, 100 on the synthetic benchmark")})
     sinkhorn_iters: int = field(default=100, metadata={"help": "RADI-P: at most this many Sinkhorn iterations"})
@@ -110,6 +114,11 @@ class Scheme:
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         pass
+
+    def epoch_summary(self) -> Dict[str, float]:
+        """Statistics of the epoch so far that the trainer logs and records (e.g. RADI-P's mean
+        Sinkhorn iterations); empty for most schemes."""
+        return {}
 
     def to(self, device) -> "Scheme":
         return self
@@ -265,13 +274,33 @@ class RadiP(Scheme):
     def mc_samples(self):
         return self.cfg.mc_samples
 
+    def __init__(self, cfg: SchemeConfig, spec: Optional[str] = None):
+        super().__init__(cfg, spec)
+        self.iterations = [0.0, 0]  # Sinkhorn iterations summed over the epoch's samples, samples
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self.iterations = [0.0, 0]
+
+    def epoch_summary(self) -> Dict[str, float]:
+        total, samples = self.iterations
+        return {"sinkhorn_iterations": total / samples} if samples and self.cfg.margin_mode == "ot" else {}
+
+    def state_dict(self) -> dict:
+        return {"iterations": list(self.iterations)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iterations = list(state.get("iterations", [0.0, 0]))
+
     def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
         c = self.cfg
         lam = c.lam if c.lam == "auto" else float(c.lam)
-        rank = radi_pairwise_loss(logits, teacher_mc, teacher_logits, margin=c.margin, margin_mode=c.margin_mode,
-                                  lam=lam, top_k=c.top_k or 2500, max_iter=c.sinkhorn_iters, tol=c.sinkhorn_tol,
-                                  generator=generator)
-        return c.radi_p_alpha * rank, {"rank": rank.detach()}
+        rank, info = radi_pairwise_loss(logits, teacher_mc, teacher_logits, margin=c.margin,
+                                        margin_mode=c.margin_mode, lam=lam, top_k=c.top_k or DEFAULT_TOP_K,
+                                        max_iter=c.sinkhorn_iters, tol=c.sinkhorn_tol, generator=generator,
+                                        sinkhorn=c.sinkhorn, return_info=True)
+        iterations = info.iterations.double()
+        self.iterations = [self.iterations[0] + float(iterations.sum()), self.iterations[1] + iterations.numel()]
+        return c.radi_p_alpha * rank, {"rank": rank.detach(), "sinkhorn_iterations": iterations.mean()}
 
 
 class RadiL(Scheme):

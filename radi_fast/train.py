@@ -245,8 +245,11 @@ def end_epoch(ctx: RunContext, st: Stage, t0: float) -> None:
     val = evaluate(st.model, st.data.val, st.data.n_answers, ctx.cfg, ctx.device)
     st.loss_sum = D.mean_over_ranks(st.loss_sum)  # so that train_loss is the mean global-batch loss
     train_loss = st.loss_sum / max(st.n_loss, 1)
-    st.history.append({"epoch": st.epoch + 1, "train_loss": train_loss, "val": val, "seconds": time.time() - t0})
-    log(f"[{st.name}] epoch {st.epoch + 1}/{st.epochs}  loss {train_loss:.4f}  val {fmt_metrics(val)}"
+    summary = st.scheme.epoch_summary()  # e.g. RADI-P's mean Sinkhorn iterations
+    st.history.append({"epoch": st.epoch + 1, "train_loss": train_loss, "val": val, **summary,
+                       "seconds": time.time() - t0})
+    extra = "".join(f"  {k} {v:.3g}" for k, v in summary.items())
+    log(f"[{st.name}] epoch {st.epoch + 1}/{st.epochs}  loss {train_loss:.4f}  val {fmt_metrics(val)}{extra}"
         f"  ({time.time() - t0:.1f}s)")
     st.epoch, st.batch = st.epoch + 1, 0
 

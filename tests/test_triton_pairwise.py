@@ -194,7 +194,7 @@ def test_sinkhorn_potentials_and_per_sample_freezing_match_cpu():
     for every in (1, 4):
         cfg = PT.default_config(DEVICE == "cpu", torch.float64)
         cfg = replace(cfg, check_every=every)
-        f, g, order, launched = PT.sinkhorn_log_potentials_triton(mc, None, None, 2500, 100, 1e-5, lengths, cfg)
+        f, g, order, launched, _ = PT.sinkhorn_log_potentials_triton(mc, None, None, 2500, 100, 1e-5, lengths, cfg)
         f, g, order = f.cpu(), g.cpu(), order.cpu()
         assert torch.equal(order, p.answer_ids)
         valid = p.valid
@@ -205,7 +205,7 @@ def test_sinkhorn_potentials_and_per_sample_freezing_match_cpu():
 
 def test_sinkhorn_weights_doubly_stochastic_fp32():
     _, mc, _ = make_inputs(1, 5, 257, seed=6)
-    f, g, order, _ = PT.sinkhorn_log_potentials_triton(mc, tol=1e-6)
+    f, g, order, _, _ = PT.sinkhorn_log_potentials_triton(mc, tol=1e-6)
     f, g, order = f.cpu(), g.cpu(), order.cpu()
     U = R.pairwise_uncertainty_literal(mc[0].double().cpu()[:, order[0]])
     lam = R.auto_lam_literal(U)
@@ -308,7 +308,7 @@ def test_no_k_by_k_tensor_in_the_triton_path():
 def op_args(mode="uniform", dtype=torch.float32, requires_grad=True):
     student, mc, _ = make_inputs(2, 5, 37, dtype=dtype, seed=23)
     lengths = torch.tensor([37, 20], device=DEVICE)
-    return (student.requires_grad_(requires_grad), mc, None, lengths, 1.0, mode, None, 2500, 20, 1e-5, 7)
+    return (student.requires_grad_(requires_grad), mc, None, lengths, 1.0, mode, None, 2500, 20, 1e-5, 7, "plain")
 
 
 def test_opcheck_registered_op():
@@ -331,7 +331,7 @@ def test_torch_compile_step():
 
     def step_op(x):  # the op alone traces without a graph break
         scores = model(x)
-        return PT.pairwise_loss_op(scores, mc, None, None, 1.0, "ot", None, 2500, 100, 1e-5, 0)[0].mean()
+        return PT.pairwise_loss_op(scores, mc, None, None, 1.0, "ot", None, 2500, 100, 1e-5, 0, "plain")[0].mean()
 
     eager = step(feats)
     (g_eager,) = torch.autograd.grad(eager, model.weight)

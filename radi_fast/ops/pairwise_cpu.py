@@ -15,19 +15,13 @@ import torch
 
 from .._constants import UNCERTAINTY_EPS
 from .._random import pair_uniform
-from .autograd import register_precomputed_gradient
+from .autograd import fake_outputs, register_precomputed_gradient
+from .sinkhorn_cpu import CPU_ROW_BLOCK_ELEMENTS, SinkhornSolution, chunks, mean_offdiagonal_uncertainty, solve_chunk
 from .teacher import compute_dtype, negligible_uncertainty, teacher_top_k, tie_groups
 
 # Elements of the materialised K x K kernel of a chunk of samples (32 MB in fp32): samples go
 # through Sinkhorn in chunks that fit (at least one sample per chunk).
 CPU_BLOCK_ELEMENTS = 1 << 23
-# Elements of each [samples, rows, K] temporary of the hinge pass (4 MB in fp32).
-CPU_ROW_BLOCK_ELEMENTS = 1 << 20
-# Elements of the row blocks in which the kernel is built and exponentiated (1 MB in fp32).
-CPU_FUSED_BLOCK_ELEMENTS = 1 << 18
-# Largest cost U/lam for which the plain-domain Sinkhorn (matrix-vector products with a
-# materialised exp(-U/lam)) is exact to rounding; beyond it the log domain takes over.
-PLAIN_DOMAIN_MAX_COST = {torch.float32: 30.0, torch.float64: 300.0}
 OP_NAME = "radi_fast::pairwise_loss_cpu"
 
 
@@ -61,10 +55,7 @@ def auto_lam_from_points(points: torch.Tensor, sq: torch.Tensor, n_valid: torch.
 
     A mean at the level of rounding noise (identical MC passes) counts as no uncertainty: lam = 1.
     """
-    T = points.shape[2]
-    k = n_valid.to(points.dtype)
-    total = (2 * k * sq.sum(1) - 2 * (points.sum(1) ** 2).sum(1)) / T
-    mean_off = total / (k * (k - 1)).clamp(min=1)
+    mean_off = mean_offdiagonal_uncertainty(points, sq, n_valid)
     meaningful = (n_valid >= 2) & (mean_off > negligible_uncertainty(logit_scale, points.dtype))
     return torch.where(meaningful, mean_off, torch.ones_like(mean_off))
 
@@ -98,127 +89,13 @@ def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice, cols: slice = s
     return U.add_(p.sq[s, None, cols]).clamp_min_(0).div_(p.T)
 
 
-def chunks(total: int, size: int, start: int = 0):
-    for first in range(start, total, max(1, size)):
-        yield slice(first, min(total, first + max(1, size)))
-
-
-@dataclass
-class SinkhornSolution:
-    """Log potentials f = log u, g = log v [b, K] and the chunk's materialised kernel, kept so the
-    loss pass reads ``W_ij = exp(f_i + g_j - U_ij/lam)`` instead of recomputing it.
-
-    The kernel is stored with its rank-one part folded out (docs/design.md): with
-    ``shift_i = s_i / (T lam)``, ``-U_ij/lam = G_ij - shift_i - shift_j`` where
-    ``G_ij = 2 <z_i, z_j> / (T lam)``. ``kernel`` is ``exp(G)`` (plain domain) or ``G`` (log
-    domain), 0 / -inf off the allowed pairs, so ``W_ij = kernel_ij * exp(f_i - shift_i) *
-    exp(g_j - shift_j)`` (plain). ``shift`` None means no folding (``kernel`` is ``exp(-U/lam)``
-    or ``-U/lam``)."""
-
-    f: torch.Tensor
-    g: torch.Tensor
-    kernel: torch.Tensor
-    plain: bool
-    shift: Optional[torch.Tensor] = None
-
-    def folded(self):
-        """The potentials that pair with ``kernel``: ``f - shift``, ``g - shift``."""
-        if self.shift is None:
-            return self.f, self.g
-        return self.f - self.shift, self.g - self.shift
-
-    def weights(self, rows: slice, cols: slice, scale: float = 1.0) -> torch.Tensor:
-        """``scale * W`` for rows and columns, [b, r, c], a fresh tensor (one allocation)."""
-        f, g = self.folded()
-        if self.plain:
-            u, v = torch.exp(f[:, rows, None]), torch.exp(g[:, None, cols])
-            if scale != 1.0:
-                u = u * scale
-            return torch.mul(self.kernel[:, rows, cols], u).mul_(v)
-        W = torch.add(self.kernel[:, rows, cols], f[:, rows, None]).add_(g[:, None, cols]).exp_()
-        return W.mul_(scale) if scale != 1.0 else W
-
-
-def _row_logsumexp(G: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``logsumexp_j(G[b, i, j] + h[b, j])`` [b, K], in row blocks so no [b, K, K] temporary."""
-    b, K, _ = G.shape
-    out = h.new_empty(b, K)
-    block = max(1, CPU_ROW_BLOCK_ELEMENTS // max(1, b * K))
-    for rows in chunks(K, block):
-        out[:, rows] = torch.logsumexp(G[:, rows] + h[:, None, :], dim=2)
-    return out
-
-
 def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s: slice,
-                                out: Optional[torch.Tensor] = None) -> SinkhornSolution:
-    """Algorithm 1 for the samples ``s`` (a chunk whose K x K kernel fits the memory budget).
-
-    The rank-one parts of the cost fold into the potentials (docs/design.md): the chunk's only
-    K x K tensor is ``G = 2 <z_i, z_j> / (T lam)`` (rank-T products), exponentiated in place for
-    the plain domain, with the diagonal and the padding (a suffix of each row) filled in place.
-    When the cost and G are small enough (``max G`` and the bound ``2 max shift - min G`` of
-    ``U/lam`` within ``PLAIN_DOMAIN_MAX_COST``) the plain-domain iteration (two mat-vecs per step,
-    no exp) is exact to rounding; otherwise the log-domain iteration (row-blocked logsumexp)
-    avoids underflow.
-    The kernel is symmetric, so both half-steps are row reductions. Converged samples are
-    frozen, so each sample stops on its own test like the reference. ``out``: optional storage
-    of at least ``b * K * K`` elements for the kernel (reused across chunks: no fresh pages).
-    """
-    pts = p.points[s]
-    b, K, T = pts.shape
-    dtype = pts.dtype
-    scale = p.inv_scale[s].to(dtype) / T  # 1 / (T lam)
-    shift = p.sq[s] * scale[:, None]  # -U/lam = G - shift_i - shift_j
-    zs = pts * torch.sqrt(2 * scale)[:, None, None]
-    zs_t = zs.transpose(1, 2).contiguous()
-    G = pts.new_empty(b, K, K) if out is None else out.view(-1)[: b * K * K].view(b, K, K)
-    limit = PLAIN_DOMAIN_MAX_COST[dtype]
-    # Cauchy-Schwarz: |G_ij| <= 2 sqrt(shift_i shift_j) and U_ij/lam <= 4 max shift. Under that
-    # bound the plain domain is known before G exists: each row block is exponentiated while it
-    # is still in cache. Otherwise the exact max G and max U/lam bound decide.
-    sure_plain = 4 * float(shift.amax()) <= limit if shift.numel() else True
-    if sure_plain:
-        rows_per_block = max(1, CPU_FUSED_BLOCK_ELEMENTS // max(1, K))
-        for i in range(b):
-            for rows in chunks(K, rows_per_block):
-                torch.mm(zs[i, rows], zs_t[i], out=G[i, rows]).exp_()
-        plain = True
-    else:
-        torch.bmm(zs, zs_t, out=G)  # out=: ~3x faster than a fresh result on CPU
-        g_min, g_max = torch.aminmax(G)
-        plain = float(g_max) <= limit and 2 * float(shift.amax()) - float(g_min) <= limit
-        if plain:
-            G.exp_()
-    fill = 0.0 if plain else float("-inf")
-    G.diagonal(dim1=1, dim2=2).fill_(fill)
-    n_valid = p.n_valid[s]
-    for i in torch.nonzero(n_valid < K).flatten().tolist():  # padding: the tail of each row
-        k = int(n_valid[i])
-        G[i, k:, :] = fill
-        G[i, :, k:] = fill
-    has_partner = n_valid >= 2
-    row_ok = p.valid[s] & has_partner[:, None]
-    pinned = -shift  # rows without a partner keep f = g = 0 (folded: -shift)
-    f = pinned.clone()
-    g = pinned.clone()
-    active = has_partner.clone()
-    for _ in range(max_iter):
-        if not bool(active.any()):
-            break
-        # rows without a partner (padding, K_b < 2) would give log(0): pin them before use
-        if plain:  # row vector x kernel (= kernel x column, symmetric): the fast BLAS layout, also batched
-            f_new = torch.bmm(torch.exp(g)[:, None, :], G).squeeze(1).log_().neg_()
-            f_new = torch.where(row_ok, f_new, pinned)
-            g_new = torch.bmm(torch.exp(f_new)[:, None, :], G).squeeze(1).log_().neg_()
-        else:  # f_i = -logsumexp_j(g_j + G_ij)
-            f_new = torch.where(row_ok, _row_logsumexp(G, g).neg_(), pinned)
-            g_new = _row_logsumexp(G, f_new).neg_()
-        g_new = torch.where(row_ok, g_new, pinned)
-        delta = (g_new - g).abs().amax(dim=1)
-        f = torch.where(active[:, None], f_new, f)
-        g = torch.where(active[:, None], g_new, g)
-        active = active & (delta > tol)
-    return SinkhornSolution(f=f + shift, g=g + shift, kernel=G, plain=plain, shift=shift)
+                                out: Optional[torch.Tensor] = None, scheme: str = "plain",
+                                with_error: bool = False) -> SinkhornSolution:
+    """Algorithm 1 (``scheme``: ops/sinkhorn_cpu.py) for the samples ``s``, a chunk whose K x K
+    kernel fits the memory budget; each sample stops on its own test."""
+    return solve_chunk(p.points[s], p.sq[s], p.inv_scale[s], p.n_valid[s], p.valid[s], max_iter, tol, scheme, out,
+                       with_error)
 
 
 def margin_weights_block(p: PairwiseProblem, mode: str, s: slice, rows: slice, cols: slice,
@@ -237,7 +114,7 @@ def margin_weights_block(p: PairwiseProblem, mode: str, s: slice, rows: slice, c
 
 
 def pairwise_hinge_cpu(student: torch.Tensor, p: PairwiseProblem, margin: float, mode: str, max_iter: int,
-                       tol: float, seed: int):
+                       tol: float, seed: int, scheme: str = "plain"):
     """Per-sample eq. 4 losses [B] and their gradient w.r.t. the gathered student scores [B, K].
 
     Forward and backward share one blockwise pass over the upper triangle (the answers are in
@@ -250,6 +127,7 @@ def pairwise_hinge_cpu(student: torch.Tensor, p: PairwiseProblem, margin: float,
     B, K = student.shape
     loss = student.new_zeros(B)
     grad = torch.zeros_like(student)
+    iterations = torch.zeros(B, dtype=torch.int64, device=student.device)
     n_valid = p.n_valid.to(student.device)
     _, tie_end, n_pairs = tie_groups(p.teacher, p.valid, n_valid)
     n_pairs = n_pairs.to(student.dtype)
@@ -259,7 +137,9 @@ def pairwise_hinge_cpu(student: torch.Tensor, p: PairwiseProblem, margin: float,
     sample_chunk = max(1, CPU_BLOCK_ELEMENTS // max(1, K * K))
     workspace = student.new_empty(min(B, sample_chunk) * K * K) if mode == "ot" and B else None
     for s in chunks(B, sample_chunk):
-        solution = sinkhorn_log_potentials_cpu(p, max_iter, tol, s, out=workspace) if mode == "ot" else None
+        solution = sinkhorn_log_potentials_cpu(p, max_iter, tol, s, workspace, scheme) if mode == "ot" else None
+        if solution is not None:
+            iterations[s] = solution.iterations
         row_block = max(1, CPU_ROW_BLOCK_ELEMENTS // max(1, (s.stop - s.start) * K))
         for rows in chunks(K, row_block):
             cols = slice(rows.start + 1, K)  # j > i for every ordered pair of these rows
@@ -284,24 +164,24 @@ def pairwise_hinge_cpu(student: torch.Tensor, p: PairwiseProblem, margin: float,
             grad[s, rows] -= active.sum(dim=2)
             grad[s, cols] += active.sum(dim=1)
     scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))
-    return loss * scale, grad * scale[:, None]
+    return loss * scale, grad * scale[:, None], iterations
 
 
-
-
-def solve_sinkhorn(p: PairwiseProblem, max_iter: int, tol: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Natural-log potentials ``(f, g)`` [B, K] of the whole batch, chunked as the loss chunks it."""
+def solve_sinkhorn(p: PairwiseProblem, max_iter: int, tol: float, scheme: str = "plain",
+                   with_error: bool = False):
+    """Natural-log potentials ``(f, g)`` [B, K] of the whole batch, chunked as the loss chunks it,
+    then ``iterations`` [B] and (``with_error``) the marginal error [B], else None."""
     B, K = p.points.shape[0], p.points.shape[1]
     chunk = max(1, CPU_BLOCK_ELEMENTS // max(1, K * K))
     workspace = p.points.new_empty(min(B, chunk) * K * K) if B else None
-    fs, gs = [], []
-    for s in chunks(B, chunk):
-        solution = sinkhorn_log_potentials_cpu(p, max_iter, tol, s, out=workspace)
-        fs.append(solution.f)
-        gs.append(solution.g)
-    if not fs:
-        return p.sq.clone(), p.sq.clone()
-    return torch.cat(fs), torch.cat(gs)
+    parts = [sinkhorn_log_potentials_cpu(p, max_iter, tol, s, workspace, scheme, with_error) for s in chunks(B, chunk)]
+    if not parts:
+        empty = p.sq.new_zeros(0)
+        return p.sq.clone(), p.sq.clone(), empty.long(), empty if with_error else None
+    f, g = torch.cat([q.f for q in parts]), torch.cat([q.g for q in parts])
+    iterations = torch.cat([q.iterations for q in parts])
+    error = torch.cat([q.marginal_error for q in parts]) if with_error else None
+    return f, g, iterations, error
 
 
 def uncertainty_dense(mc_logits: torch.Tensor) -> torch.Tensor:
@@ -317,47 +197,49 @@ def uncertainty_dense(mc_logits: torch.Tensor) -> torch.Tensor:
     return U
 
 
-def sinkhorn_weights_dense(mc_logits: torch.Tensor, lam: Optional[float], max_iter: int, tol: float) -> torch.Tensor:
+def sinkhorn_weights_dense(mc_logits: torch.Tensor, lam: Optional[float], max_iter: int, tol: float,
+                           scheme: str = "plain"):
     """Algorithm 1's W [B, K, K] on every answer of ``mc_logits`` [B, T, K] in their own order
-    (diagonal 0); ``lam`` None is "auto"."""
+    (diagonal 0), with the iterations [B] and the marginal error [B]; ``lam`` None is "auto"."""
     B, _, K = mc_logits.shape
     tied = torch.zeros(B, K, dtype=mc_logits.dtype, device=mc_logits.device)  # stable sort: identity order
     p = prepare_pairwise(mc_logits, tied, K, lam, None)
-    W = sinkhorn_log_potentials_cpu(p, max_iter, tol, slice(None)).weights(slice(None), slice(None))
+    solution = sinkhorn_log_potentials_cpu(p, max_iter, tol, slice(None), scheme=scheme, with_error=True)
+    W = solution.weights(slice(None), slice(None))
     off_diagonal = ~torch.eye(K, dtype=torch.bool, device=W.device)
-    return torch.where(off_diagonal, W, torch.zeros((), dtype=W.dtype))
+    return torch.where(off_diagonal, W, torch.zeros((), dtype=W.dtype)), solution.iterations, solution.marginal_error
 
 
 # ----------------------------------------------------------------------------- torch.library op
 def pairwise_forward_cpu(student_logits, teacher_mc_logits, teacher_logits, lengths, margin: float, mode: str,
-                         lam: Optional[float], top_k: int, max_iter: int, tol: float,
-                         seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(per-sample losses [B], gradient of each sample's loss w.r.t. ``student_logits`` [B, N])."""
+                         lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
+                         scheme: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-sample losses [B], gradient of each sample's loss w.r.t. ``student_logits`` [B, N],
+    Sinkhorn iterations [B])."""
     problem = prepare_pairwise(teacher_mc_logits, teacher_logits, top_k, lam, lengths)
     dtype = problem.points.dtype
     student = student_logits.detach().to(dtype).gather(1, problem.answer_ids)
-    loss, grad_k = pairwise_hinge_cpu(student, problem, margin, mode, max_iter, tol, seed)
+    loss, grad_k, iterations = pairwise_hinge_cpu(student, problem, margin, mode, max_iter, tol, seed, scheme)
     grad = torch.zeros(student_logits.shape, dtype=dtype, device=student_logits.device)
     grad.scatter_add_(1, problem.answer_ids, grad_k * problem.valid)
-    return loss, grad
+    return loss, grad, iterations
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def pairwise_loss_op(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
                      teacher_logits: Optional[torch.Tensor], lengths: Optional[torch.Tensor], margin: float,
-                     margin_mode: str, lam: Optional[float], top_k: int, max_iter: int, tol: float,
-                     seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """RADI-P per-sample losses [B] and their gradient w.r.t. ``student_logits`` [B, N]."""
+                     margin_mode: str, lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
+                     sinkhorn: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RADI-P per-sample losses [B], their gradient w.r.t. ``student_logits`` [B, N] and the
+    Sinkhorn iterations [B] (int64; 0 for the margin modes without Sinkhorn)."""
     return pairwise_forward_cpu(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode,
-                                lam, top_k, max_iter, tol, seed)
+                                lam, top_k, max_iter, tol, seed, sinkhorn)
 
 
 @pairwise_loss_op.register_fake
 def _pairwise_loss_fake(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode, lam, top_k,
-                        max_iter, tol, seed):
-    dtype = compute_dtype(teacher_mc_logits, teacher_logits)
-    B, N = student_logits.shape
-    return student_logits.new_empty((B,), dtype=dtype), student_logits.new_empty((B, N), dtype=dtype)
+                        max_iter, tol, seed, sinkhorn):
+    return fake_outputs(student_logits, teacher_mc_logits, teacher_logits)
 
 
 register_precomputed_gradient(pairwise_loss_op)

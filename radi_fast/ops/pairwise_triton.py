@@ -9,6 +9,7 @@ radi_fast is imported (the Triton interpreter: how the tests run without a GPU).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -18,13 +19,15 @@ from .._backend import triton_interpret
 from .._constants import UNCERTAINTY_EPS
 from .._random import row_hashes
 from ..kernels import margin_ranking, pairwise_stats, sinkhorn
-from .autograd import register_precomputed_gradient
+from .autograd import fake_outputs, register_precomputed_gradient
+from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL
+from .sinkhorn_schemes import LN2, Anderson, Relaxation
 from .teacher import compute_dtype, teacher_top_k, tie_groups
 from .triton_config import TritonConfig, default_config, padded_answers, point_lanes, resolve_split, triton_cdiv
 
 OP_NAME = "radi_fast::pairwise_loss_triton"
+PAD_LOGIT = -1e30  # kernels/common.py's padding logit
 MODE_IDS = {"ot": 0, "uniform": 1, "random": 2, "uncertainty": 3}
-LN2 = 0.6931471805599453
 
 
 def _tl_dtype(dtype: torch.dtype):
@@ -51,8 +54,8 @@ class TritonProblem:
     zb, zs: [B, KP, TP] augmented points ``[y, p, q, 1]`` (fp32: ``Z = zb + zs`` split for
     3xTF32; fp64: ``zs is zb``), p and q updated in place by Sinkhorn; hs: [B, K]; lam: [B];
     tie_lo, tie_hi: [B, KP] int32, answer i's teacher tie group ``[tie_lo_i, tie_hi_i)``;
-    n_pairs: [B] |R_p|; yt: [B, TP, KP] the points y lane-major (only for the "uncertainty"
-    margins, else None).
+    n_pairs: [B] |R_p|; mc: the teacher's MC logits (to rebuild Z at another lam); yt: [B, TP, KP]
+    the points y lane-major (only for the "uncertainty" margins, else None).
     """
 
     order: torch.Tensor
@@ -67,6 +70,7 @@ class TritonProblem:
     n_pairs: torch.Tensor
     T: int
     dtype: torch.dtype
+    mc: torch.Tensor
     yt: Optional[torch.Tensor] = None
 
     @property
@@ -103,27 +107,61 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     tie[1, :, :K] = tie_hi
     if lam is not None:
         lam_b.fill_(lam)
+    p = TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=lam_b, tie_lo=tie[0],
+                      tie_hi=tie[1], n_pairs=n_pairs, T=T, dtype=dtype, mc=mc, yt=yt)
     if B and K:
-        args = (mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, lam_b)
         if lam is None:
-            pairwise_stats.pairwise_lam_kernel[(B,)](*args, torch.finfo(dtype).eps, T, TP=TP, BK=cfg.stats_bk,
-                                                     COMPUTE=_tl_dtype(dtype), num_warps=4)
-        pairwise_stats.pairwise_points_kernel[(B, KP // cfg.stats_bk)](
-            *args, zb, zs, zb if yt is None else yt, hs, K, KP, T, TP=TP, BK=cfg.stats_bk,
-            SPLIT=dtype != torch.float64, COMPUTE=_tl_dtype(dtype), LANE_MAJOR=yt is not None, num_warps=4)
-    return TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=lam_b, tie_lo=tie[0],
-                         tie_hi=tie[1], n_pairs=n_pairs, T=T, dtype=dtype, yt=yt)
+            mean_uncertainty(p, lam_b, cfg)
+        build_points(p, lam_b, cfg)
+    return p
 
 
-def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg):
-    """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K] and the number
-    of iterations launched (>= the largest per-sample count; frozen samples do no work). Also
-    leaves ``p = F - hs`` and ``q = G - hs`` in the lanes of ``p.zb``/``p.zs`` for the loss kernel.
+def _stats_args(p: TritonProblem, lam: torch.Tensor):
+    mc = p.mc
+    return (mc, mc.stride(0), mc.stride(1), mc.stride(2), p.order, p.order.stride(0), p.n_valid, lam)
+
+
+def mean_uncertainty(p: TritonProblem, out: torch.Tensor, cfg) -> None:
+    """``out`` [B] <- each sample's mean off-diagonal U (1 where it is rounding noise)."""
+    B = out.shape[0]
+    pairwise_stats.pairwise_lam_kernel[(B,)](*_stats_args(p, out), torch.finfo(p.dtype).eps, p.T,
+                                             TP=p.zb.shape[2], BK=cfg.stats_bk, COMPUTE=_tl_dtype(p.dtype),
+                                             num_warps=4)
+
+
+def build_points(p: TritonProblem, lam: torch.Tensor, cfg) -> None:
+    """Z (lanes p = q = -hs), hs and the lane-major y for the smoothing ``lam`` [B]."""
+    B, K = p.order.shape
+    KP, TP = p.padded, p.zb.shape[2]
+    pairwise_stats.pairwise_points_kernel[(B, KP // cfg.stats_bk)](
+        *_stats_args(p, lam), p.zb, p.zs, p.zb if p.yt is None else p.yt, p.hs, K, KP, p.T, TP=TP, BK=cfg.stats_bk,
+        SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype), LANE_MAJOR=p.yt is not None, num_warps=4)
+
+
+def write_lanes(p: TritonProblem, side: int, pot: torch.Tensor) -> None:
+    """Z's p (side 0, from F) or q (side 1, from G) lane from a potential changed outside the kernels."""
+    K = pot.shape[1]
+    value = torch.where(p.valid, pot - p.hs, torch.full_like(pot, PAD_LOGIT))
+    lane = p.T + side
+    if p.split:  # TF32 big part by the kernels' rounding (+0x1000, keep 19 bits), then the exact rest
+        big = ((value.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
+        p.zb[:, :K, lane] = big
+        p.zs[:, :K, lane] = value - big
+    else:
+        p.zb[:, :K, lane] = value
+
+
+def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg, scheme: str = "plain"):
+    """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K], the number of
+    iterations launched and each sample's iterations [B] (int64). Leaves ``p = F - hs`` and
+    ``q = G - hs`` in the lanes of Z for the loss kernel. ``scheme``: docs/sinkhorn.md; the
+    accelerated ones act between the half-step kernels (PyTorch on [B, K] tensors, no extra
+    exponentials of pairs).
 
     No host sync per iteration: every ``check_every`` iterations the "any sample still active"
     flag is copied to the host asynchronously and read a few iterations later, once the copy has
     landed (on CUDA; the interpreter reads it at once). Stopping late is harmless: launches for
-    frozen samples exit at once, so the result is the same as stopping at the first moment.
+    frozen samples exit at once. "scaling" syncs once, for its number of levels.
     """
     B, K = p.hs.shape
     device = p.hs.device
@@ -131,8 +169,9 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg)
     G = torch.zeros(B, K, dtype=p.dtype, device=device)
     delta = torch.zeros(max_iter + 1, B, dtype=p.dtype, device=device)
     delta[0] = float("inf")
+    iterations = torch.zeros(B, dtype=torch.int64, device=device)
     if not (B and K):
-        return F, G, 0
+        return F, G, 0, iterations
     rb = triton_cdiv(K, cfg.sink_bm)
     split = resolve_split(cfg, B * rb, device)
     part = torch.empty(split, B, K, dtype=p.dtype, device=device)
@@ -141,18 +180,44 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg)
                   num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
     window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
     tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
+    has_partner = p.n_valid >= 2
+    ok = p.valid & has_partner[:, None]
+
+    def half_step(side, pot, prev, nxt):
+        sinkhorn.sinkhorn_row_sums_kernel[(B, rb, split)](
+            p.zb, p.zs, p.n_valid, prev, part, tol_t, K, KP, split, G_SIDE=side, ACC=cfg.sink_acc, **common)
+        sinkhorn.sinkhorn_update_kernel[(B, rb)](
+            p.zb, p.zs, p.hs, p.n_valid, pot, part, prev, nxt, tol_t, K, KP, split, G_SIDE=side,
+            WRITE_DELTA=side == 1, **window, **common)
+
+    if scheme == "scaling":
+        coarse, rounds = _coarse_levels(p, F, G, half_step, cfg, max_iter)
+        iterations += coarse
+        max_iter -= rounds
+    relax = Relaxation(B, p.dtype, device, unit=LN2) if scheme == "overrelaxed" else None
+    relaxed = torch.zeros(B, dtype=torch.bool, device=device)
+    mixer = Anderson(B, K, p.dtype, device) if scheme == "anderson" else None
     asynchronous = device.type == "cuda"
     poll = tol > 0  # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
     pending = None
     launched = 0
     for it in range(max_iter):
         prev, nxt = delta[it], delta[it + 1]
+        ran = (prev > tol) & has_partner
+        g_start = G.clone() if mixer is not None else None
         for side, pot in ((0, F), (1, G)):
-            sinkhorn.sinkhorn_row_sums_kernel[(B, rb, split)](
-                p.zb, p.zs, p.n_valid, prev, part, tol_t, K, KP, split, G_SIDE=side, ACC=cfg.sink_acc, **common)
-            sinkhorn.sinkhorn_update_kernel[(B, rb)](
-                p.zb, p.zs, p.hs, p.n_valid, pot, part, prev, nxt, tol_t, K, KP, split, G_SIDE=side,
-                WRITE_DELTA=side == 1, **window, **common)
+            before = pot.clone() if relax is not None else None
+            half_step(side, pot, prev, nxt)
+            if relax is not None and not (side == 1 and it == max_iter - 1):  # the last half-step: plain
+                pot.copy_(relax.step(before, pot, ok))
+                write_lanes(p, side, pot)
+        if relax is not None:
+            relaxed |= ran & (relax.omega > 1)
+            relax.observe(nxt, ran)
+        if mixer is not None and it < max_iter - 1:  # G holds G(F(g_start)); converged samples keep it
+            moved = ran & (nxt > tol)
+            G.copy_(torch.where(moved[:, None], mixer.step(g_start, G, ok), G))
+            write_lanes(p, 1, G)
         launched = it + 1
         if launched >= max_iter:
             break
@@ -171,7 +236,55 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg)
             else:
                 if not bool(flag):
                     break
-    return F, G, launched
+    iterations += ((delta[:launched] > tol).sum(dim=0) * has_partner).to(torch.int64)
+    if relax is not None:  # one plain iteration after a relaxed stop (the CPU path's polish)
+        polish = relaxed & (iterations < max_iter)
+        gate = torch.zeros(2, B, dtype=p.dtype, device=device)
+        gate[0] = torch.where(polish, float("inf"), 0.0)
+        half_step(0, F, gate[0], gate[1])
+        half_step(1, G, gate[0], gate[1])
+        iterations += polish.to(torch.int64)
+    return F, G, launched, iterations
+
+
+def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> torch.Tensor:
+    """Epsilon-scaling's coarse phase (the CPU path's ``_scaling``): at each level ``lam * c``, c
+    halving from ``mean(U) / lam`` to 1 per sample, up to ``SCALING_ITERS_PER_LEVEL`` iterations
+    until the plain step is below ``SCALING_LEVEL_TOL``; potentials kept in cost units. Leaves Z
+    at ``lam`` with the lanes of (F, G); returns the iterations each sample ran and the budget used."""
+    B = F.shape[0]
+    mean_u = torch.empty_like(p.lam)
+    mean_uncertainty(p, mean_u, cfg)
+    c = (mean_u / p.lam).clamp(min=1)
+    levels = int(math.ceil(math.log2(float(c.max()))))  # the scheme's one host sync
+    ran = torch.zeros(B, dtype=torch.int64, device=F.device)
+    gate = torch.zeros(SCALING_ITERS_PER_LEVEL + 1, B, dtype=p.dtype, device=F.device)
+    budget = max_iter
+    for _ in range(levels):
+        if budget <= 0:
+            break
+        coarse = (c > 1) & (p.n_valid >= 2)
+        build_points(p, p.lam * c, cfg)
+        write_lanes(p, 0, F)
+        write_lanes(p, 1, G)
+        gate.zero_()
+        gate[0] = torch.where(coarse, float("inf"), 0.0)
+        n = min(SCALING_ITERS_PER_LEVEL, budget)
+        for it in range(n):  # a sample leaves the level once its plain step is small enough
+            half_step(0, F, gate[it], gate[it + 1])
+            half_step(1, G, gate[it], gate[it + 1])
+            ran += (gate[it] > 0).to(torch.int64)
+            gate[it + 1] = torch.where(gate[it + 1] > SCALING_LEVEL_TOL, gate[it + 1], 0.0)
+        budget -= n
+        c_next = (c / 2).clamp(min=1)
+        F.mul_((c / c_next)[:, None])
+        G.mul_((c / c_next)[:, None])
+        c = c_next
+    if levels:
+        build_points(p, p.lam, cfg)
+        write_lanes(p, 0, F)
+        write_lanes(p, 1, G)
+    return ran, max_iter - budget
 
 
 def sorted_student(student_logits: torch.Tensor, p: TritonProblem) -> torch.Tensor:
@@ -210,8 +323,9 @@ def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: st
 
 def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, lengths, margin: float, mode: str,
                             lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
-                            config: Optional[TritonConfig] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(per-sample losses [B], gradient of each sample's loss w.r.t. ``student_logits`` [B, N])."""
+                            scheme: str = "plain", config: Optional[TritonConfig] = None):
+    """(per-sample losses [B], gradient of each sample's loss w.r.t. ``student_logits`` [B, N],
+    Sinkhorn iterations [B])."""
     check_device(student_logits)
     dtype = compute_dtype(teacher_mc_logits, teacher_logits)
     cfg = config or default_config(triton_interpret(), dtype)
@@ -220,27 +334,29 @@ def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, l
                        None if teacher_logits is None else teacher_logits.to(dtype), top_k, lam, lengths, cfg,
                        lane_major=mode == "uncertainty")
     K = p.order.shape[1]
+    iterations = torch.zeros(B, dtype=torch.int64, device=student_logits.device)
     if not (B and K):
-        return student_logits.new_zeros(B, dtype=dtype), student_logits.new_zeros(B, N, dtype=dtype)
+        return student_logits.new_zeros(B, dtype=dtype), student_logits.new_zeros(B, N, dtype=dtype), iterations
     if mode == "ot":
-        sinkhorn_potentials_triton(p, max_iter, tol, cfg)
+        _, _, _, iterations = sinkhorn_potentials_triton(p, max_iter, tol, cfg, scheme)
     loss, grad_k = margin_loss_triton(sorted_student(student_logits, p), p, margin, mode, seed, cfg)
     grad = torch.zeros(B, N, dtype=dtype, device=student_logits.device)
     grad.scatter_add_(1, p.order, grad_k * p.valid)
-    return loss, grad
+    return loss, grad, iterations
 
 
 def sinkhorn_log_potentials_triton(teacher_mc_logits, teacher_logits=None, lam: Optional[float] = None,
                                    top_k: int = 2500, max_iter: int = 100, tol: float = 1e-5, lengths=None,
-                                   config: Optional[TritonConfig] = None):
+                                   config: Optional[TritonConfig] = None, scheme: str = "plain"):
     """Natural-log potentials ``(f, g)`` [B, K] on the teacher's top-k answers (teacher order),
-    the ids ``order`` [B, K] and the number of iterations launched; for tests and benchmarks."""
+    the ids ``order`` [B, K], the number of iterations launched and each sample's iterations [B];
+    for tests and benchmarks."""
     check_device(teacher_mc_logits)
     dtype = compute_dtype(teacher_mc_logits, teacher_logits)
     cfg = config or default_config(triton_interpret(), dtype)
     p = prepare_triton(teacher_mc_logits, teacher_logits, top_k, lam, lengths, cfg)
-    F, G, launched = sinkhorn_potentials_triton(p, max_iter, tol, cfg)
-    return F * LN2, G * LN2, p.order, launched
+    F, G, launched, iterations = sinkhorn_potentials_triton(p, max_iter, tol, cfg, scheme)
+    return F * LN2, G * LN2, p.order, launched, iterations
 
 
 def pair_uniform_triton(seed: int, row: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -258,19 +374,17 @@ def pair_uniform_triton(seed: int, row: torch.Tensor, i: torch.Tensor, j: torch.
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def pairwise_loss_op(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
                      teacher_logits: Optional[torch.Tensor], lengths: Optional[torch.Tensor], margin: float,
-                     margin_mode: str, lam: Optional[float], top_k: int, max_iter: int, tol: float,
-                     seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """RADI-P per-sample losses [B] and their gradient w.r.t. ``student_logits`` [B, N]."""
+                     margin_mode: str, lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
+                     sinkhorn: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The contract of ``pairwise_loss_cpu``: losses [B], gradient [B, N], Sinkhorn iterations [B]."""
     return pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode,
-                                   lam, top_k, max_iter, tol, seed)
+                                   lam, top_k, max_iter, tol, seed, sinkhorn)
 
 
 @pairwise_loss_op.register_fake
 def _pairwise_loss_fake(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode, lam, top_k,
-                        max_iter, tol, seed):
-    dtype = compute_dtype(teacher_mc_logits, teacher_logits)
-    B, N = student_logits.shape
-    return student_logits.new_empty((B,), dtype=dtype), student_logits.new_empty((B, N), dtype=dtype)
+                        max_iter, tol, seed, sinkhorn):
+    return fake_outputs(student_logits, teacher_mc_logits, teacher_logits)
 
 
 register_precomputed_gradient(pairwise_loss_op)

@@ -1,0 +1,196 @@
+"""Sinkhorn iterations and time to a tolerance, per scheme, against POT and geomloss (CPU).
+
+    python bench/sinkhorn_iterations.py [--K 1000 2500] [--factors 1 0.3 0.1 0.03 0.01] [--max-iter 3000]
+
+One sample of the benchmarks' teacher law (``bench/providers.py``: answer means ~ N(0, 2^2),
+dropout-like noise 0.5, T = 10), fp32, ``lam = factor * mean off-diagonal U``, stopping at
+``max |Δ log v| <= 1e-5`` (``--tol``). For each radi_fast scheme (plain, overrelaxed, anderson,
+scaling; "auto" is plain at lam = auto and anderson otherwise): iterations, wall time (median of
+``--rounds``), the marginal error of W at the end. POT's ``ot.sinkhorn(method="sinkhorn_log")``
+and its batched ``ot.batch.solve_batch(method="log_sinkhorn")`` run on the same cost (diagonal at a
+huge cost) with ``stopThr``/``tol`` = the tolerance, their own stopping rule (the L2 norm of the
+column-marginal error, checked every 10 iterations); geomloss's epsilon-scaling
+(``SamplesLoss("sinkhorn", scaling=0.5, debias=False)``) has no tolerance, only its schedule of
+epsilon levels, and keeps the diagonal: its numbers are for scale. Writes
+``bench/results/sinkhorn_iterations_cpu.json`` and ``.png`` (iterations vs lam) and prints the
+targets as PASS/FAIL.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
+
+SCHEMES = ("plain", "overrelaxed", "anderson", "scaling")
+
+
+def timed(fn, rounds):
+    times, out = [], None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return out, statistics.median(times)
+
+
+def marginal_error_from_kernel(logk, f, g):
+    """L-infinity error of the row and column sums of ``exp(f_i + g_j + logk_ij)`` against 1."""
+    W = torch.exp(f[:, None] + g[None, :] + logk)
+    return max(float((W.sum(0) - 1).abs().max()), float((W.sum(1) - 1).abs().max()))
+
+
+def run_case(K, factor, args):
+    import providers as P
+    from radi_fast.ops.pairwise_cpu import prepare_pairwise, solve_sinkhorn
+
+    mc = P.make_mc(1, P.DEFAULT_T, K, torch.device("cpu"), seed=0)
+    mean_u = float(prepare_pairwise(mc, None, K, None, None).lam[0])
+    lam = factor * mean_u
+    problem = prepare_pairwise(mc, None, K, lam, None)
+    case = {"K": K, "factor": factor, "lam": lam, "mean_U": mean_u, "providers": {}}
+    for scheme in SCHEMES:
+        (f, g, it, err), sec = timed(lambda: solve_sinkhorn(problem, args.max_iter, args.tol, scheme, True),
+                                     args.rounds)
+        case["providers"][scheme] = {"iterations": int(it[0]), "seconds": sec, "marginal_error": float(err[0]),
+                                     "converged": int(it[0]) < args.max_iter}
+    z = problem.points[0].double()
+    U = (torch.cdist(z, z) ** 2 / z.shape[1]).float()
+    M = U.clone()
+    M.fill_diagonal_(1e9)
+    ones = torch.ones(K)
+    try:
+        import ot
+
+        def pot():
+            return ot.sinkhorn(ones, ones, M, lam, method="sinkhorn_log", numItermax=args.max_iter,
+                               stopThr=args.tol, log=True)
+
+        (plan, log), sec = timed(pot, args.rounds)
+        err = max(float((plan.sum(0) - 1).abs().max()), float((plan.sum(1) - 1).abs().max()))
+        niter = int(log.get("niter", -1))
+        case["providers"]["pot"] = {"iterations": niter, "seconds": sec, "marginal_error": err,
+                                    "converged": niter < args.max_iter - 1}
+        try:
+            from ot.batch import solve_batch
+
+            res, sec = timed(lambda: solve_batch(M[None], reg=lam, a=ones[None], b=ones[None],
+                                                 max_iter=args.max_iter, tol=args.tol, method="log_sinkhorn"),
+                             args.rounds)
+            plan = res.plan[0]
+            err = max(float((plan.sum(0) - 1).abs().max()), float((plan.sum(1) - 1).abs().max()))
+            case["providers"]["pot_batch"] = {"iterations": None, "seconds": sec, "marginal_error": err,
+                                              "converged": err <= 10 * args.tol}
+        except Exception as exc:  # POT without ot.batch
+            case["providers"]["pot_batch"] = {"skipped": repr(exc)[:200]}
+    except ImportError as exc:
+        case["providers"]["pot"] = {"skipped": repr(exc)}
+    try:
+        from geomloss import SamplesLoss
+        from geomloss._legacy.sinkhorn_divergence import epsilon_schedule
+
+        x = (z * math.sqrt(2 / z.shape[1])).float()  # geomloss's cost |x - y|^2 / 2 is then U
+        loss = SamplesLoss("sinkhorn", p=2, blur=math.sqrt(lam), scaling=0.5, debias=False, potentials=True,
+                           backend="tensorized")
+        _, sec = timed(lambda: loss(x, x), args.rounds)
+        levels = len(epsilon_schedule(2, float((x.max(0).values - x.min(0).values).norm()), math.sqrt(lam), 0.5))
+        case["providers"]["geomloss"] = {"iterations": levels, "seconds": sec, "marginal_error": None,
+                                         "converged": None,
+                                         "note": "another problem (keeps the diagonal, marginals 1/K), no tolerance: "
+                                                 "its epsilon levels and time, for scale"}
+    except ImportError as exc:
+        case["providers"]["geomloss"] = {"skipped": repr(exc)}
+    return case
+
+
+def targets(cases, max_iter):
+    out = {}
+    by = {(c["K"], c["factor"]): c["providers"] for c in cases}
+    for K in sorted({c["K"] for c in cases}):
+        for factor, ratio in ((0.03, 0.25), (0.1, 0.5)):
+            p = by.get((K, factor))
+            if p:
+                out[f"K={K}, lam={factor} x mean U: anderson <= {ratio} x plain's iterations"] = \
+                    p["anderson"]["iterations"] <= ratio * p["plain"]["iterations"] and p["anderson"]["converged"]
+        p = by.get((K, 0.01))
+        if p:
+            out[f"K={K}, lam=0.01 x mean U: anderson converged within 1000 iterations "
+                f"(plain: {p['plain']['iterations']} of {max_iter})"] = p["anderson"]["iterations"] <= 1000
+        p = by.get((K, 1.0))
+        if p:
+            out[f"K={K}, lam = mean U: auto (plain there) never more than plain; anderson "
+                f"{p['anderson']['iterations']} vs plain {p['plain']['iterations']}"] = True
+    return out
+
+
+def plot(cases, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    Ks = sorted({c["K"] for c in cases})
+    fig, axes = plt.subplots(1, len(Ks), figsize=(5.5 * len(Ks), 4), squeeze=False)
+    for ax, K in zip(axes[0], Ks):
+        rows = sorted((c for c in cases if c["K"] == K), key=lambda c: c["factor"])
+        for name, style in (("plain", "o-"), ("overrelaxed", "s-"), ("anderson", "^-"), ("scaling", "d-"),
+                            ("pot", "x--")):
+            pts = [(c["factor"], c["providers"][name]["iterations"]) for c in rows
+                   if c["providers"].get(name, {}).get("iterations")]
+            if pts:
+                ax.plot(*zip(*pts), style, label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("lam / mean off-diagonal U")
+        ax.set_ylabel("iterations to max |Δ log v| <= tol")
+        ax.set_title(f"K = {K} (cap {rows[0]['max_iter'] if rows else ''})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--K", type=int, nargs="+", default=[1000, 2500])
+    ap.add_argument("--factors", type=float, nargs="+", default=[1.0, 0.3, 0.1, 0.03, 0.01])
+    ap.add_argument("--max-iter", type=int, default=3000)
+    ap.add_argument("--tol", type=float, default=1e-5)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "sinkhorn_iterations_cpu"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cases = []
+    started = time.time()
+    for K in args.K:
+        for factor in args.factors:
+            case = run_case(K, factor, args)
+            case["max_iter"] = args.max_iter
+            cases.append(case)
+            print(json.dumps({k: v for k, v in case.items() if k != "providers"}),
+                  json.dumps({n: {k: v for k, v in p.items() if k in ("iterations", "seconds", "marginal_error")}
+                              for n, p in case["providers"].items()}), flush=True)
+    result = {"what": __doc__.splitlines()[0], "tol": args.tol, "max_iter": args.max_iter, "dtype": "float32",
+              "threads": args.threads, "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "wall_seconds": time.time() - started, "cases": cases,
+              "targets": targets(cases, args.max_iter)}
+    with open(args.out + ".json", "w") as fh:
+        json.dump(result, fh, indent=1)
+    plot(cases, args.out + ".png")
+    for name, ok in result["targets"].items():
+        print(f"TARGET {'PASS' if ok else 'FAIL'}  {name}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
