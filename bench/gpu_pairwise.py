@@ -325,6 +325,27 @@ def run(args):
         print(f"  loss sweep {loss_sweep[-1]}", flush=True)
     result["loss_sweep"] = loss_sweep
 
+    # Sinkhorn schemes at smaller lam: iterations and time of a fwd+bwd to tol 1e-5 (B = 32, K = 2500)
+    schemes = []
+    mean_u = PT.prepare_triton(mc, None, 2500, None, None, cfg).lam
+    for factor in ((1.0,) if args.dry_run else (1.0, 0.3, 0.1, 0.03, 0.01)):
+        lam = float(mean_u.mean()) * factor
+        for scheme in ("plain", "overrelaxed", "anderson", "scaling"):
+            fn = lambda s: radi_fast.radi_pairwise_loss(s, mc, lam=lam, tol=1e-5, max_iter=3000,  # noqa: E731
+                                                        sinkhorn=scheme, backend="triton")
+            try:
+                s0 = student.detach().requires_grad_(True)
+                _, info = radi_fast.radi_pairwise_loss(s0, mc, lam=lam, tol=1e-5, max_iter=3000, sinkhorn=scheme,
+                                                       backend="triton", return_info=True)
+                entry = {"factor": factor, "scheme": scheme, "iterations_max": int(info.iterations.max()),
+                         "iterations_mean": float(info.iterations.double().mean()),
+                         "ms": timer.measure(lambda: fwd_bwd(fn, student), 1, max(1, args.rounds // 2))["median_ms"]}
+            except Exception as exc:
+                entry = {"factor": factor, "scheme": scheme, "error": repr(exc)[:300]}
+            schemes.append(entry)
+            print(f"  schemes {json.dumps(entry)}", flush=True)
+    result["sinkhorn_schemes"] = schemes
+
     # where the time of one call with the defaults goes (CUDA kernels, torch.profiler)
     if device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile

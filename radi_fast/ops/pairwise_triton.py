@@ -20,7 +20,7 @@ from .._constants import UNCERTAINTY_EPS
 from .._random import row_hashes
 from ..kernels import margin_ranking, pairwise_stats, sinkhorn
 from .autograd import fake_outputs, register_precomputed_gradient
-from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL
+from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_factors
 from .sinkhorn_schemes import LN2, Anderson, Relaxation
 from .teacher import compute_dtype, teacher_top_k, tie_groups
 from .triton_config import TritonConfig, default_config, padded_answers, point_lanes, resolve_split, triton_cdiv
@@ -255,7 +255,7 @@ def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> tor
     B = F.shape[0]
     mean_u = torch.empty_like(p.lam)
     mean_uncertainty(p, mean_u, cfg)
-    c = (mean_u / p.lam).clamp(min=1)
+    c = coarse_factors(mean_u / p.lam)
     levels = int(math.ceil(math.log2(float(c.max()))))  # the scheme's one host sync
     ran = torch.zeros(B, dtype=torch.int64, device=F.device)
     gate = torch.zeros(SCALING_ITERS_PER_LEVEL + 1, B, dtype=p.dtype, device=F.device)

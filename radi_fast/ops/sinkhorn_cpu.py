@@ -250,6 +250,11 @@ def marginal_error(step: HalfStep, f: torch.Tensor, g: torch.Tensor) -> torch.Te
     return torch.maximum(rows, cols)
 
 
+def coarse_factors(ratio: torch.Tensor) -> torch.Tensor:
+    """Where epsilon-scaling starts: ``mean(U) / lam`` per sample, 1 (no coarse level) below 1.01."""
+    return torch.where(ratio > 1.01, ratio, torch.ones_like(ratio))
+
+
 def mean_offdiagonal_uncertainty(points: torch.Tensor, sq: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
     """Mean off-diagonal U per sample in O(K T): ``sum_ij U_ij = (2 K sum_i s_i - 2 ||sum_i z_i||^2) / T``."""
     T = points.shape[2]
@@ -265,7 +270,7 @@ def solve_chunk(points, sq, inv_lam, n_valid, valid, max_iter: int, tol: float, 
     least ``b * K * K`` elements for the kernel (reused across chunks)."""
     levels = None
     if scheme == "scaling":
-        levels = (mean_offdiagonal_uncertainty(points, sq, n_valid) * inv_lam.to(points.dtype)).clamp(min=1)
+        levels = coarse_factors(mean_offdiagonal_uncertainty(points, sq, n_valid) * inv_lam.to(points.dtype))
     G, plain, shift = build_kernel(points, sq, inv_lam, n_valid, out,
                                    log_domain=levels is not None and bool((levels > 1).any()))
     has_partner = n_valid >= 2
