@@ -4,6 +4,11 @@
 #   1. the RADI-P benchmark (bench/gpu_pairwise.py): B=32, T=10, K=2500, 20 fixed Sinkhorn
 #      iterations, fp32, fwd+bwd vs literal / dense / dense torch.compile, peak memory, one
 #      Sinkhorn iteration against the MUFU.EX2 limit, a tile sweep, the package defaults;
+#   1b. the trainer-integration checks (bench/gpu_pairwise.py --integration, issue 11): a
+#      forward+backward of RADI-P (tol=0), RADI-L, both masked, and the classification loss under
+#      torch.cuda.set_sync_debug_mode("error"); a CUDA-graph capture of each whose replays equal
+#      eager; torch.compile(fullgraph=True) with inductor equal to eager (a separate process: a
+#      failed capture may leave a process unusable);
 #   2. the CUDA correctness tests, without -x: tests/test_triton_pairwise.py (compiled kernels
 #      against the float64 literal reference) and the CUDA sampler tests;
 #   3. the training-step benchmark at B=64, N=2500 (RADI-P's overhead over KD);
@@ -22,7 +27,8 @@ START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 
 if [[ " $* " == *" --dry-run "* ]]; then
-  exec "$PY" bench/gpu_pairwise.py --out "$LOGS" --dry-run
+  "$PY" bench/gpu_pairwise.py --out "$LOGS" --dry-run || exit $?
+  exec "$PY" bench/gpu_pairwise.py --out "$LOGS" --dry-run --integration
 fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_check.sh: torch sees no CUDA device (use --dry-run on a CPU machine)" >&2
@@ -43,6 +49,10 @@ declare -a outs=(--out "$RESULTS")
 [[ "$LOGS" != "$RESULTS" ]] && outs+=(--out "$LOGS")
 timeout 260 "$PY" bench/gpu_pairwise.py "${outs[@]}" "$@" 2>&1 | tee "$LOGS/gpu_check_bench.log"
 bench_rc=${PIPESTATUS[0]}
+
+echo "== 1b. integration: sync-free, CUDA graphs, compile fullgraph ($(elapsed) s)"
+timeout 180 "$PY" bench/gpu_pairwise.py --integration "${outs[@]}" 2>&1 | tee "$LOGS/gpu_check_integration.log"
+integration_rc=${PIPESTATUS[0]}
 
 echo "== 2. CUDA correctness tests ($(elapsed) s)"
 RADI_FAST_TEST_DEVICE=cuda timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_pairwise.py \
@@ -99,6 +109,6 @@ else
   echo "skipped (no ncu, or too little time left)"
 fi
 
-echo "== summary ($(elapsed) s): bench $bench_rc, tests $tests_rc, sampler tests $sampler_rc"
-grep -h "^TARGET" "$LOGS/gpu_check_bench.log" "$LOGS/gpu_check_train.log" 2>/dev/null
-[[ $tests_rc -eq 0 && $bench_rc -eq 0 && $sampler_rc -eq 0 ]]
+echo "== summary ($(elapsed) s): bench $bench_rc, integration $integration_rc, tests $tests_rc, sampler tests $sampler_rc"
+grep -h "^TARGET" "$LOGS/gpu_check_bench.log" "$LOGS/gpu_check_integration.log" "$LOGS/gpu_check_train.log" 2>/dev/null
+[[ $tests_rc -eq 0 && $bench_rc -eq 0 && $integration_rc -eq 0 && $sampler_rc -eq 0 ]]
