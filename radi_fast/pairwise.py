@@ -129,11 +129,12 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
     its own dtype.
 
     Scale: per sample, the **mean** of the hinges over the teacher-ordered pairs (the sum divided
-    by their number ``|R_p|``; 0 without such a pair), so it stays O(margin / K) to O(score gaps)
-    whatever K is: far smaller than RADI-L's per-row sums (e.g. 0.1 against 58 for the
-    defaults). Rows of W sum to 1, so the average OT margin is ``margin / (K - 1)``. The trainer
-    (``radi_fast.train``) adds ``radi_p_alpha * loss`` with ``radi_p_alpha = 3`` and
-    ``margin = 10`` to the classification loss.
+    by their number ``|R_p|``; 0 without such a pair), so it does not grow with K, unlike
+    RADI-L's per-row sums (random scores, N = 2500: RADI-P 0.56 against ListNet 5.1 and ListMLE
+    456 on hot 100 + cold 10): weigh them accordingly. Rows of W sum to 1, so the average OT
+    margin is ``margin / (K - 1)``. The trainer (``radi_fast.train``) adds
+    ``radi_p_alpha * loss`` with ``radi_p_alpha = 3`` and ``margin = 10`` to the classification
+    loss.
 
     Checks: shapes, dtypes, devices and options always (``ValueError`` naming the argument);
     finite valid entries on CPU tensors, on CUDA only when asked (:func:`radi_fast.set_value_checks`
