@@ -177,11 +177,12 @@ def gumbel_noise(shape, generator: Optional[torch.Generator], device: torch.devi
 
 
 # ----------------------------------------------------------------------------- the sampler
-def teacher_ranking(scores: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def teacher_ranking(scores: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
     """[B, N] -> [B, N] answer indices by descending score, ties by lower index (``-0.0 == +0.0``),
-    padding last. ``valid``: None, [B] lengths or a [B, N] bool mask (padding may hold NaN)."""
+    padding last. ``lengths``: None, [B] numbers of valid answers or a [B, N] bool mask of them
+    (padding may hold NaN)."""
     keys = scores + 0.0  # -0.0 -> +0.0 (a CUDA radix sort would order them by their bits)
-    mask = valid_mask(valid, scores.shape[0], scores.shape[1], scores.device)
+    mask = valid_mask(lengths, scores.shape[0], scores.shape[1], scores.device)
     if mask is not None:
         keys = keys.masked_fill(~mask, float("-inf"))  # valid scores are finite: padding sorts last
     # stable=True keeps equal scores in index order, which is the documented tie rule
