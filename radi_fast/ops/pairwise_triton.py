@@ -232,14 +232,14 @@ def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, v
 
 
 def sinkhorn_log_potentials_triton(teacher_mc_logits, teacher_logits=None, lam: Optional[float] = None,
-                                   top_k: int = 2500, max_iter: int = 100, tol: float = 1e-5, valid=None,
+                                   top_k: int = 2500, max_iter: int = 100, tol: float = 1e-5, lengths=None,
                                    config: Optional[TritonConfig] = None):
     """Natural-log potentials ``(f, g)`` [B, K] on the teacher's top-k answers (teacher order),
     the ids ``order`` [B, K] and the number of iterations launched; for tests and benchmarks."""
     check_device(teacher_mc_logits)
     dtype = compute_dtype(teacher_mc_logits, teacher_logits)
     cfg = config or default_config(triton_interpret(), dtype)
-    p = prepare_triton(teacher_mc_logits, teacher_logits, top_k, lam, valid, cfg)
+    p = prepare_triton(teacher_mc_logits, teacher_logits, top_k, lam, lengths, cfg)  # lengths or a mask
     F, G, launched = sinkhorn_potentials_triton(p, max_iter, tol, cfg)
     return F * LN2, G * LN2, p.order, launched
 
