@@ -10,7 +10,8 @@
 #      eager; torch.compile(fullgraph=True) with inductor equal to eager (a separate process: a
 #      failed capture may leave a process unusable);
 #   2. the CUDA correctness tests, without -x: tests/test_triton_pairwise.py (compiled kernels
-#      against the float64 literal reference) and the CUDA sampler tests;
+#      against the float64 literal reference) and the CUDA sampler tests (the compiled op and its
+#      PyTorch port against the CPU op, bit for bit);
 #   3. the training-step benchmark at B=64, N=2500 (RADI-P's overhead over KD);
 #   4. Nsight Compute on the Sinkhorn row-sum kernel (when ncu is there and time is left).
 # Prints every target as PASS/FAIL. Results: JSON + logs in $OUT (when set) and bench/results/.
@@ -58,7 +59,8 @@ echo "== 2. CUDA correctness tests ($(elapsed) s)"
 RADI_FAST_TEST_DEVICE=cuda timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_pairwise.py \
   2>&1 | tee "$LOGS/gpu_check_pytest.log"
 tests_rc=${PIPESTATUS[0]}
-RADI_FAST_TEST_DEVICE=cuda timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_sampler_op.py -k cuda \
+RADI_FAST_TEST_DEVICE=cuda timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_sampler_op.py \
+  tests/test_sampler_torch.py -k cuda \
   2>&1 | tail -3 | tee -a "$LOGS/gpu_check_pytest.log"
 sampler_rc=${PIPESTATUS[0]}
 

@@ -210,3 +210,22 @@ def test_draw_partial_lists_picks_the_compiled_op_only_where_it_applies(monkeypa
     sampling.draw_partial_lists(scores, 5, 5, "zipf", 1.0, None, torch.tensor([50, 40, 30, 9]))  # a short row
     sampling.draw_partial_lists(scores, 5, 5, "zipf", 1.0, None, torch.ones(4, 50, dtype=torch.bool))  # a mask
     assert len(calls) == 2
+
+
+@needs_ext
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scheme, alpha", [("zipf", 1.0), ("exp", 0.05), ("random", 0.0)])
+def test_cuda_equals_cpu_bit_for_bit(scheme, alpha):
+    """On CUDA the PyTorch sampler (every key exact, seeds on the device or read from the host)
+    draws the CPU op's lists; so does the CUDA op when it is built."""
+    g = torch.Generator().manual_seed(12)
+    scores = torch.randn(32, 2349, generator=g)
+    mask = torch.rand(32, 2349, generator=g) < 0.8
+    want = sampler.partial_list_op(scores, 100, 10, scheme, alpha, 77, 3)
+    for seeds in (_as_tensor(77, 3), _as_tensor(77, 3).cuda()):
+        got, used = ST.partial_list_masked_op(scores.cuda(), None, 100, 10, scheme, alpha, seeds)
+        assert torch.equal(got.cpu(), want) and bool(used.all())
+        masked, _ = ST.partial_list_masked_op(scores.cuda(), mask.cuda(), 100, 10, scheme, alpha, seeds)
+        assert torch.equal(masked.cpu(), ST.partial_lists(scores, mask, 100, 10, scheme, alpha, _as_tensor(77, 3))[0])
+    if sampler.extension_status()["cuda_kernels"]:
+        assert torch.equal(sampler.partial_list_op(scores.cuda(), 100, 10, scheme, alpha, 77, 3).cpu(), want)
