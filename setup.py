@@ -143,6 +143,8 @@ setup(
                  "matplotlib", "pot"],
         "triton": ["triton"],
         "bench": ["pytest-benchmark", "matplotlib", "pot", "geomloss"],
+        # examples/: the Hugging Face Trainer and Lightning recipes (tests/test_examples.py)
+        "examples": ["transformers>=4.46", "accelerate>=0.26", "lightning>=2.2"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

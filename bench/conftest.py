@@ -1,4 +1,5 @@
-"""pytest hooks of the benchmark suite: ``pytest bench/ --benchmark-only``.
+"""pytest hooks of the benchmark suite: ``pytest bench/ --benchmark-only`` (or ``--benchmark``,
+its alias: the command users type).
 
 Benchmarks live in ``bench/test_bench_*.py`` (RADI-P, Sinkhorn, uncertainty, RADI-L, sampler,
 training step). A plain ``pytest`` run that reaches this folder collects them but skips them, so
@@ -29,6 +30,20 @@ def bench_run(benchmark):
     return run
 
 
+# ----------------------------------------------------------------------------- options
+def pytest_addoption(parser):
+    parser.addoption("--benchmark", action="store_true", default=False,
+                     help="run the benchmarks: an alias of pytest-benchmark's --benchmark-only")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # before pytest-benchmark's own pytest_configure reads benchmark_only into its session
+    if config.getoption("benchmark", default=False):
+        config.option.benchmark_only = True
+    harness.start_session()
+
+
 # ----------------------------------------------------------------------------- collection
 def pytest_collection_modifyitems(config, items):
     if config.getoption("benchmark_only", default=False):
@@ -47,10 +62,6 @@ def pytest_deselected(items):
 
 
 # ----------------------------------------------------------------------------- session
-def pytest_configure(config):
-    harness.start_session()
-
-
 def _partial_run(session) -> bool:
     """A run of part of the suite (-k, -m, single files or tests, deselection)."""
     opt = session.config.option

@@ -4,8 +4,14 @@
 #   1. the RADI-P benchmark (bench/gpu_pairwise.py): B=32, T=10, K=2500, 20 fixed Sinkhorn
 #      iterations, fp32, fwd+bwd vs literal / dense / dense torch.compile, peak memory, one
 #      Sinkhorn iteration against the MUFU.EX2 limit, a tile sweep, the package defaults;
+#   1b. the trainer-integration checks (bench/gpu_pairwise.py --integration, issue 11): a
+#      forward+backward of RADI-P (tol=0), RADI-L, both masked, and the classification loss under
+#      torch.cuda.set_sync_debug_mode("error"); a CUDA-graph capture of each whose replays equal
+#      eager; torch.compile(fullgraph=True) with inductor equal to eager (a separate process: a
+#      failed capture may leave a process unusable);
 #   2. the CUDA correctness tests, without -x: tests/test_triton_pairwise.py (compiled kernels
-#      against the float64 literal reference) and the CUDA sampler tests;
+#      against the float64 literal reference) and the CUDA sampler tests (the compiled op and its
+#      PyTorch port against the CPU op, bit for bit);
 #   3. the training-step benchmark at B=64, N=2500 (RADI-P's overhead over KD);
 #   4. Nsight Compute on the Sinkhorn row-sum kernel (when ncu is there and time is left).
 # Prints every target as PASS/FAIL. Results: JSON + logs in $OUT (when set) and bench/results/.
@@ -22,7 +28,8 @@ START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 
 if [[ " $* " == *" --dry-run "* ]]; then
-  exec "$PY" bench/gpu_pairwise.py --out "$LOGS" --dry-run
+  "$PY" bench/gpu_pairwise.py --out "$LOGS" --dry-run || exit $?
+  exec "$PY" bench/gpu_pairwise.py --out "$LOGS" --dry-run --integration
 fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_check.sh: torch sees no CUDA device (use --dry-run on a CPU machine)" >&2
@@ -44,11 +51,16 @@ declare -a outs=(--out "$RESULTS")
 timeout 260 "$PY" bench/gpu_pairwise.py "${outs[@]}" "$@" 2>&1 | tee "$LOGS/gpu_check_bench.log"
 bench_rc=${PIPESTATUS[0]}
 
+echo "== 1b. integration: sync-free, CUDA graphs, compile fullgraph ($(elapsed) s)"
+timeout 180 "$PY" bench/gpu_pairwise.py --integration "${outs[@]}" 2>&1 | tee "$LOGS/gpu_check_integration.log"
+integration_rc=${PIPESTATUS[0]}
+
 echo "== 2. CUDA correctness tests ($(elapsed) s)"
 RADI_FAST_TEST_DEVICE=cuda timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_pairwise.py \
   2>&1 | tee "$LOGS/gpu_check_pytest.log"
 tests_rc=${PIPESTATUS[0]}
-RADI_FAST_TEST_DEVICE=cuda timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_sampler_op.py -k cuda \
+RADI_FAST_TEST_DEVICE=cuda timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_sampler_op.py \
+  tests/test_sampler_torch.py -k cuda \
   2>&1 | tail -3 | tee -a "$LOGS/gpu_check_pytest.log"
 sampler_rc=${PIPESTATUS[0]}
 
@@ -99,6 +111,6 @@ else
   echo "skipped (no ncu, or too little time left)"
 fi
 
-echo "== summary ($(elapsed) s): bench $bench_rc, tests $tests_rc, sampler tests $sampler_rc"
-grep -h "^TARGET" "$LOGS/gpu_check_bench.log" "$LOGS/gpu_check_train.log" 2>/dev/null
-[[ $tests_rc -eq 0 && $bench_rc -eq 0 && $sampler_rc -eq 0 ]]
+echo "== summary ($(elapsed) s): bench $bench_rc, integration $integration_rc, tests $tests_rc, sampler tests $sampler_rc"
+grep -h "^TARGET" "$LOGS/gpu_check_bench.log" "$LOGS/gpu_check_integration.log" "$LOGS/gpu_check_train.log" 2>/dev/null
+[[ $tests_rc -eq 0 && $bench_rc -eq 0 && $integration_rc -eq 0 && $sampler_rc -eq 0 ]]

@@ -21,8 +21,16 @@ the benchmark shape), and the exp roofline is that count over ``SMs * 16 / clock
 per SM per clock on sm_90), at the maximum SM clock reported by nvidia-smi (and at the clock
 read right after the run). A small sweep of Sinkhorn tile configurations is timed the same way.
 
+``--integration`` runs, instead of the benchmark, what a trainer needs of the losses (issue 11),
+each call recorded and turned into a TARGET line: a forward + backward of RADI-P (``tol=0``),
+RADI-L, their masked forms and the classification loss under
+``torch.cuda.set_sync_debug_mode("error")``; a CUDA-graph capture of it whose replays equal
+eager (same and new input values); ``torch.compile(fullgraph=True)`` with inductor equal to
+eager. It writes ``integration_<device>.json``.
+
 ``--dry-run`` runs every code path on the CPU (Triton interpreter, tiny sizes, no CUDA timing or
-memory): a smoke test of this script on a machine without a GPU.
+memory; with ``--integration``: the compile checks under aot_eager): a smoke test of this script
+on a machine without a GPU.
 
 Writes ``radi_p_bench_<device>.json`` into every ``--out`` folder.
 """
@@ -74,6 +82,8 @@ def parse_args(argv=None):
     ap.add_argument("--skip-compile", action="store_true", help="skip the torch.compile dense baseline")
     ap.add_argument("--no-sweep", action="store_true", help="skip the Sinkhorn tile sweep")
     ap.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny sizes: smoke test only")
+    ap.add_argument("--integration", action="store_true",
+                    help="only the trainer-integration checks (sync-free, CUDA graphs, torch.compile fullgraph)")
     args = ap.parse_args(argv)
     if args.dry_run:
         args.B, args.T, args.K, args.iters = 2, 3, 40, 3
@@ -407,79 +417,184 @@ def run(args):
         }
         result["fraction_of_exp_limit"] = frac
         result["best_dense_speedup"] = None if best_dense is None else best_dense / fast
-    if device.type == "cuda":  # last: a failed graph capture may leave this process unusable
-        result["integration"] = integration_checks(radi_fast, student, mc, iters)
     return result
 
 
-def integration_checks(radi_fast, student, mc, iters):
-    """What a trainer needs on a GPU: no host sync in a fixed-budget call, CUDA-graph capture,
-    torch.compile(fullgraph=True). Each outcome is recorded, not asserted."""
+def integration_calls(radi_fast, student, mc, iters):
+    """The loss calls a trainer makes, each ``fn(student) -> loss`` (fixed Sinkhorn budget for
+    RADI-P; RADI-L's cold draws come from the global CPU generator, reseeded before each call by
+    the checks, so that eager, compiled and graph replays draw the same lists)."""
     import torch
 
-    out = {}
     teacher = mc.mean(dim=1)
-    calls = {
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(student.shape, generator=g) < 0.8
+    mask[:, 0] = True
+    mask = mask.to(student.device)
+    targets = torch.zeros_like(student)
+    targets[:, 0] = 1.0
+    n = student.shape[1]
+    hot, cold = min(100, n // 4), min(10, n // 4)
+    return {
         "radi_p_tol0": lambda s: radi_fast.radi_pairwise_loss(s, mc, max_iter=iters, tol=0.0),
-        "radi_l": lambda s: radi_fast.radi_listwise_loss(s, teacher, hot=100, cold=10),
+        "radi_p_tol0_masked": lambda s: radi_fast.radi_pairwise_loss(s, mc, max_iter=iters, tol=0.0, mask=mask),
+        "radi_l": lambda s: radi_fast.radi_listwise_loss(s, teacher, hot=hot, cold=cold),
+        "radi_l_masked": lambda s: radi_fast.radi_listwise_loss(s, teacher, hot=hot, cold=cold, mask=mask),
+        "classification": lambda s: radi_fast.classification_loss(s, targets, mask=mask),
     }
-    for name, fn in calls.items():
-        s = student.detach().clone().requires_grad_(True)
-        fn(s).backward()  # compile / warm up
+
+
+def _fwd_bwd_seeded(fn, s, seed=1234):
+    import torch
+
+    torch.manual_seed(seed)
+    loss = fn(s)
+    loss.backward()
+    return loss
+
+
+def _eager(fn, values, seed=1234):
+    s = values.detach().clone().requires_grad_(True)
+    loss = _fwd_bwd_seeded(fn, s, seed)
+    return loss.detach(), s.grad
+
+
+def check_sync_free(fn, student):
+    """``torch.cuda.set_sync_debug_mode("error")`` around one forward + backward (after a warm-up
+    call): True, or the error."""
+    import torch
+
+    _eager(fn, student)
+    torch.cuda.synchronize()
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        _eager(fn, student)
+        torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()
-        try:
-            torch.cuda.set_sync_debug_mode("error")
-            s = student.detach().clone().requires_grad_(True)
-            fn(s).backward()
-            torch.cuda.synchronize()
-            out[f"{name}_sync_free"] = True
-        except Exception as exc:
-            out[f"{name}_sync_free"] = repr(exc)[:300]
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        try:  # capture forward + backward in a CUDA graph, replay, compare with eager
-            s = student.detach().clone().requires_grad_(True)
-            eager = fn(s)
-            eager.backward()
-            ref_grad = s.grad.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    s.grad = None
-                    fn(s).backward()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            s.grad = None
-            with torch.cuda.graph(graph):
-                loss = fn(s)
-                loss.backward()
-            graph.replay()
-            torch.cuda.synchronize()
-            out[f"{name}_cuda_graph"] = {"loss_equal": bool(torch.equal(loss, eager.detach())),
-                                         "grad_max_abs_diff": float((s.grad - ref_grad).abs().max())}
-        except Exception as exc:
-            out[f"{name}_cuda_graph"] = repr(exc)[:300]
-        try:
-            compiled = torch.compile(fn, fullgraph=True)
-            s = student.detach().clone().requires_grad_(True)
-            c_loss = compiled(s)
-            c_loss.backward()
-            s2 = student.detach().clone().requires_grad_(True)
-            e_loss = fn(s2)
-            e_loss.backward()
-            out[f"{name}_compile_fullgraph"] = {"loss_diff": float((c_loss - e_loss).abs()),
-                                                "grad_max_abs_diff": float((s.grad - s2.grad).abs().max())}
-        except Exception as exc:
-            out[f"{name}_compile_fullgraph"] = repr(exc)[:300]
-        torch._dynamo.reset()
-    print(f"  integration {json.dumps(out)}", flush=True)
+        return True
+    except Exception as exc:
+        return repr(exc)[:300]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def check_cuda_graph(fn, student):
+    """Capture forward + backward in a CUDA graph (warm-up on a side stream, a leaf first used
+    there, no autograd graph kept alive: the recipe of the CUDA-graphs docs), replay, compare
+    with eager on the same values, then on new values copied into the static input."""
+    import torch
+
+    static = student.detach().clone().requires_grad_(True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            static.grad = None
+            _fwd_bwd_seeded(fn, static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    static.grad = None
+    torch.manual_seed(1234)
+    with torch.cuda.graph(graph):
+        static_loss = fn(static)
+        static_loss.backward()
+    out = {}
+    for label, values in (("same_values", student), ("new_values", student.flip(1) * 0.5 + 0.1)):
+        with torch.no_grad():
+            static.copy_(values)
+        graph.replay()
+        torch.cuda.synchronize()
+        e_loss, e_grad = _eager(fn, values)
+        out[label] = {"loss_equal": bool(torch.equal(static_loss.detach(), e_loss)),
+                      "loss_diff": float((static_loss.detach() - e_loss).abs()),
+                      "grad_max_abs_diff": float((static.grad - e_grad).abs().max())}
+    out["ok"] = all(v["grad_max_abs_diff"] == 0 and v["loss_equal"] for v in out.values() if isinstance(v, dict))
     return out
 
 
-def write(result, outs):
+def check_compile(fn, student, backend):
+    """``torch.compile(fn, fullgraph=True)``: loss and gradient against eager (inductor keeps
+    aten's random ops, ``fallback_random``, so RADI-L's seeds match eager's)."""
+    import torch
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(fn, backend=backend, fullgraph=True)
+        with torch._inductor.config.patch(fallback_random=True):
+            c_loss, c_grad = _eager(compiled, student)
+        e_loss, e_grad = _eager(fn, student)
+        diff = float((c_loss - e_loss).abs())
+        grad_diff = float((c_grad - e_grad).abs().max())
+        scale = max(1.0, float(e_loss.abs()))
+        return {"loss_diff": diff, "grad_max_abs_diff": grad_diff, "ok": diff <= 1e-5 * scale and grad_diff <= 1e-5}
+    except Exception as exc:
+        return repr(exc)[:300]
+    finally:
+        torch._dynamo.reset()
+
+
+def integration_checks(radi_fast, student, mc, iters, dry_run=False):
+    """What a trainer needs on a GPU (issue 11), for each call of :func:`integration_calls`: no
+    host sync in a forward + backward (``set_sync_debug_mode("error")``), CUDA-graph capture and
+    replay equal to eager, ``torch.compile(fullgraph=True)`` with inductor equal to eager; plus
+    the sync behaviour of RADI-P with the default early stopping (``tol > 0``, recorded only).
+    ``dry_run`` (CPU): the compile checks alone, with aot_eager. Returns ``(outcomes, targets)``."""
+    import torch
+
+    calls = integration_calls(radi_fast, student, mc, iters)
+    cuda = student.device.type == "cuda" and not dry_run
+    out, targets = {}, {}
+    for name, fn in calls.items():
+        if cuda:
+            out[f"{name}_sync_free"] = check_sync_free(fn, student)
+            try:
+                out[f"{name}_cuda_graph"] = check_cuda_graph(fn, student)
+            except Exception as exc:
+                out[f"{name}_cuda_graph"] = repr(exc)[:300]
+            torch.cuda.synchronize()
+        out[f"{name}_compile_fullgraph"] = check_compile(fn, student, "inductor" if cuda else "aot_eager")
+        print(f"  integration {name}: {json.dumps({k: v for k, v in out.items() if k.startswith(name + '_')})}",
+              flush=True)
+    if cuda:
+        out["radi_p_default_tol_sync_free"] = check_sync_free(
+            lambda s: radi_fast.radi_pairwise_loss(s, mc), student)
+        for name in calls:
+            targets[f"{name}: fwd+bwd without host sync"] = out[f"{name}_sync_free"] is True
+            graph = out[f"{name}_cuda_graph"]
+            targets[f"{name}: CUDA-graph replay == eager"] = isinstance(graph, dict) and graph["ok"]
+    for name in calls:
+        comp = out[f"{name}_compile_fullgraph"]
+        targets[f"{name}: compile(fullgraph=True, {'inductor' if cuda else 'aot_eager'}) == eager"] = \
+            isinstance(comp, dict) and comp["ok"]
+    print(f"  integration {json.dumps(out)}", flush=True)
+    return out, targets
+
+
+def run_integration(args):
+    """The integration checks at the benchmark shape (``--integration``)."""
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    import radi_fast
+
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_pairwise.py: no CUDA device (use --dry-run for a CPU smoke test)", file=sys.stderr)
+        sys.exit(2)
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    student, mc = make_inputs(args.B, args.T, args.K, device)
+    result = {"benchmark": "integration: sync-free, CUDA graphs, torch.compile(fullgraph=True)", "dry_run": args.dry_run,
+              "shape": {"B": args.B, "T": args.T, "K": args.K, "sinkhorn_iterations": args.iters},
+              **device_facts(device)}
+    print(f"device: {result['device']}  integration checks, B={args.B} T={args.T} K={args.K}", flush=True)
+    result["integration"], result["targets"] = integration_checks(radi_fast, student, mc, args.iters, args.dry_run)
+    return result
+
+
+def write(result, outs, prefix="radi_p_bench"):
     slug = re.sub(r"[^A-Za-z0-9]+", "_", result["device"]).strip("_").lower()[:40] or "device"
-    name = f"radi_p_bench_{'dryrun_' if result['dry_run'] else ''}{slug}.json"
+    name = f"{prefix}_{'dryrun_' if result['dry_run'] else ''}{slug}.json"
     paths = []
     for out in outs:
         os.makedirs(out, exist_ok=True)
@@ -493,8 +608,8 @@ def write(result, outs):
 def main(argv=None):
     args = parse_args(argv)
     outs = args.out or ([os.environ["OUT"]] if os.environ.get("OUT") else [os.path.join(ROOT, "bench", "results")])
-    result = run(args)
-    for path in write(result, outs):
+    result = run_integration(args) if args.integration else run(args)
+    for path in write(result, outs, "integration" if args.integration else "radi_p_bench"):
         print(f"wrote {path}")
     for name, ok in result.get("targets", {}).items():
         print(f"TARGET {'PASS' if ok else ('n/a ' if ok is None else 'FAIL')}  {name}")

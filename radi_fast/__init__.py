@@ -12,6 +12,7 @@ Public API (the contract later work builds on):
 """
 from . import metrics, reference
 from ._report import backend_info
+from .ops import sampler as _sampler  # noqa: F401  (loads radi_fast._C: registers torch.ops.radi_fast.partial_list)
 from ._validation import set_value_checks
 from .classification import classification_loss
 from .listwise import RadiListwiseLoss, radi_listwise_loss

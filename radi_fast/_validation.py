@@ -117,18 +117,52 @@ def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_sample
 
 
-def check_scores(scores, name: str, lengths: Optional[torch.Tensor]) -> torch.Tensor:
-    """A 2-D floating tensor whose valid entries (columns < lengths[b]) are finite.
+def check_mask(mask, batch: int, n: int, device, name: str = "mask") -> Optional[torch.Tensor]:
+    """A [B, N] bool tensor, True = a valid answer (any positions), on ``device`` (a mask on
+    another device is copied there)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor (True = a valid answer), got {mask.dtype}")
+    if tuple(mask.shape) != (batch, n):
+        raise ValueError(f"{name} must have shape [B, N] = {(batch, n)}, got {tuple(mask.shape)}")
+    return mask.to(device)
 
-    Padding columns may hold anything (e.g. -inf or NaN): they are never read.
+
+def combine_valid(mask, lengths, batch: int, n: int, device) -> Optional[torch.Tensor]:
+    """The valid answers from ``mask`` ([B, N] bool) and ``lengths`` ([B]), checked: None (all
+    valid), the int64 ``lengths`` alone, or a [B, N] bool mask (both combined by "and")."""
+    mask = check_mask(mask, batch, n, device)
+    lengths = check_lengths(lengths, batch, n)
+    if mask is None or lengths is None:
+        return mask if lengths is None else lengths
+    return mask & (torch.arange(n, device=device)[None, :] < lengths.to(device)[:, None])
+
+
+def valid_mask(valid: Optional[torch.Tensor], batch: int, n: int, device) -> Optional[torch.Tensor]:
+    """``valid`` (None, [B] lengths or a [B, N] mask) as a [B, N] bool mask, or None."""
+    if valid is None or valid.dim() == 2:
+        return valid
+    return torch.arange(n, device=device)[None, :] < valid.to(device)[:, None]
+
+
+def check_scores(scores, name: str, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """A 2-D (or [B, T, N]) floating tensor whose valid entries are finite; ``valid``: None,
+    [B] lengths or a [B, N] bool mask (:func:`combine_valid`).
+
+    Padding entries may hold anything (e.g. -inf or NaN): they are never read. The finiteness
+    test reads the data, so it follows :func:`value_checks_enabled`.
     """
-    check_tensor(scores, name, 2, finite=False)
+    if not (isinstance(scores, torch.Tensor) and scores.dim() == 3):
+        check_tensor(scores, name, 2, finite=False)
     if scores.numel() == 0 or not value_checks_enabled(scores):
         return scores
     finite = torch.isfinite(scores)
-    if lengths is not None:
-        columns = torch.arange(scores.shape[1], device=scores.device)
-        finite = finite | (columns[None, :] >= lengths.to(scores.device)[:, None])
+    mask = valid_mask(valid, scores.shape[0], scores.shape[-1], scores.device)
+    if mask is not None:
+        finite = finite | ~(mask[:, None, :] if scores.dim() == 3 else mask)
     if not bool(finite.all()):
         raise ValueError(f"{name} contains non-finite values (NaN or inf) among the valid answers")
     return scores

@@ -19,17 +19,17 @@ from ._constants import LAMBDA_LOSSES, LISTWISE_LOSSES, SUBLIST_SAMPLINGS  # noq
 from ._validation import (
     check_choice,
     check_int,
-    check_lengths,
-    check_list_sizes,
     check_positive,
     check_reduction,
     check_same_dim,
     check_scores,
     check_tensor,
+    combine_valid,
     reduce,
 )
+from .ops.autograd import no_autocast
 from .ops.listwise import listwise_loss_on_sublist
-from .sampling import sample_partial_list, teacher_ranking
+from .sampling import draw_partial_lists, teacher_ranking
 
 
 def draw_sublists(teacher_logits: torch.Tensor, hot: int, cold: int, sampling: str = "zipf", alpha: float = 1.0,
@@ -37,20 +37,27 @@ def draw_sublists(teacher_logits: torch.Tensor, hot: int, cold: int, sampling: s
                   lengths: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The answers each row's loss is computed on: ``(indices [B, n], valid [B, n] bool or None)``.
 
-    ``sampling="full"``: the whole teacher ranking (ties by lower index), ``n = N``; with
-    ``lengths`` the padding columns sit at the end of each row and ``valid`` marks the first
-    ``lengths[b]`` entries (``valid`` is None when every entry is valid). Otherwise the hot list
-    then the cold draws of :func:`radi_fast.sampling.sample_partial_list`, ``n = hot + cold``.
-    Arguments are assumed validated (as by :func:`radi_listwise_loss`).
+    ``lengths``: None, [B] numbers of valid answers or a [B, N] bool mask of them (``L_b`` per
+    row). ``sampling="full"``: the whole teacher ranking (ties by lower index), ``n = N``, the
+    first ``L_b`` entries valid. Otherwise the hot list then the cold draws
+    (:func:`radi_fast.sampling.draw_partial_lists`), ``n = hot' + cold'`` with
+    ``hot' = min(hot, N)``, ``cold' = min(cold, N - hot')``; a row with fewer valid answers uses
+    what it has: ``min(hot, L_b)`` hot answers, then ``min(cold, L_b - hot)`` cold ones.
+    ``valid`` is None when every entry is valid. Arguments are assumed validated (as by
+    :func:`radi_listwise_loss`).
     """
     teacher = teacher_logits.detach()
+    B, N = teacher.shape
     if sampling == "full":
         indices = teacher_ranking(teacher, lengths)
         if lengths is None:
             return indices, None
+        n_valid = lengths.to(indices.device) if lengths.dim() == 1 else lengths.sum(dim=1)
         columns = torch.arange(indices.shape[1], device=indices.device)
-        return indices, columns[None, :] < lengths.to(indices.device)[:, None]
-    return sample_partial_list(teacher, hot, cold, sampling, alpha, generator, lengths), None
+        return indices, columns[None, :] < n_valid[:, None]
+    hot = min(hot, N)
+    cold = min(cold, N - hot)
+    return draw_partial_lists(teacher, hot, cold, sampling, alpha, generator, lengths)
 
 
 def stlistnet_uniforms(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
@@ -74,7 +81,8 @@ def _check_options(hot, cold, sampling, alpha, loss, beta, sigma, mu, reduction)
 def radi_listwise_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, hot: int = 100, cold: int = 10,
                        sampling: str = "zipf", alpha: float = 1.0, loss: str = "listnet", beta: float = 1.0,
                        generator: Optional[torch.Generator] = None, *, sigma: float = 1.0, mu: float = 10.0,
-                       lengths: Optional[torch.Tensor] = None, reduction: str = "mean") -> torch.Tensor:
+                       lengths: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+                       reduction: str = "mean") -> torch.Tensor:
     """RADI-L loss (sec. 3.3): a listwise loss on a hot + cold sub-list of the teacher's ranking.
 
     Args:
@@ -90,23 +98,45 @@ def radi_listwise_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
             ``"ndcg_loss2"`` or ``"ndcg_loss2pp"``.
         beta: STListNet's noise scale ``>= 0`` (``eps = -beta log(-log u)`` on the teacher scores).
         generator: ``torch.Generator`` for the cold draws and STListNet's noise (global RNG
-            when None); see the module docstring for the order in which it is consumed.
+            when None); see the module docstring for the order in which it is consumed. Under
+            ``torch.compile`` leave it None (Dynamo cannot trace a Generator argument).
         sigma: LambdaLoss's sigmoid scale ``> 0``.
         mu: NDCG-Loss2++'s weight ``>= 0`` of the NDCG-Loss2 term.
         lengths: optional ``[B]`` ints: valid answers per row (columns ``>= lengths[b]`` are
-            padding, never read, and may hold non-finite values).
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (``[B]``) over rows; each
-            row's loss is the sum over its sub-list's items (or ordered pairs).
+            padding).
+        mask: optional ``[B, N]`` bool, True = a valid answer (any positions); combined with
+            ``lengths`` when both are given. Invalid answers are never ranked, sampled or read:
+            they never influence the loss, their gradient is exactly 0 and they may hold
+            NaN/inf. A row with ``L_b < hot + cold`` valid answers uses what it has: its top
+            ``min(hot, L_b)`` answers, then ``min(cold, L_b - hot)`` cold draws (no error, and
+            no effect on the other rows); so does every row when ``hot + cold > N``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (``[B]``) over rows.
 
     Returns:
-        The loss, in ``student_logits``' dtype. Conventions (tie rule, gains, where STListNet's
-        noise goes, pairs of every LambdaLoss scheme) are in the module docstring.
+        The loss in fp32 for fp16/bf16/fp32 inputs, fp64 when an input is fp64 (also under
+        ``torch.autocast``, which the computation ignores); the gradient reaches
+        ``student_logits`` in its dtype. Conventions (tie rule, gains, where STListNet's noise
+        goes, pairs of every LambdaLoss scheme) are in the module docstring.
+
+    Scale: each row's loss is the **sum** over its sub-list's items (ListMLE, ListNet,
+    STListNet) or ordered pairs (the LambdaLoss family), not a mean: it grows with the list
+    length ``n = hot + cold`` (ListNet is at least ``log n`` and typically several times that;
+    ListMLE and the pair losses grow like ``n log n`` and ``n^2``), well above RADI-P's per-pair
+    mean (random scores, N = 2500, hot 100 + cold 10: RADI-P 0.56, ListNet 5.1, ListMLE 456,
+    RankNet 7566): weigh them accordingly. The trainer (``radi_fast.train``) adds
+    ``radi_l_alpha * loss`` with ``radi_l_alpha = 1``.
+
+    No host synchronisation on CUDA: value checks follow :func:`radi_fast.set_value_checks`, and
+    the sub-lists come from the compiled op (seeds from a CPU generator, read on the host
+    without a device sync) or from the PyTorch op (masks, a CUDA generator; seeds stay on the
+    device). Under CUDA-graph capture, seeds drawn from a CPU generator are fixed at capture;
+    pass a CUDA ``generator`` (registered with the graph) for fresh draws at every replay.
 
     Raises:
         ValueError naming the argument for: non-2-D or mismatched logits, non-finite valid
-        logits, negative ``hot``/``cold``, ``hot + cold`` above ``N`` (or ``min(lengths)``)
-        when sampling, unknown ``sampling``/``loss``/``reduction``, negative ``alpha``/``beta``/``mu``,
-        non-positive ``sigma``, bad ``lengths``.
+        logits (where the value checks run), negative ``hot``/``cold``, unknown
+        ``sampling``/``loss``/``reduction``, negative ``alpha``/``beta``/``mu``, non-positive
+        ``sigma``, bad ``lengths`` or ``mask``.
     """
     check_tensor(student_logits, "student_logits", 2, finite=False)
     check_tensor(teacher_logits, "teacher_logits", 2, finite=False)
@@ -116,28 +146,27 @@ def radi_listwise_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     if N == 0:
         raise ValueError("student_logits must have at least one answer column, got shape (B, 0)")
     alpha, beta, sigma, mu = _check_options(hot, cold, sampling, alpha, loss, beta, sigma, mu, reduction)
-    lengths = check_lengths(lengths, B, N)
-    check_scores(student_logits, "student_logits", lengths)
-    check_scores(teacher_logits, "teacher_logits", lengths)
-    if sampling != "full":
-        check_list_sizes(hot, cold, N, lengths)
+    valid_answers = combine_valid(mask, lengths, B, N, student_logits.device)
+    check_scores(student_logits, "student_logits", valid_answers)
+    check_scores(teacher_logits, "teacher_logits", valid_answers)
 
     compute_dtype = torch.float64 if torch.float64 in (student_logits.dtype, teacher_logits.dtype) \
         else torch.float32
-    answer_ids, valid = draw_sublists(teacher_logits, hot, cold, sampling, alpha, generator, lengths)
-    student_sub = student_logits.gather(1, answer_ids).to(compute_dtype)
-    teacher_sub = teacher_logits.detach().gather(1, answer_ids).to(compute_dtype)
-    uniforms = stlistnet_uniforms(answer_ids.shape, generator, student_logits.device) \
-        if loss == "stlistnet" else None
-    per_row = listwise_loss_on_sublist(student_sub, teacher_sub, answer_ids, loss, valid,
-                                       beta=beta, uniforms=uniforms, sigma=sigma, mu=mu)
-    return reduce(per_row, reduction).to(student_logits.dtype)
+    answer_ids, valid = draw_sublists(teacher_logits, hot, cold, sampling, alpha, generator, valid_answers)
+    with no_autocast(student_logits):
+        student_sub = student_logits.gather(1, answer_ids).to(compute_dtype)
+        teacher_sub = teacher_logits.detach().gather(1, answer_ids).to(compute_dtype)
+        uniforms = stlistnet_uniforms(answer_ids.shape, generator, student_logits.device) \
+            if loss == "stlistnet" else None
+        per_row = listwise_loss_on_sublist(student_sub, teacher_sub, answer_ids, loss, valid,
+                                           beta=beta, uniforms=uniforms, sigma=sigma, mu=mu)
+        return reduce(per_row, reduction)
 
 
 class RadiListwiseLoss(nn.Module):
     """Module form of :func:`radi_listwise_loss` (same arguments and conventions).
 
-    ``forward(student_logits, teacher_logits, generator=None, lengths=None)``.
+    ``forward(student_logits, teacher_logits, generator=None, lengths=None, mask=None)``.
     """
 
     def __init__(self, hot: int = 100, cold: int = 10, sampling: str = "zipf", alpha: float = 1.0,
@@ -150,10 +179,10 @@ class RadiListwiseLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                 generator: Optional[torch.Generator] = None,
-                lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+                lengths: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         return radi_listwise_loss(student_logits, teacher_logits, self.hot, self.cold, self.sampling, self.alpha,
                                   self.loss, self.beta, generator, sigma=self.sigma, mu=self.mu, lengths=lengths,
-                                  reduction=self.reduction)
+                                  mask=mask, reduction=self.reduction)
 
     def extra_repr(self) -> str:
         return (f"hot={self.hot}, cold={self.cold}, sampling={self.sampling!r}, alpha={self.alpha}, "

@@ -15,27 +15,38 @@ Conventions:
   worth ``min(1, c / 2)``; the metric is that worth for the top-1 answer.
 * **Reduction.** ``"mean"`` (default): a 0-dim tensor, the mean over rows; ``"none"``: ``[B]``.
   Float64 when ``scores`` is float64, else float32.
+* **Valid answers.** ``mask`` ([B, N] bool, True = valid, any positions) and/or ``lengths``
+  ([B], a prefix) restrict each row to its valid answers: invalid ones rank after every valid
+  one (their scores may be NaN/inf and are never compared), and a target on an invalid answer
+  does not count as correct.
+* **Checks** that read the data (NaN scores, empty target rows) run on CPU tensors, on CUDA
+  only when asked (:func:`radi_fast.set_value_checks`): they synchronise.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
-from ._validation import check_choice, check_int, check_tensor
+from ._validation import check_choice, check_int, check_tensor, combine_valid, valid_mask, value_checks_enabled
 
 __all__ = ["acc_at_1", "hit_at_k", "ivqa_accuracy", "ivqa_target_weights", "ndcg_at_k"]
 
 Targets = Union[torch.Tensor, Sequence[Sequence[int]]]
 
 
-def _check_scores(scores) -> torch.Tensor:
+def _check_scores(scores, mask=None, lengths=None) -> Optional[torch.Tensor]:
+    """Checks ``scores`` (NaN only among the valid answers); returns the [B, N] valid mask or None."""
     check_tensor(scores, "scores", 2, finite=False)  # -inf is a legitimate "never predict" score
     if scores.shape[1] == 0:
         raise ValueError("scores must have at least one answer column, got shape (B, 0)")
-    if bool(torch.isnan(scores).any()):
-        raise ValueError("scores contains NaN")
-    return scores
+    B, N = scores.shape
+    valid = valid_mask(combine_valid(mask, lengths, B, N, scores.device), B, N, scores.device)
+    if value_checks_enabled(scores):
+        nan = torch.isnan(scores) if valid is None else torch.isnan(scores) & valid
+        if bool(nan.any()):
+            raise ValueError("scores contains NaN")
+    return valid
 
 
 def _out_dtype(scores: torch.Tensor) -> torch.dtype:
@@ -47,14 +58,14 @@ def _finish(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_row.mean() if reduction == "mean" else per_row
 
 
-def _correct_mask(targets: Targets, scores: torch.Tensor) -> torch.Tensor:
-    """Targets as a bool ``[B, N]`` mask of correct answers (validated; every row non-empty)."""
+def _correct_mask(targets: Targets, scores: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Targets as a bool ``[B, N]`` mask of correct valid answers (validated; every row non-empty)."""
     B, N = scores.shape
     if isinstance(targets, torch.Tensor):
         if targets.shape != scores.shape:
             raise ValueError(f"targets must have the shape of scores {tuple(scores.shape)}, "
                              f"got {tuple(targets.shape)}")
-        if targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+        if targets.is_floating_point() and value_checks_enabled(targets) and not bool(torch.isfinite(targets).all()):
             raise ValueError("targets contains non-finite values")
         mask = (targets != 0).to(scores.device)
     else:
@@ -71,6 +82,10 @@ def _correct_mask(targets: Targets, scores: torch.Tensor) -> torch.Tensor:
                     raise ValueError(f"targets[{b}] holds {a!r}, not an answer index in [0, {N})")
                 mask[b, int(a)] = True
         mask = mask.to(scores.device)
+    if valid is not None:
+        mask = mask & valid
+    if not value_checks_enabled(mask):
+        return mask
     empty = ~mask.any(dim=1)
     if bool(empty.any()):
         rows = torch.nonzero(empty).flatten().tolist()
@@ -78,38 +93,47 @@ def _correct_mask(targets: Targets, scores: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """``[B, min(k, N)]`` answer indices of the top k, ties by lower index."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : min(k, scores.shape[1])]
+def _top_k(scores: torch.Tensor, k: int, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[B, min(k, N)]`` answer indices of the top k, ties by lower index, invalid answers last."""
+    if valid is None:
+        return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : min(k, scores.shape[1])]
+    keys = scores.masked_fill(~valid, float("-inf"))  # NaN never reaches the comparisons
+    order = torch.sort(keys, dim=1, descending=True, stable=True).indices
+    # a second stable sort puts the valid answers first (a valid -inf before an invalid answer)
+    invalid_first = torch.sort((~valid).gather(1, order).to(torch.uint8), dim=1, stable=True).indices
+    return order.gather(1, invalid_first)[:, : min(k, scores.shape[1])]
 
 
-def acc_at_1(scores: torch.Tensor, targets: Targets, *, reduction: str = "mean") -> torch.Tensor:
-    """Acc@1: 1 when the top-scored answer (ties by lower index) is one of the correct answers."""
-    _check_scores(scores)
-    correct = _correct_mask(targets, scores)
-    hit = correct.gather(1, _top_k(scores, 1))[:, 0]
+def acc_at_1(scores: torch.Tensor, targets: Targets, *, reduction: str = "mean", mask=None,
+             lengths=None) -> torch.Tensor:
+    """Acc@1: 1 when the top-scored valid answer (ties by lower index) is one of the correct answers."""
+    valid = _check_scores(scores, mask, lengths)
+    correct = _correct_mask(targets, scores, valid)
+    hit = correct.gather(1, _top_k(scores, 1, valid))[:, 0]
     return _finish(hit.to(_out_dtype(scores)), reduction)
 
 
-def hit_at_k(scores: torch.Tensor, targets: Targets, k: int = 5, *, reduction: str = "mean") -> torch.Tensor:
+def hit_at_k(scores: torch.Tensor, targets: Targets, k: int = 5, *, reduction: str = "mean", mask=None,
+             lengths=None) -> torch.Tensor:
     """Hit@k: 1 when at least one correct answer is among the top k predictions."""
-    _check_scores(scores)
+    valid = _check_scores(scores, mask, lengths)
     k = check_int(k, "k", minimum=1)
-    correct = _correct_mask(targets, scores)
-    hit = correct.gather(1, _top_k(scores, k)).any(dim=1)
+    correct = _correct_mask(targets, scores, valid)
+    hit = correct.gather(1, _top_k(scores, k, valid)).any(dim=1)
     return _finish(hit.to(_out_dtype(scores)), reduction)
 
 
-def ndcg_at_k(scores: torch.Tensor, targets: Targets, k: int = 5, *, reduction: str = "mean") -> torch.Tensor:
+def ndcg_at_k(scores: torch.Tensor, targets: Targets, k: int = 5, *, reduction: str = "mean", mask=None,
+              lengths=None) -> torch.Tensor:
     """nDCG@k with binary relevance; ideal DCG over ``min(k, #correct)`` positions."""
-    _check_scores(scores)
+    valid = _check_scores(scores, mask, lengths)
     k = check_int(k, "k", minimum=1)
-    correct = _correct_mask(targets, scores)
+    correct = _correct_mask(targets, scores, valid)
     dtype = _out_dtype(scores)
-    top = _top_k(scores, k)
+    top = _top_k(scores, k, valid)
     discounts = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=dtype, device=scores.device))
     dcg = (correct.gather(1, top).to(dtype) * discounts).sum(1)
-    n_ideal = correct.sum(1).clamp(max=top.shape[1])  # >= 1: rows without a correct answer were refused
+    n_ideal = correct.sum(1).clamp(min=1, max=top.shape[1])  # >= 1 (rows without a correct answer are refused)
     ideal_dcg = torch.cumsum(discounts, 0)[n_ideal - 1]
     return _finish(dcg / ideal_dcg, reduction)
 
@@ -120,20 +144,22 @@ def ivqa_target_weights(answer_counts: torch.Tensor) -> torch.Tensor:
     check_tensor(answer_counts, "answer_counts", 2, floating=False)
     if answer_counts.dtype == torch.bool:
         raise ValueError("answer_counts must hold counts (ints or floats), got a bool tensor")
-    if answer_counts.is_floating_point() and not bool(torch.isfinite(answer_counts).all()):
-        raise ValueError("answer_counts contains non-finite values")
-    if answer_counts.numel() and bool((answer_counts < 0).any()):
-        raise ValueError("answer_counts must be >= 0")
+    if value_checks_enabled(answer_counts):
+        if answer_counts.is_floating_point() and not bool(torch.isfinite(answer_counts).all()):
+            raise ValueError("answer_counts contains non-finite values")
+        if answer_counts.numel() and bool((answer_counts < 0).any()):
+            raise ValueError("answer_counts must be >= 0")
     counts = answer_counts if answer_counts.is_floating_point() else answer_counts.to(torch.float32)
     return (counts / 2).clamp(max=1)
 
 
-def ivqa_accuracy(scores: torch.Tensor, answer_counts: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
-    """iVQA's graded accuracy: ``min(1, count / 2)`` of the top-1 answer (ties by lower index)."""
-    _check_scores(scores)
+def ivqa_accuracy(scores: torch.Tensor, answer_counts: torch.Tensor, *, reduction: str = "mean", mask=None,
+                  lengths=None) -> torch.Tensor:
+    """iVQA's graded accuracy: ``min(1, count / 2)`` of the top-1 valid answer (ties by lower index)."""
+    valid = _check_scores(scores, mask, lengths)
     weights = ivqa_target_weights(answer_counts)
     if weights.shape != scores.shape:
         raise ValueError(f"answer_counts must have the shape of scores {tuple(scores.shape)}, "
                          f"got {tuple(weights.shape)}")
-    top1 = _top_k(scores, 1).to(weights.device)
+    top1 = _top_k(scores, 1, valid).to(weights.device)
     return _finish(weights.gather(1, top1)[:, 0].to(_out_dtype(scores)), reduction)

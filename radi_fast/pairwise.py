@@ -20,35 +20,44 @@ from ._validation import (
     check_choice,
     check_int,
     check_lam,
-    check_lengths,
     check_positive,
     check_reduction,
     check_same_dim,
+    check_scores,
     check_tensor,
+    combine_valid,
     reduce,
 )
 from .ops import pairwise_cpu
 
 
-def validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths,
+def validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths, mask=None,
                              name_mc: str = "teacher_mc_logits") -> Optional[torch.Tensor]:
-    """Shapes, dtypes, devices (and, where cheap, values) of the RADI-P inputs; returns ``lengths``
-    as int64 or None. Raises ``ValueError`` naming the argument."""
-    check_tensor(teacher_mc_logits, name_mc, 3)
+    """Shapes, dtypes, devices (and, where the value checks run, values: finite on the valid
+    answers) of the RADI-P inputs; returns the valid answers (None, int64 ``lengths`` or a [B, N]
+    bool mask, :func:`radi_fast._validation.combine_valid`). Raises ``ValueError`` naming the
+    argument."""
+    check_tensor(teacher_mc_logits, name_mc, 3, finite=False)
     if teacher_mc_logits.shape[1] < 2:
         raise ValueError(f"{name_mc} needs T >= 2 MC-dropout passes in dim 1 to estimate a variance, "
                          f"got T = {teacher_mc_logits.shape[1]}")
     if student_logits is not None:
-        check_tensor(student_logits, "student_logits", 2)
+        check_tensor(student_logits, "student_logits", 2, finite=False)
         check_same_dim(student_logits, "student_logits", 0, teacher_mc_logits, name_mc, 0)
         check_same_dim(student_logits, "student_logits", 1, teacher_mc_logits, name_mc, 2)
         if student_logits.device != teacher_mc_logits.device:
             raise ValueError(f"student_logits is on {student_logits.device} but {name_mc} on {teacher_mc_logits.device}")
     if teacher_logits is not None:
-        check_tensor(teacher_logits, "teacher_logits", 2)
+        check_tensor(teacher_logits, "teacher_logits", 2, finite=False)
         check_same_dim(teacher_logits, "teacher_logits", 0, teacher_mc_logits, name_mc, 0)
         check_same_dim(teacher_logits, "teacher_logits", 1, teacher_mc_logits, name_mc, 2)
-    return check_lengths(lengths, teacher_mc_logits.shape[0], teacher_mc_logits.shape[2])
+    B, _, N = teacher_mc_logits.shape
+    valid = combine_valid(mask, lengths, B, N, teacher_mc_logits.device)
+    for x, name in ((teacher_mc_logits, name_mc), (student_logits, "student_logits"),
+                    (teacher_logits, "teacher_logits")):
+        if x is not None:
+            check_scores(x, name, valid)
+    return valid
 
 
 def validate_sinkhorn_args(lam, max_iter, tol, sinkhorn: str = "auto") -> Optional[float]:
@@ -109,7 +118,8 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
                        lam="auto", top_k: int = DEFAULT_TOP_K, max_iter: int = DEFAULT_MAX_ITER,
                        tol: float = DEFAULT_TOL, reduction: str = "mean", *,
                        generator: Optional[torch.Generator] = None, lengths: Optional[torch.Tensor] = None,
-                       backend: Optional[str] = None, sinkhorn: str = "auto", return_info: bool = False):
+                       mask: Optional[torch.Tensor] = None, backend: Optional[str] = None, sinkhorn: str = "auto",
+                       return_info: bool = False):
     """RADI-P: eq. 4 with the soft margins ``M = margin * W``.
 
     Args:
@@ -119,24 +129,44 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
         margin: m >= 0 (the paper searches {0.1, 1, 10}).
         margin_mode: "ot" (the paper's method), "uniform", "random" or "uncertainty" (Table 3).
         lam: Sinkhorn smoothing, a positive float or "auto" (per-sample mean off-diagonal U).
-        top_k: each sample keeps the teacher's top ``top_k`` answers (the paper: 2500).
-        max_iter, tol: Sinkhorn budget and stopping test (``max |Δ log v| <= tol``).
+        top_k: each sample keeps the teacher's top ``top_k`` valid answers (the paper: 2500).
+        max_iter, tol: Sinkhorn budget and stopping test (``max |Δ log v| <= tol``). ``tol=0``
+            runs exactly ``max_iter`` iterations: on CUDA (Triton) a whole forward + backward is
+            then free of host synchronisation and capturable in a CUDA graph. With ``tol > 0``
+            the Triton path looks at the stopping flags through an asynchronous copy every few
+            iterations (no blocking synchronisation; at most one flag read per look, and not
+            capturable in a CUDA graph). The torch backend reads on the host (meant for CPUs).
         reduction: "mean" (default), "sum" or "none" ([B]).
-        generator: seeds the "random" mode (the global RNG when None).
-        lengths: optional [B] numbers of valid answers (the rest of each row is padding).
+        generator: seeds the "random" mode (the global RNG when None; that mode reads its seed
+            on the host, so ``torch.compile`` breaks its graph there).
+        lengths: optional [B] numbers of valid answers (columns ``>= lengths[b]`` are padding).
+        mask: optional [B, N] bool, True = a valid answer (any positions); combined with
+            ``lengths`` when both are given. Invalid answers never influence the loss, their
+            gradient is exactly 0, and they may hold NaN/inf in every input. A row with fewer
+            than two valid answers contributes 0.
         backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton";
             default from ``RADI_FAST_BACKEND``.
         sinkhorn: the Sinkhorn scheme, "auto" (plain with lam="auto" or tol=0, else Anderson),
             "plain", "overrelaxed", "anderson" or "scaling" (docs/sinkhorn.md).
         return_info: also return a :class:`SinkhornInfo` (iterations per sample).
 
-    Returns the loss in fp32 (fp64 for fp64 inputs), or ``(loss, SinkhornInfo)``. Per sample, the sum of the hinges over the
-    teacher-ordered pairs divided by their number ``|R_p|`` (0 without such a pair); rows of W
-    sum to 1, so the average OT margin is ``margin / (K - 1)``.
+    Returns the loss in fp32 for fp16/bf16/fp32 inputs and fp64 for fp64 (also under
+    ``torch.autocast``, which the computation ignores), or ``(loss, SinkhornInfo)``; the gradient
+    reaches ``student_logits`` in its own dtype.
 
-    Raises ``ValueError`` naming the argument (shapes, dtypes, devices, options).
+    Scale: per sample, the **mean** of the hinges over the teacher-ordered pairs (the sum divided
+    by their number ``|R_p|``; 0 without such a pair), so it does not grow with K, unlike
+    RADI-L's per-row sums (random scores, N = 2500: RADI-P 0.56 against ListNet 5.1 and ListMLE
+    456 on hot 100 + cold 10): weigh them accordingly. Rows of W sum to 1, so the average OT
+    margin is ``margin / (K - 1)``. The trainer (``radi_fast.train``) adds
+    ``radi_p_alpha * loss`` with ``radi_p_alpha = 3`` and ``margin = 10`` to the classification
+    loss.
+
+    Checks: shapes, dtypes, devices and options always (``ValueError`` naming the argument);
+    finite valid entries on CPU tensors, on CUDA only when asked (:func:`radi_fast.set_value_checks`
+    or ``RADI_FAST_VALIDATE=1``: they synchronise), never under ``torch.compile``.
     """
-    lengths = validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths)
+    valid = validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths, mask)
     margin = check_positive(margin, "margin", allow_zero=True)
     check_choice(margin_mode, "margin_mode", MARGIN_MODES)
     lam_value = validate_sinkhorn_args(lam, max_iter, tol, sinkhorn)
@@ -150,7 +180,7 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
     else:
         op = pairwise_cpu.pairwise_loss_op
     scheme = resolve_sinkhorn(sinkhorn, lam_value, tol)
-    per_sample, _, iterations = op(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode,
+    per_sample, _, iterations = op(student_logits, teacher_mc_logits, teacher_logits, valid, margin, margin_mode,
                                    lam_value, top_k, max_iter, float(tol), seed, scheme)
     loss = reduce(per_sample, reduction)
     return (loss, SinkhornInfo(iterations)) if return_info else loss
@@ -170,10 +200,12 @@ class RadiPairwiseLoss(nn.Module):
         self.max_iter, self.tol, self.reduction, self.backend = max_iter, tol, reduction, backend
         self.sinkhorn = sinkhorn
 
-    def forward(self, student_logits, teacher_mc_logits, teacher_logits=None, *, generator=None, lengths=None):
+    def forward(self, student_logits, teacher_mc_logits, teacher_logits=None, *, generator=None, lengths=None,
+                mask=None):
         return radi_pairwise_loss(student_logits, teacher_mc_logits, teacher_logits, self.margin, self.margin_mode,
                                   self.lam, self.top_k, self.max_iter, self.tol, self.reduction,
-                                  generator=generator, lengths=lengths, backend=self.backend, sinkhorn=self.sinkhorn)
+                                  generator=generator, lengths=lengths, mask=mask, backend=self.backend,
+                                  sinkhorn=self.sinkhorn)
 
     def extra_repr(self) -> str:
         return (f"margin={self.margin}, margin_mode={self.margin_mode!r}, lam={self.lam!r}, top_k={self.top_k}, "

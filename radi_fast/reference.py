@@ -109,7 +109,8 @@ def radi_pairwise_loss_literal(student_logits: torch.Tensor, teacher_mc_logits: 
                                teacher_logits: Optional[torch.Tensor] = None, margin: float = 1.0,
                                margin_mode: str = "ot", lam="auto", top_k: int = 2500, max_iter: int = 100,
                                tol: float = 1e-5, reduction: str = "mean", seed: int = 0,
-                               lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+                               lengths: Optional[torch.Tensor] = None,
+                               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """RADI-P (sec. 3.2), literally, one sample at a time.
 
     Per sample: the teacher's ranking (teacher_logits, default the mean of the MC passes,
@@ -117,6 +118,8 @@ def radi_pairwise_loss_literal(student_logits: torch.Tensor, teacher_mc_logits: 
     U by eq. 5 on those answers; W by ``margin_mode``; ``M = margin * W``; eq. 4. The batch
     loss is the mean (or sum) of the per-sample losses. Teacher inputs are constants.
     ``seed`` feeds the "random" mode's counter-based uniforms (see ``radi_fast._random``).
+    Valid answers: the first ``lengths[b]`` columns, and only those where ``mask[b]`` is True;
+    the others are never read (a sample without valid answers contributes 0).
     """
     B, T, N = teacher_mc_logits.shape
     mc = teacher_mc_logits.detach()
@@ -124,7 +127,13 @@ def radi_pairwise_loss_literal(student_logits: torch.Tensor, teacher_mc_logits: 
     losses = []
     for b in range(B):
         n_valid = N if lengths is None else int(lengths[b])
-        order = torch.sort(t_all[b, :n_valid], descending=True, stable=True).indices[:top_k]
+        ids = torch.arange(n_valid)
+        if mask is not None:
+            ids = ids[mask[b, :n_valid].cpu()]
+        if len(ids) == 0:
+            losses.append(student_logits[b, :0].sum())
+            continue
+        order = ids[torch.sort(t_all[b, ids], descending=True, stable=True).indices[:top_k]]
         U = pairwise_uncertainty_literal(mc[b][:, order])
         W = margin_weights_literal(U, margin_mode, None if lam == "auto" else float(lam), max_iter, tol,
                                    seed=seed, row=b, answer_ids=order, logit_scale=float(mc[b][:, order].abs().max()))

@@ -276,12 +276,12 @@ def test_reductions_module_dtypes_and_frozen_teacher():
     assert "ndcg_loss2pp" in repr(module)
     module(student, teacher, gen(2)).backward()
     assert teacher.grad is None and student.grad is not None
-    # fp32 agrees with fp64 on the same draws; bf16 runs and returns bf16
+    # fp32 agrees with fp64 on the same draws; bf16 runs and returns fp32 (like torch's losses under autocast)
     f64 = radi_listwise_loss(student.double(), teacher.double(), 5, 5, generator=gen(1), loss="listmle")
     f32 = radi_listwise_loss(student, teacher, 5, 5, generator=gen(1), loss="listmle")
     assert f32.dtype == torch.float32 and abs(f32.item() - f64.item()) < 1e-4 * abs(f64.item())
     bf16 = radi_listwise_loss(student.bfloat16(), teacher.bfloat16(), 5, 5, generator=gen(1), loss="ranknet")
-    assert bf16.dtype == torch.bfloat16 and torch.isfinite(bf16)
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16)
 
 
 def test_paper_defaults_run():
@@ -335,10 +335,10 @@ def _call(**overrides):
     (dict(hot=-1), "hot"),
     (dict(cold=-2), "cold"),
     (dict(hot=1.5), "hot"),
-    (dict(hot=6, cold=3), "hot \\+ cold"),
-    (dict(hot=3, cold=2, lengths=torch.tensor([8, 4])), "hot \\+ cold"),
     (dict(lengths=torch.tensor([8, 9])), "lengths"),
     (dict(lengths=torch.tensor([8])), "lengths"),
+    (dict(mask=torch.ones(2, 7, dtype=torch.bool)), "mask"),
+    (dict(mask=torch.ones(2, 8)), "mask"),
     (dict(sampling="zipfian"), "sampling"),
     (dict(loss="lambdarank"), "loss"),
     (dict(alpha=-0.1), "alpha"),

@@ -1,7 +1,8 @@
 // CUDA implementation of radi_fast::partial_list: ATen side.
 //
 // 1. ranking: a stable descending at::sort of the scores (padding past lengths[b] set to -inf,
-//    -0.0 folded into +0.0), i.e. (score descending, index ascending) as on the CPU;
+//    -0.0 folded into +0.0), i.e. (score descending, index ascending) as on the CPU; unlike the
+//    CPU kernel, no scan for non-finite scores (it would cost a host synchronisation);
 // 2. cold keys: one block per row computes the Gumbel key of every rank (philox.h, same bits as
 //    the CPU kernel); top-`cold` by `cold` rounds of a block arg-max (cold <= 64) or by a
 //    stable descending at::sort of the keys;
@@ -40,18 +41,15 @@ at::Tensor partial_list_cuda(const at::Tensor& scores_in, int64_t hot, int64_t c
 
   at::Tensor lengths;
   at::Tensor scores = at::where(scores_in == 0, at::zeros({}, scores_in.options()), scores_in);
+  // No scan of the scores for NaN/inf here: reading its result on the host would synchronise
+  // the device on every call (radi_fast checks the values in Python when asked to:
+  // radi_fast.set_value_checks / RADI_FAST_VALIDATE=1). The lengths are read (a synchronisation)
+  // only when given: radi_fast's losses pass none on CUDA.
   if (lengths_in.has_value()) {
     lengths = lengths_in->to(at::kLong).contiguous();
     check_lengths_values(lengths, hot, cold, n);
     const at::Tensor pad = at::arange(n, long_opts).unsqueeze(0) >= lengths.unsqueeze(1);
-    TORCH_CHECK(at::isfinite(scores.masked_fill(pad, 0)).all().item<bool>(),
-                "partial_list: scores contains non-finite values (NaN or inf) among the valid "
-                "answers");
     scores = scores.masked_fill(pad, -std::numeric_limits<double>::infinity());
-  } else {
-    TORCH_CHECK(at::isfinite(scores).all().item<bool>(),
-                "partial_list: scores contains non-finite values (NaN or inf) among the valid "
-                "answers");
   }
   if (hot + cold == 0) return out;
   const at::Tensor order =

@@ -1,6 +1,6 @@
 """The autograd of the RADI-P ops: the forward pass returns each sample's loss, its gradient
 w.r.t. the student (the teacher is constant) and the Sinkhorn iterations, so the backward pass
-only scales that gradient."""
+only scales that gradient. Also :func:`no_autocast`, which every op body runs under."""
 from __future__ import annotations
 
 import torch
@@ -34,3 +34,10 @@ def register_precomputed_gradient(op) -> None:
     """For a ``torch.library.custom_op`` whose first input is the student's logits [B, N] and
     whose outputs are ``(loss [B], grad [B, N], iterations [B])``: gradient to the student only."""
     op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def no_autocast(t):
+    """A context that switches autocast off on ``t``'s device: the ops choose their own compute
+    dtype (fp32, or fp64 for fp64 inputs) and must not see matmuls recast to bf16/fp16 by an
+    enclosing ``torch.autocast`` (autocast reaches into custom ops' implementations)."""
+    return torch.autocast(t.device.type, enabled=False)

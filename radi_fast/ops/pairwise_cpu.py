@@ -15,7 +15,7 @@ import torch
 
 from .._constants import UNCERTAINTY_EPS
 from .._random import pair_uniform
-from .autograd import fake_outputs, register_precomputed_gradient
+from .autograd import fake_outputs, no_autocast, register_precomputed_gradient
 from .sinkhorn_cpu import CPU_ROW_BLOCK_ELEMENTS, SinkhornSolution, chunks, mean_offdiagonal_uncertainty, solve_chunk
 from .teacher import compute_dtype, negligible_uncertainty, teacher_top_k, tie_groups
 
@@ -61,14 +61,18 @@ def auto_lam_from_points(points: torch.Tensor, sq: torch.Tensor, n_valid: torch.
 
 
 def prepare_pairwise(teacher_mc_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], top_k: int,
-                     lam: Optional[float], lengths: Optional[torch.Tensor]) -> PairwiseProblem:
-    """Top-k gather, centring and the per-sample scale: everything O(B K T) before the K x K work."""
+                     lam: Optional[float], valid: Optional[torch.Tensor]) -> PairwiseProblem:
+    """Top-k gather, centring and the per-sample scale: everything O(B K T) before the K x K work.
+
+    ``valid``: None, [B] lengths or a [B, N] bool mask (``ops.teacher.teacher_top_k``); padding
+    never reaches the arithmetic (it may hold NaN/inf)."""
     dtype = compute_dtype(teacher_mc_logits, teacher_logits)
     mc = teacher_mc_logits.detach().to(dtype)
     teacher = mc.mean(dim=1) if teacher_logits is None else teacher_logits.detach().to(dtype)
-    order, valid, n_valid = teacher_top_k(teacher, top_k, lengths)
+    order, valid, n_valid = teacher_top_k(teacher, top_k, valid)
     B, T, _ = mc.shape
     gathered = mc.gather(2, order[:, None, :].expand(B, T, order.shape[1]))  # [B, T, K]
+    gathered = gathered.masked_fill(~valid[:, None, :], 0)  # padding may be NaN: 0 * NaN would spread it
     points = (gathered - gathered.mean(dim=1, keepdim=True)).transpose(1, 2).contiguous()
     points = points * valid[:, :, None]
     sq = (points * points).sum(-1)
@@ -211,14 +215,14 @@ def sinkhorn_weights_dense(mc_logits: torch.Tensor, lam: Optional[float], max_it
 
 
 # ----------------------------------------------------------------------------- torch.library op
-def pairwise_forward_cpu(student_logits, teacher_mc_logits, teacher_logits, lengths, margin: float, mode: str,
+def pairwise_forward_cpu(student_logits, teacher_mc_logits, teacher_logits, valid, margin: float, mode: str,
                          lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
                          scheme: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-sample losses [B], gradient of each sample's loss w.r.t. ``student_logits`` [B, N],
     Sinkhorn iterations [B])."""
-    problem = prepare_pairwise(teacher_mc_logits, teacher_logits, top_k, lam, lengths)
+    problem = prepare_pairwise(teacher_mc_logits, teacher_logits, top_k, lam, valid)
     dtype = problem.points.dtype
-    student = student_logits.detach().to(dtype).gather(1, problem.answer_ids)
+    student = student_logits.detach().to(dtype).gather(1, problem.answer_ids).masked_fill_(~problem.valid, 0)
     loss, grad_k, iterations = pairwise_hinge_cpu(student, problem, margin, mode, max_iter, tol, seed, scheme)
     grad = torch.zeros(student_logits.shape, dtype=dtype, device=student_logits.device)
     grad.scatter_add_(1, problem.answer_ids, grad_k * problem.valid)
@@ -227,17 +231,20 @@ def pairwise_forward_cpu(student_logits, teacher_mc_logits, teacher_logits, leng
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def pairwise_loss_op(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
-                     teacher_logits: Optional[torch.Tensor], lengths: Optional[torch.Tensor], margin: float,
+                     teacher_logits: Optional[torch.Tensor], valid: Optional[torch.Tensor], margin: float,
                      margin_mode: str, lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
                      sinkhorn: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RADI-P per-sample losses [B], their gradient w.r.t. ``student_logits`` [B, N] and the
-    Sinkhorn iterations [B] (int64; 0 for the margin modes without Sinkhorn)."""
-    return pairwise_forward_cpu(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode,
-                                lam, top_k, max_iter, tol, seed, sinkhorn)
+    Sinkhorn iterations [B] (int64; 0 for the margin modes without Sinkhorn).
+
+    ``valid``: None, [B] lengths or a [B, N] bool mask of the valid answers."""
+    with no_autocast(student_logits):
+        return pairwise_forward_cpu(student_logits, teacher_mc_logits, teacher_logits, valid, margin, margin_mode,
+                                    lam, top_k, max_iter, tol, seed, sinkhorn)
 
 
 @pairwise_loss_op.register_fake
-def _pairwise_loss_fake(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode, lam, top_k,
+def _pairwise_loss_fake(student_logits, teacher_mc_logits, teacher_logits, valid, margin, margin_mode, lam, top_k,
                         max_iter, tol, seed, sinkhorn):
     return fake_outputs(student_logits, teacher_mc_logits, teacher_logits)
 

@@ -19,7 +19,7 @@ from .._backend import triton_interpret
 from .._constants import UNCERTAINTY_EPS
 from .._random import row_hashes
 from ..kernels import margin_ranking, pairwise_stats, sinkhorn
-from .autograd import fake_outputs, register_precomputed_gradient
+from .autograd import fake_outputs, no_autocast, register_precomputed_gradient
 from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_factors
 from .sinkhorn_schemes import LN2, Anderson, Relaxation
 from .teacher import compute_dtype, teacher_top_k, tie_groups
@@ -82,16 +82,17 @@ class TritonProblem:
         return self.zb.shape[1]
 
 
-def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[float], lengths, cfg,
+def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[float], valid, cfg,
                    lane_major: bool = False) -> TritonProblem:
     """Top-k, tie groups, lam and the augmented points (``lane_major``: also y lane-major, for
-    the "uncertainty" margins)."""
+    the "uncertainty" margins). ``valid``: None, [B] lengths or a [B, N] bool mask; padding sorts
+    past each K_b, where the kernels never read it (it may hold NaN/inf)."""
     dtype = compute_dtype(teacher_mc_logits, teacher_logits)
     mc = teacher_mc_logits.detach()
     B, T, N = mc.shape
     device = mc.device
     teacher = mc.mean(dim=1, dtype=dtype) if teacher_logits is None else teacher_logits.detach().to(dtype)
-    order, valid, n_valid = teacher_top_k(teacher, top_k, lengths, pad_to_top_k=True)
+    order, valid, n_valid = teacher_top_k(teacher, top_k, valid, pad_to_top_k=True)
     K = order.shape[1]
     KP, TP = padded_answers(K, cfg), point_lanes(T)
     zb = torch.empty(B, KP, TP, dtype=dtype, device=device)
@@ -308,8 +309,8 @@ def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: st
     rowhash = torch.zeros(B, dtype=torch.int64, device=device)
     ids = torch.zeros(B, p.padded, dtype=torch.int64, device=device)
     ids[:, :K] = p.order
-    if mode == "random":
-        rowhash = row_hashes(seed, torch.arange(B, dtype=torch.int64)).to(device)
+    if mode == "random":  # computed on the device: a host-to-device copy would synchronise
+        rowhash = row_hashes(seed, torch.arange(B, dtype=torch.int64, device=device))
     margin_t = torch.full((1,), margin, dtype=p.dtype, device=device)
     margin_ranking.margin_ranking_kernel[(B, NB)](
         p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, p.lam, p.tie_lo, p.tie_hi, student_sorted, ids,
@@ -321,7 +322,7 @@ def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: st
     return loss_part.sum(dim=1) * scale, cnt.to(p.dtype) * scale[:, None]
 
 
-def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, lengths, margin: float, mode: str,
+def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, valid, margin: float, mode: str,
                             lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
                             scheme: str = "plain", config: Optional[TritonConfig] = None):
     """(per-sample losses [B], gradient of each sample's loss w.r.t. ``student_logits`` [B, N],
@@ -331,7 +332,7 @@ def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, l
     cfg = config or default_config(triton_interpret(), dtype)
     B, N = student_logits.shape
     p = prepare_triton(teacher_mc_logits.to(dtype) if dtype == torch.float64 else teacher_mc_logits,
-                       None if teacher_logits is None else teacher_logits.to(dtype), top_k, lam, lengths, cfg,
+                       None if teacher_logits is None else teacher_logits.to(dtype), top_k, lam, valid, cfg,
                        lane_major=mode == "uncertainty")
     K = p.order.shape[1]
     iterations = torch.zeros(B, dtype=torch.int64, device=student_logits.device)
@@ -354,7 +355,7 @@ def sinkhorn_log_potentials_triton(teacher_mc_logits, teacher_logits=None, lam: 
     check_device(teacher_mc_logits)
     dtype = compute_dtype(teacher_mc_logits, teacher_logits)
     cfg = config or default_config(triton_interpret(), dtype)
-    p = prepare_triton(teacher_mc_logits, teacher_logits, top_k, lam, lengths, cfg)
+    p = prepare_triton(teacher_mc_logits, teacher_logits, top_k, lam, lengths, cfg)  # lengths or a mask
     F, G, launched, iterations = sinkhorn_potentials_triton(p, max_iter, tol, cfg, scheme)
     return F * LN2, G * LN2, p.order, launched, iterations
 
@@ -373,16 +374,18 @@ def pair_uniform_triton(seed: int, row: torch.Tensor, i: torch.Tensor, j: torch.
 # ----------------------------------------------------------------------------- torch.library op
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def pairwise_loss_op(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
-                     teacher_logits: Optional[torch.Tensor], lengths: Optional[torch.Tensor], margin: float,
+                     teacher_logits: Optional[torch.Tensor], valid: Optional[torch.Tensor], margin: float,
                      margin_mode: str, lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
                      sinkhorn: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The contract of ``pairwise_loss_cpu``: losses [B], gradient [B, N], Sinkhorn iterations [B]."""
-    return pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode,
-                                   lam, top_k, max_iter, tol, seed, sinkhorn)
+    """The contract of ``pairwise_loss_cpu``: losses [B], gradient [B, N], Sinkhorn iterations [B];
+    ``valid``: None, [B] lengths or a [B, N] bool mask of the valid answers."""
+    with no_autocast(student_logits):
+        return pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, valid, margin,
+                                       margin_mode, lam, top_k, max_iter, tol, seed, sinkhorn)
 
 
 @pairwise_loss_op.register_fake
-def _pairwise_loss_fake(student_logits, teacher_mc_logits, teacher_logits, lengths, margin, margin_mode, lam, top_k,
+def _pairwise_loss_fake(student_logits, teacher_mc_logits, teacher_logits, valid, margin, margin_mode, lam, top_k,
                         max_iter, tol, seed, sinkhorn):
     return fake_outputs(student_logits, teacher_mc_logits, teacher_logits)
 

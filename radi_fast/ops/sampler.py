@@ -16,7 +16,11 @@ replacement from the remaining ``L_b - hot`` answers with probability by rank ``
 (``"exp"``: ``exp(-alpha r)``, ``"zipf"``: ``r^-alpha``, ``"random"``: uniform), in draw order.
 The draws are the Gumbel-top-k of ``log p_r - log(-log u_r)`` with ``u_r`` from Philox4x32-10
 keyed by ``(seed, offset, b, r)``: the same ``(seed, offset)`` gives the same sub-lists on the
-CPU (any number of threads) and on CUDA.
+CPU (any number of threads) and on CUDA, and in the pure-PyTorch sampler
+(``ops/sampler_torch.py``), which ports the same arithmetic.
+
+Importing ``radi_fast`` imports this module, which loads the extension: the op
+``torch.ops.radi_fast.partial_list`` is registered as soon as the package is imported.
 """
 from __future__ import annotations
 
@@ -93,8 +97,9 @@ def warn_fallback_once() -> None:
     _warned = True
     warnings.warn(
         "radi_fast: the compiled sampler radi_fast._C is not available "
-        f"({_error}); using the pure-PyTorch partial-list sampler instead. To build it, install "
-        "torch and run `pip install --no-build-isolation -e .` in the radi_fast checkout.",
+        f"({_error}); using the pure-PyTorch partial-list sampler instead (the same draws, "
+        "slower). To build it, install torch and run `pip install --no-build-isolation -e .` in "
+        "the radi_fast checkout.",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -162,10 +167,13 @@ def partial_list_op(scores: torch.Tensor, hot: int, cold: int, scheme: str, alph
     Returns ``[B, hot + cold]`` int64 column indices. Raises ``ValueError`` for bad arguments and
     ``RuntimeError`` when the extension is not built (see :func:`compiled_available`).
     """
-    # The kernels scan the valid scores for NaN/inf while they read them; their error is
-    # re-raised as the ValueError below, so the scores are not read twice.
+    # The CPU kernel scans the valid scores for NaN/inf while it reads them; its error is
+    # re-raised as the ValueError below, so the scores are not read twice. The CUDA kernel does
+    # not scan (a host read would synchronise): on CUDA the scan runs here when the value checks
+    # are on (radi_fast.set_value_checks).
+    on_cpu = not isinstance(scores, torch.Tensor) or scores.device.type == "cpu"
     hot, cold, alpha, seed, offset, lengths = validate_args(
-        scores, hot, cold, scheme, alpha, seed, offset, lengths, check_finite=False)
+        scores, hot, cold, scheme, alpha, seed, offset, lengths, check_finite=not on_cpu)
     if _ext is None:
         raise RuntimeError(f"radi_fast._C is not available ({_error}); build it with "
                            "`pip install --no-build-isolation -e .`")

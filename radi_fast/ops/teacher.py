@@ -5,32 +5,36 @@ from typing import Optional
 
 import torch
 
+from .._validation import valid_mask
+
 
 def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
     """fp64 stays fp64; everything else accumulates in fp32."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, lengths: Optional[torch.Tensor], *,
+def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, valid: Optional[torch.Tensor], *,
                   pad_to_top_k: bool = False):
     """Each row's top ``top_k`` valid answers in teacher order: ``(ids [B, K], valid [B, K], K_b [B])``.
 
-    Stable descending sort (ties by lower index), padding (columns ``>= lengths[b]``) last.
-    ``K = max_b K_b``, which needs the lengths on the host; ``pad_to_top_k``: ``K = min(top_k, N)``
+    ``valid``: None (every answer), [B] ``lengths`` (columns ``>= lengths[b]`` are padding) or a
+    [B, N] bool mask (False = padding, any positions). Stable descending sort (ties by lower
+    index), padding last (it may hold anything, NaN included: it is never compared).
+    ``K = max_b K_b``, which needs a host read; ``pad_to_top_k``: ``K = min(top_k, N)``
     instead (no host sync; the extra columns are padding), the same ids on every valid position.
     """
     B, N = teacher_logits.shape
     keys = teacher_logits.float() if teacher_logits.dtype in (torch.float16, torch.bfloat16) else teacher_logits
-    if lengths is None:
+    mask = valid_mask(valid, B, N, keys.device)
+    if mask is None:
         k_b = torch.full((B,), min(top_k, N), dtype=torch.int64, device=keys.device)
     else:
-        lengths = lengths.to(keys.device)
-        keys = keys.masked_fill(torch.arange(N, device=keys.device)[None, :] >= lengths[:, None], float("-inf"))
-        k_b = lengths.clamp(max=top_k)
+        keys = keys.masked_fill(~mask, float("-inf"))
+        k_b = mask.sum(dim=1).clamp(max=top_k)
     if pad_to_top_k:
         K = min(top_k, N)
     else:
-        K = min(top_k, N if lengths is None else int(lengths.max())) if B else 0
+        K = min(top_k, N if mask is None else int(k_b.max())) if B else 0
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :K]
     valid = torch.arange(K, device=keys.device)[None, :] < k_b[:, None]
     return order, valid, k_b
