@@ -20,7 +20,7 @@ import platform
 import subprocess
 import sys
 from dataclasses import asdict
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -107,21 +107,25 @@ def inspect_out_dir(cfg: Config) -> dict:
     return found
 
 
-def clear_run(out_dir: str) -> List[str]:
+def clear_run(out_dir: str) -> Tuple[int, List[str]]:
     """``--overwrite``: delete the files a run writes in ``out_dir`` (config.json, results.json,
-    train.log, curves.png, the checkpoints), nothing else; returns the entries left there."""
+    train.log, curves.png, the checkpoints), nothing else; returns how many files were deleted and
+    the entries left there."""
+    removed = 0
     for name in RUN_FILES:
         for path in (os.path.join(out_dir, name), os.path.join(out_dir, name + ".tmp")):
             if os.path.isfile(path):
                 os.remove(path)
+                removed += 1
     ck = os.path.join(out_dir, "checkpoints")
     if os.path.isdir(ck):
         for name in os.listdir(ck):
             if name.endswith(CHECKPOINT_SUFFIXES) and os.path.isfile(os.path.join(ck, name)):
                 os.remove(os.path.join(ck, name))
+                removed += 1
         if not os.listdir(ck):
             os.rmdir(ck)
-    return sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    return removed, sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
 
 
 def write_json(path: str, obj) -> None:
@@ -174,10 +178,18 @@ def git_commit() -> Optional[dict]:
 
 
 def device_name(device: torch.device) -> str:
-    """The accelerator's name (``torch.cuda.get_device_name``), or the CPU's."""
+    """The accelerator's name (``torch.cuda.get_device_name``), or the CPU's model (Linux's
+    /proc/cpuinfo, else what ``platform`` knows) and how many cores this process may use."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name or platform.processor() or platform.machine() or 'CPU'} ({cores} cores)"
 
 
 def environment(device: torch.device, world_size: int) -> dict:

@@ -416,12 +416,13 @@ def stage_result(ctx: RunContext, name: str, model: RadiModel, data: VideoQAData
 
 
 def on_main(fn: Callable[[], dict]) -> Optional[dict]:
-    """``fn()`` on rank 0 (None on the others); a ``ValueError`` it raises is raised on every rank."""
+    """``fn()`` on rank 0 (None on the others); a ``ValueError`` (or ``OSError``) it raises is
+    raised on every rank as a ``ValueError``."""
     result, error = None, None
     if D.is_main():
         try:
             result = fn()
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             error = str(e)
     error = D.all_gather_object(error)[0]
     if error:
@@ -501,9 +502,10 @@ def _run(ctx: RunContext, runlog: RunLog) -> dict:
     resolved = resolved_dict(cfg, union_schemes(found["config"], found["results"], specs))
     if D.is_main():  # the settings are accepted: from here on the run's folder is written
         if cfg.run.overwrite and os.path.isdir(out):
-            left = clear_run(out)
-            log(f"--overwrite: deleted the earlier run's files in {out}" + (f" (left alone: {', '.join(left)})"
-                                                                          if left else ""))
+            removed, left = clear_run(out)
+            if removed:
+                log(f"--overwrite: deleted the earlier run's {removed} file(s) in {out}"
+                    + (f" (left alone: {', '.join(left)})" if left else ""))
         os.makedirs(out, exist_ok=True)
         write_json(os.path.join(out, "config.json"), resolved)
         runlog.open_file(os.path.join(out, "train.log"))

@@ -200,6 +200,7 @@ def test_a_used_out_dir_is_refused_without_resume_or_overwrite(tmp_path, capsys)
 
     (tmp_path / "notes.txt").write_text("mine")
     results = T.run(tiny(tmp_path, schemes="baseline", overwrite=True))
+    assert "--overwrite: deleted the earlier run's 6 file(s)" in capsys.readouterr().err  # 3 + 3 checkpoints
     assert set(results["schemes"]) == {"baseline"}
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [
         "individual.pt", "student-baseline.pt", "teacher.pt"]  # the old run's kd student is gone
