@@ -217,17 +217,17 @@ def restore_stage(st: Stage) -> bool:
         return False
     if ck.get("fingerprint") != st.fingerprint:
         diff = fingerprint_diff(ck.get("fingerprint", {}), st.fingerprint)
-        raise ValueError(f"checkpoint {st.path} was written with other settings (differing: {diff}); "
+        raise ValueError(f"checkpoint {used} was written with other settings (differing: {diff}); "
                          "use another --out_dir or drop --resume")
     st.model.load_state_dict(ck["model"])
     st.scheme.load_state_dict(ck["scheme"])
     st.history = ck["history"]
     if ck["done"]:
-        log(f"[{st.name}] finished in {st.path}: reusing it")
+        log(f"[{st.name}] finished in {used}: reusing it")
         st.reused = True
         return True
     if ck.get("world_size", 1) != D.world_size():
-        raise ValueError(f"checkpoint {st.path} was written by {ck.get('world_size', 1)} process(es), this run has "
+        raise ValueError(f"checkpoint {used} was written by {ck.get('world_size', 1)} process(es), this run has "
                          f"{D.world_size()}: the global batch and data shards differ; relaunch with as many "
                          "processes, or use another --out_dir")
     st.optimizer.load_state_dict(ck["optimizer"])
