@@ -1,11 +1,15 @@
-"""Build script for radi_fast.
+"""Build script for radi_fast (pyproject.toml names setuptools' PEP 517 / 660 backend, so every
+pip takes the same path to it).
 
 The C++/CUDA sampler in csrc/ is optional: when torch cannot be imported at build time, or the
-compile fails, the package installs without it and falls back to the pure-PyTorch sampler.
+compile fails, the package installs without it and falls back to the pure-PyTorch sampler; the
+install then says so in one line, with how to fix it (:func:`_report_no_extension`).
 """
 import glob
 import os
+import re
 import sys
+import warnings
 
 from setuptools import setup
 
@@ -20,6 +24,46 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _say(message):
     print(f"radi_fast setup: {message}", file=sys.stderr, flush=True)
+
+
+# setuptools runs this file for every PEP 517 hook; only these commands build (egg_info / dist_info
+# only read the metadata), so only they report a missing extension
+BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"}
+
+
+def _warnings_are_recorded():
+    """True inside a build-backend hook whose runner records warnings to show them to the user
+    (pip >= 24.1's pyproject_hooks: they appear as a BuildBackendWarning)."""
+    try:
+        return isinstance(getattr(warnings._showwarnmsg_impl, "__self__", None), list)
+    except Exception:
+        return False
+
+
+def _report_no_extension(reason, fix):
+    """One line, at build time, saying that radi_fast._C is not built, why and how to fix it.
+
+    pip captures a build backend's output (shown with ``pip install -v``); a warning reaches the
+    user through newer pips, and older ones get the line on the terminal (``/dev/tty``) when
+    there is one.
+    """
+    if not BUILD_COMMANDS & set(sys.argv[1:]):
+        return
+    line = (f"radi_fast: installed WITHOUT the compiled sampler radi_fast._C ({reason}); the pure-PyTorch "
+            f"sampler will be used. To build it: {fix}")
+    _say(line)
+    warnings.warn(line, stacklevel=2)
+    if not _warnings_are_recorded() and not sys.stderr.isatty():
+        try:
+            with open("/dev/tty", "w") as tty:
+                tty.write(line + "\n")
+        except OSError:
+            pass
+
+
+def _version():
+    with open(os.path.join(HERE, "radi_fast", "_version.py")) as f:
+        return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
 
 def _env_flag(name):
@@ -49,21 +93,17 @@ def extension_modules():
     if _env_flag("RADI_FAST_NO_EXT"):
         if require:
             raise RuntimeError("RADI_FAST_NO_EXT and RADI_FAST_REQUIRE_EXT are both set")
-        _say("RADI_FAST_NO_EXT is set: installing without the compiled sampler (radi_fast._C)")
+        _report_no_extension("RADI_FAST_NO_EXT is set", "unset RADI_FAST_NO_EXT")
         return [], {}
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except Exception as exc:  # ImportError under build isolation, or a broken torch
-        message = (
-            f"torch is not importable at build time ({type(exc).__name__}: {exc}); installing "
-            "without the compiled sampler (radi_fast._C), radi_fast will use its pure-PyTorch "
-            "fallback. To build it, install torch first and run: "
-            "pip install --no-build-isolation -e ."
-        )
+        reason = f"torch is not importable at build time: {type(exc).__name__}: {exc}"
+        fix = "install torch first, then pip install --no-build-isolation -e . (or without -e)"
         if require:
-            raise RuntimeError(message) from exc
-        _say(message)
+            raise RuntimeError(f"RADI_FAST_REQUIRE_EXT=1 but {reason}; {fix}") from exc
+        _report_no_extension(reason, fix)
         return [], {}
 
     use_cuda = (
@@ -112,11 +152,10 @@ def extension_modules():
             except Exception as exc:
                 if require:
                     raise
-                _say(
-                    f"building radi_fast._C failed ({type(exc).__name__}: {exc}); installing without "
-                    "it, radi_fast will use its pure-PyTorch sampler. Set RADI_FAST_REQUIRE_EXT=1 to "
-                    "make this an error."
-                )
+                _report_no_extension(
+                    f"compiling it failed: {type(exc).__name__}: {exc}",
+                    "see the compiler's error with pip install -v (a C++ compiler and ninja are needed); "
+                    "RADI_FAST_REQUIRE_EXT=1 makes this an error")
                 self.extensions = []
 
         def get_outputs(self):
@@ -129,7 +168,7 @@ ext_modules, cmdclass = extension_modules()
 
 setup(
     name="radi_fast",
-    version="0.1.0",
+    version=_version(),
     description="Fast, faithful RADI ranking distillation losses (CVPR 2024) with Triton and C++/CUDA kernels",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
@@ -146,6 +185,7 @@ setup(
         # examples/: the Hugging Face Trainer and Lightning recipes (tests/test_examples.py)
         "examples": ["transformers>=4.46", "accelerate>=0.26", "lightning>=2.2"],
     },
+    entry_points={"console_scripts": ["radi-fast-train = radi_fast.train:cli"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

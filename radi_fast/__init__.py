@@ -12,6 +12,7 @@ Public API (the contract later work builds on):
 """
 from . import metrics, reference
 from ._report import backend_info
+from ._version import __version__
 from .ops import sampler as _sampler  # noqa: F401  (loads radi_fast._C: registers torch.ops.radi_fast.partial_list)
 from ._validation import set_value_checks
 from .classification import classification_loss
@@ -22,8 +23,6 @@ from .pairwise import (
     radi_pairwise_loss,
     sinkhorn_margin_weights,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "RadiListwiseLoss",

@@ -78,17 +78,22 @@ class RadiModel(nn.Module, ABC):
 
 @dataclass
 class ModelConfig:
-    """Size of the default :class:`VideoQATransformer` (every field but ``max_frames`` is a trainer flag)."""
+    """The model: the size of the default :class:`VideoQATransformer`, or your own model's factory
+    (``model``). Every field but ``max_frames`` is a trainer flag."""
 
-    d_model: int = field(default=64, metadata={"help": "width of the transformer"})
-    n_layers: int = field(
-        default=3, metadata={"help": "transformer layers, the last one (the MC-dropout layer) included"})
-    n_heads: int = field(default=4, metadata={"help": "attention heads"})
-    dropout: float = field(
-        default=0.1, metadata={"help": "as FrozenBiLM's adapters; MC dropout reuses it in the last layer"})
+    model: str = field(default="", metadata={"help": (
+        "your own model instead of the default one: package.module:factory or path/to/file.py:factory, "
+        "called as factory(data, cfg) -> a RadiModel (docs/training.md, \"Plugging in your own model and data\")")})
+    d_model: int = field(default=64, metadata={"help": "width of the transformer", "min": 1})
+    n_layers: int = field(default=3, metadata={
+        "help": "transformer layers, the last one (the MC-dropout layer) included", "min": 1})
+    n_heads: int = field(default=4, metadata={"help": "attention heads (d_model must divide by it)", "min": 1})
+    dropout: float = field(default=0.1, metadata={
+        "help": "as FrozenBiLM's adapters; MC dropout reuses it in the last layer", "min": 0, "lt": 1})
     max_question_len: int = field(
-        default=20, metadata={"help": "question tokens kept (longer questions are truncated)"})
-    max_frames: int = field(default=10, metadata={"help": "frames per video (the trainer sets it from --num_frames)"})
+        default=20, metadata={"help": "question tokens kept (longer questions are truncated)", "min": 1})
+    max_frames: int = field(
+        default=10, metadata={"help": "frames per video (the trainer sets it from --num_frames)", "min": 1})
 
 
 class LastLayer(nn.Module):

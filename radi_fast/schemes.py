@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._constants import DEFAULT_TOP_K
+from ._constants import DEFAULT_TOP_K, LISTWISE_LOSSES, MARGIN_MODES, SINKHORN_SCHEMES, SUBLIST_SAMPLINGS
+from ._settings import auto_or_positive, check_fields
 from .classification import classification_loss
 from .listwise import radi_listwise_loss
 from .pairwise import radi_pairwise_loss
@@ -48,41 +49,51 @@ from .pairwise import radi_pairwise_loss
 class SchemeConfig:
     """Hyper-parameters of every scheme (each scheme reads its own prefix)."""
 
-    ls_sigma: float = field(default=0.1, metadata={"help": "label smoothing amount (paper: 0.1, 0.3, 0.5)"})
-    pl_topk: int = field(default=3, metadata={"help": "pseudo labels: the teacher's top-k (paper: 3, 5, 10)"})
-    kd_alpha: float = field(default=1.0, metadata={"help": "vanilla KD weight"})
-    kd_tau: float = field(default=8.0, metadata={"help": "vanilla KD temperature"})
-    dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of TCKD (target vs. rest)"})
-    dkd_beta: float = field(default=2.0, metadata={"help": "DKD: weight of NCKD (among the non-targets)"})
-    dkd_tau: float = field(default=1.0, metadata={"help": "DKD temperature"})
-    ctkd_alpha: float = field(default=1.0, metadata={"help": "CTKD weight"})
-    ctkd_tau_min: float = field(default=1.0, metadata={"help": "CTKD: tau = tau_min + tau_range * sigmoid(theta)"})
-    ctkd_tau_range: float = field(default=4.0, metadata={"help": "CTKD: see ctkd_tau_min"})
+    ls_sigma: float = field(
+        default=0.1, metadata={"help": "label smoothing amount (paper: 0.1, 0.3, 0.5)", "min": 0, "max": 1})
+    pl_topk: int = field(default=3, metadata={"help": "pseudo labels: the teacher's top-k (paper: 3, 5, 10)", "min": 1})
+    kd_alpha: float = field(default=1.0, metadata={"help": "vanilla KD weight", "min": 0})
+    kd_tau: float = field(default=8.0, metadata={"help": "vanilla KD temperature", "gt": 0})
+    dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of TCKD (target vs. rest)", "min": 0})
+    dkd_beta: float = field(default=2.0, metadata={"help": "DKD: weight of NCKD (among the non-targets)", "min": 0})
+    dkd_tau: float = field(default=1.0, metadata={"help": "DKD temperature", "gt": 0})
+    ctkd_alpha: float = field(default=1.0, metadata={"help": "CTKD weight", "min": 0})
+    ctkd_tau_min: float = field(
+        default=1.0, metadata={"help": "CTKD: tau = tau_min + tau_range * sigmoid(theta)", "gt": 0})
+    ctkd_tau_range: float = field(default=4.0, metadata={"help": "CTKD: see ctkd_tau_min", "min": 0})
     ctkd_lambda_max: float = field(
-        default=1.0, metadata={"help": "CTKD: final strength of the reversed gradient on theta"})
+        default=1.0, metadata={"help": "CTKD: final strength of the reversed gradient on theta", "min": 0})
     ctkd_curriculum_epochs: int = field(
-        default=0, metadata={"help": "epochs over which lambda rises 0 -> max (0: all epochs)"})
-    radi_p_alpha: float = field(default=3.0, metadata={"help": "RADI-P weight (paper searches 0.1 ... 1000)"})
-    margin: float = field(default=10.0, metadata={"help": "RADI-P margin m (paper searches 0.1, 1, 10)"})
-    margin_mode: str = field(default="ot", metadata={"help": "ot | uniform | random | uncertainty"})
-    lam: str = field(default="auto", metadata={"help": 'Sinkhorn smoothing: "auto" or a number'})
-    sinkhorn: str = field(default="auto", metadata={"help": (
-        "Sinkhorn scheme: auto (plain with lam=auto or tol 0, else anderson) | plain | overrelaxed | anderson | "
-        "scaling")})
+        default=0, metadata={"help": "epochs over which lambda rises 0 -> max (0: all epochs)", "min": 0})
+    radi_p_alpha: float = field(
+        default=3.0, metadata={"help": "RADI-P weight (paper searches 0.1 ... 1000)", "min": 0})
+    margin: float = field(default=10.0, metadata={"help": "RADI-P margin m (paper searches 0.1, 1, 10)", "min": 0})
+    margin_mode: str = field(default="ot", metadata={
+        "help": "RADI-P's margin weights: OT soft margins (the paper's), or Table 3's ablations",
+        "choices": MARGIN_MODES})
+    lam: str = field(default="auto", metadata={
+        "help": 'RADI-P Sinkhorn smoothing ("auto": the mean pairwise uncertainty of each sample)',
+        "check": auto_or_positive, "rule": "'auto' or a positive number"})
+    sinkhorn: str = field(default="auto", metadata={
+        "help": "RADI-P's Sinkhorn scheme (auto: plain with lam=auto or tol 0, else anderson; docs/sinkhorn.md)",
+        "choices": SINKHORN_SCHEMES})
     top_k: int = field(default=0, metadata={"help": (
-        "RADI-P keeps the teacher's top-k answers; 0 = auto: the paper's 2500, 100 on the synthetic benchmark")})
-    sinkhorn_iters: int = field(default=100, metadata={"help": "RADI-P: at most this many Sinkhorn iterations"})
-    sinkhorn_tol: float = field(default=1e-5, metadata={"help": "RADI-P: Sinkhorn stopping tolerance"})
-    mc_samples: int = field(default=10, metadata={"help": "T, MC-dropout passes of the teacher's last layer"})
-    radi_l_alpha: float = field(default=1.0, metadata={"help": "RADI-L weight"})
-    hot: int = field(default=100, metadata={"help": "RADI-L hot list: the teacher's top-k (paper: 100)"})
-    cold: int = field(default=10, metadata={"help": "RADI-L cold list: sampled from the rest (paper: 10)"})
-    sampling: str = field(default="zipf", metadata={"help": "zipf | exp | random | full"})
-    sampling_alpha: float = field(default=1.0, metadata={"help": "smoothing coefficient of the Zipf / Exp sampling"})
-    list_loss: str = field(default="listnet", metadata={"help": (
-        "listmle | listnet | stlistnet | ranknet | ndcg_loss1 | ndcg_loss2 | ndcg_loss2pp")})
-    stl_beta: float = field(default=1.0, metadata={"help": "STListNet noise scale"})
-
+        "RADI-P keeps the teacher's top-k answers; 0 = auto: the paper's 2500, 100 on the synthetic benchmark"),
+        "min": 0})
+    sinkhorn_iters: int = field(
+        default=100, metadata={"help": "RADI-P: at most this many Sinkhorn iterations", "min": 1})
+    sinkhorn_tol: float = field(default=1e-5, metadata={"help": "RADI-P: Sinkhorn stopping tolerance", "min": 0})
+    mc_samples: int = field(default=10, metadata={
+        "help": "T, MC-dropout passes of the teacher's last layer (RADI-P needs 2 to estimate a variance)", "min": 2})
+    radi_l_alpha: float = field(default=1.0, metadata={"help": "RADI-L weight", "min": 0})
+    hot: int = field(default=100, metadata={"help": "RADI-L hot list: the teacher's top-k (paper: 100)", "min": 1})
+    cold: int = field(default=10, metadata={"help": "RADI-L cold list: sampled from the rest (paper: 10)", "min": 0})
+    sampling: str = field(default="zipf", metadata={
+        "help": "RADI-L's cold-list sampling (full: the whole remaining list)", "choices": SUBLIST_SAMPLINGS})
+    sampling_alpha: float = field(
+        default=1.0, metadata={"help": "smoothing coefficient of the Zipf / Exp sampling", "min": 0})
+    list_loss: str = field(default="listnet", metadata={"help": "RADI-L's listwise loss", "choices": LISTWISE_LOSSES})
+    stl_beta: float = field(default=1.0, metadata={"help": "STListNet noise scale", "min": 0})
 
 Parts = Dict[str, torch.Tensor]
 
@@ -339,7 +350,9 @@ def build_scheme(spec: str, cfg: SchemeConfig = SchemeConfig()) -> Scheme:
     """A scheme from a spec ``name[:key=value[:key=value...]]``.
 
     Keys are :class:`SchemeConfig` fields; ``alpha`` is short for the scheme's own weight
-    (``kd_alpha``, ``radi_p_alpha``, ...). Example: ``radi_l:sampling=exp:alpha=10``.
+    (``kd_alpha``, ``radi_p_alpha``, ...). Example: ``radi_l:sampling=exp:alpha=10``. Raises
+    ``ValueError`` for an unknown scheme or key, and for a value outside its field's rule (the
+    field's ``choices`` or range, e.g. ``margin_mode`` one of ``MARGIN_MODES``, ``margin >= 0``).
     """
     name, *overrides = spec.strip().split(":")
     if name not in SCHEMES:
@@ -357,4 +370,7 @@ def build_scheme(spec: str, cfg: SchemeConfig = SchemeConfig()) -> Scheme:
             changes[key] = _coerce(value, fields[key])
         except ValueError as e:
             raise ValueError(f"bad value for {key} in scheme {spec!r}: {e}") from None
-    return SCHEMES[name](dataclasses.replace(cfg, **changes), spec.strip())
+    resolved = dataclasses.replace(cfg, **changes)
+    # every value (an override's, or the flags') within its rule (SchemeConfig's metadata)
+    check_fields(resolved, where="scheme " + repr(spec.strip()).replace("{", "{{").replace("}", "}}") + ": {name}")
+    return SCHEMES[name](resolved, spec.strip())

@@ -15,6 +15,7 @@ from typing import List
 import numpy as np
 import torch
 
+from ._settings import check_fields
 from .data import PAD, UNK, TensorVideoQA, VideoQAData
 
 TYPE_NAMES = ["object", "colour", "action", "place", "person", "animal", "food", "sport"]
@@ -25,40 +26,58 @@ WH_WORDS = ["what", "which", "who", "where", "how"]
 class SyntheticConfig:
     """Size and difficulty of the synthetic benchmark (the generative story is in docs/training.md)."""
 
-    n_train: int = field(default=5000, metadata={"help": "training questions (one video each)"})
-    n_val: int = field(default=1000, metadata={"help": "validation questions (full answer sets)"})
-    n_test: int = field(default=1000, metadata={"help": "test questions (full answer sets)"})
-    n_answers: int = field(default=1000, metadata={"help": "answer vocabulary size"})
-    n_types: int = field(default=6, metadata={"help": "question types, each owning a share of the answer clusters"})
-    cluster_min: int = field(
-        default=2, metadata={"help": "synonym / related-answer cluster sizes are uniform in [min, max]"})
-    cluster_max: int = field(default=6, metadata={"help": "largest cluster size (see cluster_min)"})
-    feat_dim: int = field(default=32, metadata={"help": "frame feature dimension"})
-    text_dim: int = field(
-        default=32, metadata={"help": "answer \"text embedding\" dimension (a language model's stand-in)"})
-    num_frames: int = field(default=10, metadata={"help": "frames per video (the trainer sets it from --num_frames)"})
-    frame_noise: float = field(default=1.0, metadata={"help": "std of the Gaussian noise on every frame feature"})
-    visual_signal: float = field(
-        default=3.0, metadata={"help": "norm of a concept's visual prototype added to the frames showing it"})
-    alignment: float = field(
-        default=0.8, metadata={"help": "how much a visual prototype follows its cluster's text embedding (CLIP-like)"})
-    secondary_prob: float = field(
-        default=0.5, metadata={"help": "chance that a second, less salient concept of the asked type is shown"})
-    secondary_vote: float = field(
-        default=0.25, metadata={"help": "chance that an annotator answers about that second concept"})
-    popularity_zipf: float = field(
-        default=1.0, metadata={"help": "within-cluster popularity of answer r is proportional to r^-s"})
+    n_train: int = field(default=5000, metadata={"help": "training questions (one video each)", "min": 1})
+    n_val: int = field(default=1000, metadata={"help": "validation questions (full answer sets)", "min": 1})
+    n_test: int = field(default=1000, metadata={"help": "test questions (full answer sets)", "min": 1})
+    n_answers: int = field(default=1000, metadata={
+        "help": "answer vocabulary size (at least 2 x n_types x cluster_max)", "min": 2})
+    n_types: int = field(default=6, metadata={
+        "help": "question types, each owning a share of the answer clusters", "min": 1, "max": len(TYPE_NAMES)})
+    cluster_min: int = field(default=2, metadata={
+        "help": "synonym / related-answer cluster sizes are uniform in [min, max]", "min": 1})
+    cluster_max: int = field(default=6, metadata={"help": "largest cluster size (see cluster_min)", "min": 1})
+    feat_dim: int = field(default=32, metadata={"help": "frame feature dimension", "min": 1})
+    text_dim: int = field(default=32, metadata={
+        "help": "answer \"text embedding\" dimension (a language model's stand-in)", "min": 1})
+    num_frames: int = field(
+        default=10, metadata={"help": "frames per video (the trainer sets it from --num_frames)", "min": 6})
+    frame_noise: float = field(
+        default=1.0, metadata={"help": "std of the Gaussian noise on every frame feature", "min": 0})
+    visual_signal: float = field(default=3.0, metadata={
+        "help": "norm of a concept's visual prototype added to the frames showing it", "min": 0})
+    alignment: float = field(default=0.8, metadata={
+        "help": "how much a visual prototype follows its cluster's text embedding (CLIP-like)", "min": 0, "max": 1})
+    secondary_prob: float = field(default=0.5, metadata={
+        "help": "chance that a second, less salient concept of the asked type is shown", "min": 0, "max": 1})
+    secondary_vote: float = field(default=0.25, metadata={
+        "help": "chance that an annotator answers about that second concept", "min": 0, "max": 1})
+    popularity_zipf: float = field(default=1.0, metadata={
+        "help": "within-cluster popularity of answer r is proportional to r^-s", "min": 0})
     dirichlet: float = field(
-        default=3.0, metadata={"help": "per-video variation of the annotators' synonym preferences"})
+        default=3.0, metadata={"help": "per-video variation of the annotators' synonym preferences", "gt": 0})
     synonym_noise: float = field(
-        default=0.7, metadata={"help": "how far a synonym's text embedding is from its cluster's"})
-    type_share: float = field(
-        default=1.0, metadata={"help": "weight of the text direction shared by all answers of a question type"})
-    shown_types: int = field(
-        default=3, metadata={"help": "concepts shown per video: the asked type's and shown_types - 1 others"})
-    n_annotators: int = field(default=5, metadata={"help": "annotators per question, as iVQA's five"})
-    data_seed: int = field(default=0, metadata={"help": "seed of the generator (the benchmark itself)"})
+        default=0.7, metadata={"help": "how far a synonym's text embedding is from its cluster's", "min": 0})
+    type_share: float = field(default=1.0, metadata={
+        "help": "weight of the text direction shared by all answers of a question type", "min": 0})
+    shown_types: int = field(default=3, metadata={
+        "help": "concepts shown per video: the asked type's and shown_types - 1 others (<= n_types)", "min": 1})
+    n_annotators: int = field(default=5, metadata={"help": "annotators per question, as iVQA's five", "min": 1})
+    data_seed: int = field(default=0, metadata={"help": "seed of the generator (the benchmark itself)", "min": 0})
 
+
+def check_synthetic(cfg: SyntheticConfig) -> None:
+    """Raise ``ValueError`` for settings the generator cannot use: a field outside its range
+    (``SyntheticConfig``'s metadata), more than 8 types, ``cluster_min > cluster_max``, too few
+    answers for the clusters, ``shown_types > n_types`` or ``num_frames < 6``. Cheap: the trainer
+    calls it before any work."""
+    check_fields(cfg)
+    if cfg.cluster_min > cfg.cluster_max:
+        raise ValueError(f"--cluster_min ({cfg.cluster_min}) must be <= --cluster_max ({cfg.cluster_max})")
+    if cfg.n_answers < 2 * cfg.n_types * cfg.cluster_max:
+        raise ValueError(f"--n_answers {cfg.n_answers} is too small for {cfg.n_types} types of clusters: it must be "
+                         f">= 2 x n_types x cluster_max = {2 * cfg.n_types * cfg.cluster_max}")
+    if cfg.shown_types > cfg.n_types:
+        raise ValueError(f"--shown_types ({cfg.shown_types}) must be <= --n_types ({cfg.n_types})")
 
 def _cluster_sizes(rng: np.random.Generator, n: int, lo: int, hi: int) -> List[int]:
     sizes = []
@@ -81,15 +100,9 @@ def make_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> VideoQAData:
 
     Returns the three splits as :class:`~radi_fast.data.TensorVideoQA` (video float32
     [n, num_frames, feat_dim]), ``answer_features`` float32 [n_answers, text_dim] and the
-    clusters in ``info``. Raises ``ValueError`` for more than 8 types, too few answers for the
-    clusters, or ``num_frames < 6``.
+    clusters in ``info``. Raises ``ValueError`` for the settings :func:`check_synthetic` refuses.
     """
-    if cfg.n_types > len(TYPE_NAMES):
-        raise ValueError(f"n_types must be <= {len(TYPE_NAMES)}, got {cfg.n_types}")
-    if cfg.n_answers < 2 * cfg.n_types * cfg.cluster_max:
-        raise ValueError(f"n_answers={cfg.n_answers} is too small for {cfg.n_types} types of clusters")
-    if cfg.num_frames < 6:
-        raise ValueError(f"the synthetic benchmark needs num_frames >= 6 (concepts span 3-6 frames), got {cfg.num_frames}")
+    check_synthetic(cfg)
     rng = np.random.default_rng(cfg.data_seed)
     n_ans, n_types = cfg.n_answers, cfg.n_types
 

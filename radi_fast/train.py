@@ -1,8 +1,10 @@
-"""The RADI trainer: ``python -m radi_fast.train`` runs the paper's two-stage pipeline end to end.
+"""The RADI trainer: ``python -m radi_fast.train`` (or ``radi-fast-train``) runs the paper's
+two-stage pipeline end to end.
 
     python -m radi_fast.train                                   # synthetic benchmark, default schemes
-    python -m radi_fast.train --schemes baseline,kd,dkd,radi_p,radi_p:margin_mode=uniform
-    python -m radi_fast.train --dataset ivqa --data_dir data/iVQA --student_epochs 5
+    python -m radi_fast.train --schemes baseline,kd,dkd,radi_p,radi_p:margin_mode=uniform --out_dir runs/t2
+    python -m radi_fast.train --dataset ivqa --data_dir data/iVQA --student_epochs 5 --out_dir runs/ivqa
+    python -m radi_fast.train --model mypkg.models:build --data mypkg.data:load   # your own model and data
     python -m radi_fast.train --config my.json --resume          # flags override the file
     python -m radi_fast.train --help
     torchrun --standalone --nproc_per_node 4 -m radi_fast.train  # DDP, one process per GPU (docs/training.md)
@@ -12,9 +14,16 @@ student per scheme with ``L_cls + alpha * L_rank`` (or the compared scheme's los
 same initialisation (``--student_init``: ``individual`` = a second model trained like the teacher
 with another seed, the paper's default; ``teacher``; ``scratch``). After every epoch the model is
 scored on the validation split, at the end on the test split (Acc@1, Hit@5, nDCG@5 against the
-full answer sets), and a table comparing the schemes is printed and written to
-``<out_dir>/results.json``. Checkpoints are written atomically after every epoch (and every
-``--save_every`` steps); ``--resume`` continues every stage exactly where it stopped.
+full answer sets), and a table comparing the schemes is printed.
+
+Before any work the whole configuration is checked (:func:`radi_fast.config.check_config`),
+then ``--out_dir`` (a used one is refused without ``--resume`` or ``--overwrite``:
+:mod:`radi_fast.rundir`), then the data is loaded; only then is anything written. The run's
+folder gets ``config.json``, ``train.log``, and after every stage ``results.json`` (accumulated
+over resumes) and ``curves.png`` (:mod:`radi_fast.plot`). Checkpoints (:mod:`radi_fast.checkpoint`:
+verified, loaded with ``weights_only=True``, the previous one kept) are written after every
+epoch (and every ``--save_every`` steps); ``--resume`` continues every stage exactly where it
+stopped, from the previous checkpoint when the newest is damaged.
 
 Under ``torchrun`` every process runs this same pipeline on its shard of each global batch
 (``--batch_size`` is per process) with DistributedDataParallel (:mod:`radi_fast.distributed`);
@@ -22,18 +31,19 @@ rank 0 alone logs, shows progress bars and writes files.
 
 The file reads top to bottom: one training stage (start, resume, one epoch of steps, end of
 epoch, checkpoint, halt), the pipeline, the command line. The settings are in
-:mod:`radi_fast.config`, the files in :mod:`radi_fast.checkpoint`, the scoring in
-:mod:`radi_fast.evaluation`; docs/training.md explains the whole.
+:mod:`radi_fast.config`, the run's folder in :mod:`radi_fast.rundir`, the files in
+:mod:`radi_fast.checkpoint`, the scoring in :mod:`radi_fast.evaluation`; docs/training.md
+explains the whole.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
+import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -41,25 +51,34 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from .checkpoint import (checkpoint_path, fingerprint_diff, load_checkpoint, rng_state, save_checkpoint,
-                         seed_everything, set_rng_state, stage_fingerprint, student_fingerprint)
+from .checkpoint import (CheckpointError, checkpoint_path, find_checkpoint, fingerprint_diff, quarantine, rng_state,
+                         save_checkpoint, seed_everything, set_rng_state, stage_fingerprint, student_fingerprint)
 from .config import Config, check_config, parse_args, resolve_auto, scheme_specs
 from .data import EpochSampler, VideoQAData, make_loader
 from .evaluation import autocast, evaluate, fmt_metrics, results_table
 from .frozenbilm import load_frozenbilm
 from .model import RadiModel, build_model
+from .plugins import load_factory
+from .rundir import (LOGGER, RunLog, clear_run, environment, inspect_out_dir, merge_results, resolved_dict,
+                     union_schemes, write_json)
 from .schemes import Scheme, build_scheme
 from .synthetic import make_synthetic
-
 
 class Halted(Exception):
     """Raised after ``--halt_after_steps`` training steps, once the checkpoint is written."""
 
 
 def log(msg: str) -> None:
-    """Print ``msg`` on rank 0 (through tqdm, so that a progress bar stays whole)."""
+    """Log ``msg`` on rank 0: the console (through tqdm, so that a progress bar stays whole) and
+    ``<out_dir>/train.log`` (:class:`radi_fast.rundir.RunLog`)."""
     if D.is_main():
-        tqdm.write(msg)
+        LOGGER.info(msg)
+
+
+def warn(msg: str) -> None:
+    """Log a warning on rank 0 (``warning: ...`` on the console)."""
+    if D.is_main():
+        LOGGER.warning(msg)
 
 
 @dataclass
@@ -69,6 +88,13 @@ class RunContext:
     cfg: Config
     device: torch.device
     steps: int = 0  # training steps this process has taken, all stages together (--halt_after_steps)
+    previous: Optional[dict] = None  # --resume: the run's earlier results.json (rank 0)
+
+    @property
+    def progress(self) -> bool:
+        """Progress bars: ``--progress`` / ``--no-progress``, else only when stderr is a terminal."""
+        p = self.cfg.run.progress
+        return bool(p) if p is not None else sys.stderr.isatty()
 
     @property
     def halting(self) -> bool:
@@ -104,10 +130,13 @@ class Stage:
     loss_sum: float = 0.0          # sum of the current epoch's batch losses, and how many
     n_loss: int = 0
     history: List[dict] = field(default_factory=list)  # per epoch: train_loss, val metrics, seconds
+    reused: bool = False           # --resume found it finished
 
     def result(self) -> dict:
-        """``{"history": [...], "val": metrics of the last epoch}`` (what :func:`train_stage` returns)."""
-        return {"history": self.history, "val": self.history[-1]["val"] if self.history else {}}
+        """``{"history": [...], "val": metrics of the last epoch, "reused": bool}`` (what
+        :func:`train_stage` returns)."""
+        return {"history": self.history, "val": self.history[-1]["val"] if self.history else {},
+                "reused": self.reused}
 
 
 def linear_warmup_decay(total: int, warmup: int) -> Callable[[int], float]:
@@ -141,33 +170,64 @@ def start_stage(ctx: RunContext, name: str, model: RadiModel, data: VideoQAData,
                  loss_gen, seed, epochs, fingerprint)
 
 
+def find_stage_checkpoint(st: Stage) -> Tuple[Optional[dict], Optional[str]]:
+    """``--resume``: the newest good checkpoint of the stage (``<name>.pt``, else ``<name>.pt.prev``)
+    and its file, or ``(None, None)`` when it has none.
+
+    A damaged file (truncated, failing its checksum, of another stage) is reported naming it and
+    never used: when the previous checkpoint is good the run resumes from it (the damaged file is
+    moved to ``<name>.pt.corrupt``), otherwise it raises :class:`CheckpointError`. Every rank must
+    find the same file (``ValueError`` otherwise: ``--out_dir`` must be shared).
+    """
+    ck, used, problems = find_checkpoint(st.path, st.name)
+    if D.world_size() > 1:
+        seen = D.all_gather_object(used and os.path.basename(used))
+        if len(set(seen)) > 1:
+            raise ValueError(f"the ranks found different checkpoints of stage {st.name} in {os.path.dirname(st.path)} "
+                             f"({seen}): --resume needs --out_dir on a file system that every node shares")
+    if ck is None:
+        if problems:
+            raise CheckpointError(problems[0].path, problems[0].problem + (
+                "; " + "; ".join(str(e) for e in problems[1:]) if problems[1:] else "") +
+                f"; no earlier good checkpoint of stage {st.name}: move the damaged file(s) away to train the stage "
+                "again, or use another --out_dir")
+        return None, None
+    if problems:
+        D.barrier()  # every rank has read what it needs before rank 0 moves the damaged file away
+        if D.is_main():
+            for e in problems:
+                warn(f"[{st.name}] {e}")
+                warn(f"[{st.name}] moved {e.path} to {quarantine(e.path)}: it is never reused")
+        log(f"[{st.name}] resuming from the previous checkpoint {used}")
+        D.barrier()
+    elif used != st.path:
+        log(f"[{st.name}] {st.path} is missing (the run stopped while replacing it): resuming from {used}")
+    return ck, used
+
+
 def restore_stage(st: Stage) -> bool:
     """``--resume``: load the stage's checkpoint, if any, into ``st``; True when the stage had finished.
 
-    Raises ``ValueError`` when only some ranks find the checkpoint, when it was written with
-    other settings, or when an unfinished one was written by another number of processes.
+    Raises ``ValueError`` when the ranks find different checkpoints, when the checkpoint is damaged
+    with no good previous one (:class:`CheckpointError`), when it was written with other settings,
+    or when an unfinished one was written by another number of processes.
     """
-    found = os.path.isfile(st.path)
-    if D.world_size() > 1:
-        n_found = int(D.all_reduce_sum(torch.tensor([float(found)], dtype=torch.float64)).item())
-        if 0 < n_found < D.world_size():
-            raise ValueError(f"{st.path} exists for {n_found} of {D.world_size()} ranks: --resume needs --out_dir on "
-                             "a file system that every node shares")
-    if not found:
+    ck, used = find_stage_checkpoint(st)
+    if ck is None:
         return False
-    ck = load_checkpoint(st.path)
     if ck.get("fingerprint") != st.fingerprint:
         diff = fingerprint_diff(ck.get("fingerprint", {}), st.fingerprint)
-        raise ValueError(f"checkpoint {st.path} was written with other settings (differing: {diff}); "
+        raise ValueError(f"checkpoint {used} was written with other settings (differing: {diff}); "
                          "use another --out_dir or drop --resume")
     st.model.load_state_dict(ck["model"])
     st.scheme.load_state_dict(ck["scheme"])
     st.history = ck["history"]
     if ck["done"]:
-        log(f"[{st.name}] finished in {st.path}: reusing it")
+        log(f"[{st.name}] finished in {used}: reusing it")
+        st.reused = True
         return True
     if ck.get("world_size", 1) != D.world_size():
-        raise ValueError(f"checkpoint {st.path} was written by {ck.get('world_size', 1)} process(es), this run has "
+        raise ValueError(f"checkpoint {used} was written by {ck.get('world_size', 1)} process(es), this run has "
                          f"{D.world_size()}: the global batch and data shards differ; relaunch with as many "
                          "processes, or use another --out_dir")
     st.optimizer.load_state_dict(ck["optimizer"])
@@ -175,7 +235,7 @@ def restore_stage(st: Stage) -> bool:
     rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]  # one state per rank
     set_rng_state(rngs[D.rank()], st.loss_gen)
     st.epoch, st.batch, st.loss_sum, st.n_loss = ck["epoch"], ck["batch"], ck["loss_sum"], ck["n_loss"]
-    log(f"[{st.name}] resuming at epoch {st.epoch + 1}, batch {st.batch} from {st.path}")
+    log(f"[{st.name}] resuming at epoch {st.epoch + 1}, batch {st.batch} from {used}")
     return False
 
 
@@ -223,7 +283,7 @@ def train_epoch(ctx: RunContext, st: Stage) -> None:
     if not st.batch:
         st.loss_sum, st.n_loss = 0.0, 0
     bar = tqdm(st.loader, desc=f"{st.name} {st.epoch + 1}/{st.epochs}", leave=False, dynamic_ncols=True,
-               disable=not (run.progress and D.is_main()), initial=st.batch, total=st.steps_per_epoch)
+               disable=not (ctx.progress and D.is_main()), initial=st.batch, total=st.steps_per_epoch)
     for batch in bar:
         loss, parts = train_step(ctx, st, batch)
         st.batch += 1
@@ -313,8 +373,15 @@ def setup(cfg: Config) -> torch.device:
 
 
 def load_data(cfg: Config) -> VideoQAData:
-    """The synthetic benchmark or a FrozenBiLM dataset, as ``--dataset`` says."""
+    """The data: ``--data``'s factory (``factory(cfg)``), else the synthetic benchmark or a
+    FrozenBiLM dataset as ``--dataset`` says."""
     d = cfg.data
+    if d.data:
+        data = load_factory(d.data, "--data")(cfg)
+        if not isinstance(data, VideoQAData):
+            raise ValueError(f"--data {d.data} returned {type(data).__name__}; it must return a "
+                             "radi_fast.data.VideoQAData (train, val, test, answers, ...)")
+        return data
     if d.dataset == "synthetic":
         return make_synthetic(dataclasses.replace(cfg.synthetic, num_frames=d.num_frames))
     return load_frozenbilm(d.dataset, d.data_dir or None, features=d.features or None, vocab=d.vocab or None,
@@ -325,16 +392,75 @@ def load_data(cfg: Config) -> VideoQAData:
 
 
 def new_model(data: VideoQAData, cfg: Config, seed: int) -> RadiModel:
-    """A freshly initialised model (torch seeded with ``seed``); replace it to train your own."""
+    """A freshly initialised model, torch seeded with ``seed``: ``--model``'s factory
+    (``factory(data, cfg)``), else the default :class:`~radi_fast.model.VideoQATransformer`."""
     torch.manual_seed(seed)
+    if cfg.model.model:
+        model = load_factory(cfg.model.model, "--model")(data, cfg)
+        if not isinstance(model, RadiModel):
+            raise ValueError(f"--model {cfg.model.model} returned {type(model).__name__}; it must return a "
+                             "radi_fast.model.RadiModel (encode / decode)")
+        return model
     return build_model(data, dataclasses.replace(cfg.model, max_frames=cfg.data.num_frames))
 
 
-def stage_result(ctx: RunContext, name: str, model: RadiModel, data: VideoQAData, out: dict, t0: float) -> dict:
-    """A trained stage's entry in ``results.json``: its validation and test metrics, history and seconds."""
+def stage_result(ctx: RunContext, name: str, model: RadiModel, data: VideoQAData, trained: dict, t0: float,
+                 part: str) -> dict:
+    """A trained stage's entry in ``results.json``: its validation and test metrics, history and
+    seconds (for a stage reused on ``--resume``: the seconds the earlier run recorded)."""
     test = evaluate(model, data.test, data.n_answers, ctx.cfg, ctx.device)
     log(f"[{name}] test {fmt_metrics(test)}")
-    return {"val": out["val"], "test": test, "history": out["history"], "seconds": time.time() - t0}
+    seconds = time.time() - t0
+    key = name[len("student-"):] if part == "schemes" else name
+    earlier = ((ctx.previous or {}).get(part) or {}).get(key) or {}
+    if trained["reused"] and "seconds" in earlier:
+        seconds = earlier["seconds"]
+    return {"val": trained["val"], "test": test, "history": trained["history"], "seconds": seconds}
+
+
+def on_main(fn: Callable[[], dict]) -> Optional[dict]:
+    """``fn()`` on rank 0 (None on the others); a ``ValueError`` (or ``OSError``) it raises is
+    raised on every rank as a ``ValueError``."""
+    result, error = None, None
+    if D.is_main():
+        try:
+            result = fn()
+        except (ValueError, OSError) as e:
+            error = str(e)
+    error = D.all_gather_object(error)[0]
+    if error:
+        raise ValueError(error)
+    return result
+
+
+class Publisher:
+    """Rank 0's ``results.json`` (merged with the earlier results of a resumed run) and
+    ``curves.png``, rewritten after every stage."""
+
+    def __init__(self, ctx: RunContext, results: dict):
+        self.ctx, self.results, self.warned = ctx, results, False
+
+    def merged(self) -> dict:
+        return merge_results(self.ctx.previous, self.results)
+
+    def __call__(self, curves: bool = True) -> dict:
+        merged = self.merged()
+        if not D.is_main():
+            return merged
+        out = self.ctx.cfg.run.out_dir
+        write_json(os.path.join(out, "results.json"), merged)
+        if curves and self.ctx.cfg.run.curves:
+            from . import plot
+            try:
+                plot.draw([(os.path.basename(os.path.normpath(out)) or out, merged)], os.path.join(out, "curves.png"))
+            except ImportError as e:
+                if not self.warned:
+                    warn(f"curves.png is not drawn: matplotlib is missing ({e}); pip install matplotlib, "
+                         "or pass --no-curves")
+                    self.warned = True
+            except Exception as e:  # a picture must never stop a training run
+                warn(f"curves.png is not drawn ({type(e).__name__}: {e})")
+        return merged
 
 
 # stage seeds: the teacher uses --seed, the individual initialisation and the students these
@@ -343,56 +469,93 @@ INDIVIDUAL_SEED, STUDENT_SEED = 1000, 2000
 
 
 def run(cfg: Config) -> dict:
-    """Run the whole pipeline; returns (and writes, on rank 0) the results dict.
+    """Run the whole pipeline; returns (and writes, on rank 0) the results dict, merged with the
+    earlier results of a resumed run.
 
-    Raises ``ValueError`` / ``FileNotFoundError`` for bad settings or data files, :class:`Halted`
-    after ``--halt_after_steps`` steps.
+    The whole configuration is checked first, then ``--out_dir`` (:func:`radi_fast.rundir.inspect_out_dir`),
+    then the data is loaded; only then is anything written. Raises ``ValueError`` /
+    ``FileNotFoundError`` for bad settings, a refused ``--out_dir`` or bad data files,
+    :class:`~radi_fast.checkpoint.CheckpointError` for a damaged checkpoint with no good previous one,
+    :class:`Halted` after ``--halt_after_steps`` steps.
     """
     cfg = resolve_auto(cfg)
     check_config(cfg)
     ctx = RunContext(cfg, setup(cfg))
+    runlog = RunLog(enabled=D.is_main())
+    try:
+        return _run(ctx, runlog)
+    except Halted as e:
+        runlog.to_file_only(logging.INFO, str(e))
+        raise
+    except BaseException as e:
+        runlog.to_file_only(logging.ERROR, f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        runlog.close()
+
+
+def _run(ctx: RunContext, runlog: RunLog) -> dict:
+    cfg, out = ctx.cfg, ctx.cfg.run.out_dir
     t_start, cpu_start = time.time(), time.process_time()
+    found = on_main(lambda: inspect_out_dir(cfg)) or {"results": None, "config": None}
     data = load_data(cfg)
-    os.makedirs(cfg.run.out_dir, exist_ok=True)
-    if D.is_main():
-        with open(os.path.join(cfg.run.out_dir, "config.json"), "w") as f:
-            json.dump(asdict(cfg), f, indent=2)
+    teacher = new_model(data, cfg, cfg.run.seed)  # here, so that a --model plug-in's error writes nothing
+    ctx.previous = found["results"]
+    specs = scheme_specs(cfg)
+    resolved = resolved_dict(cfg, union_schemes(found["config"], found["results"], specs))
+    if D.is_main():  # the settings are accepted: from here on the run's folder is written
+        if cfg.run.overwrite and os.path.isdir(out):
+            removed, left = clear_run(out)
+            if removed:
+                log(f"--overwrite: deleted the earlier run's {removed} file(s) in {out}"
+                    + (f" (left alone: {', '.join(left)})" if left else ""))
+        os.makedirs(out, exist_ok=True)
+        write_json(os.path.join(out, "config.json"), resolved)
+        runlog.open_file(os.path.join(out, "train.log"))
+    D.barrier()
     world = D.world_size()
-    log(f"data: {cfg.data.dataset}  train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}  "
+    log(f"data: {'--data ' + cfg.data.data if cfg.data.data else cfg.data.dataset}  "
+        f"train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}  "
         f"answers {data.n_answers}  device {ctx.device}  precision {cfg.run.precision}"
-        + (f"  processes {world} (global batch {world * cfg.optim.batch_size})" if world > 1 else ""))
+        + (f"  processes {world} (global batch {world * cfg.optim.batch_size})" if world > 1 else "")
+        + (f"  (resuming {out})" if cfg.run.resume else ""))
     base_fp = stage_fingerprint(cfg)
-    results = {"config": asdict(cfg), "stages": {}, "schemes": {}}
+    results = {"config": resolved, "environment": environment(ctx.device, world) if D.is_main() else {},
+               "stages": {}, "schemes": {}, "finished": False}
+    publish = Publisher(ctx, results)
 
     # stage 1: the teacher, trained with eq. 2 on the insufficient labels
-    t0, teacher = time.time(), new_model(data, cfg, cfg.run.seed)
-    out = train_stage(ctx, "teacher", teacher, data, build_scheme("baseline"), seed=cfg.run.seed,
-                      epochs=cfg.optim.teacher_epochs, fingerprint=base_fp)
-    results["stages"]["teacher"] = stage_result(ctx, "teacher", teacher, data, out, t0)
+    t0 = time.time()
+    trained = train_stage(ctx, "teacher", teacher, data, build_scheme("baseline"), seed=cfg.run.seed,
+                       epochs=cfg.optim.teacher_epochs, fingerprint=base_fp)
+    results["stages"]["teacher"] = stage_result(ctx, "teacher", teacher, data, trained, t0, "stages")
+    publish()
     teacher.eval().requires_grad_(False)
 
     # the student initialisation shared by every scheme
     init_state = None
     if cfg.run.student_init == "individual":
         t0, individual = time.time(), new_model(data, cfg, INDIVIDUAL_SEED + cfg.run.seed)
-        out = train_stage(ctx, "individual", individual, data, build_scheme("baseline"),
-                          seed=INDIVIDUAL_SEED + cfg.run.seed, epochs=cfg.optim.teacher_epochs, fingerprint=base_fp)
-        results["stages"]["individual"] = stage_result(ctx, "individual", individual, data, out, t0)
+        trained = train_stage(ctx, "individual", individual, data, build_scheme("baseline"),
+                           seed=INDIVIDUAL_SEED + cfg.run.seed, epochs=cfg.optim.teacher_epochs, fingerprint=base_fp)
+        results["stages"]["individual"] = stage_result(ctx, "individual", individual, data, trained, t0, "stages")
+        publish()
         init_state = copy.deepcopy(individual.state_dict())
         del individual
     elif cfg.run.student_init == "teacher":
         init_state = copy.deepcopy(teacher.state_dict())
 
     # stage 2: one student per scheme, all from the same initialisation, data order and seed
-    for spec in scheme_specs(cfg):
+    for spec in specs:
         scheme = build_scheme(spec, cfg.scheme)
         t0, student = time.time(), new_model(data, cfg, STUDENT_SEED + cfg.run.seed)
         if init_state is not None:
             student.load_state_dict(init_state)
-        out = train_stage(ctx, f"student-{spec}", student, data, scheme, seed=STUDENT_SEED + cfg.run.seed,
-                          epochs=cfg.optim.student_epochs, fingerprint=student_fingerprint(cfg, base_fp, spec, scheme),
-                          teacher=teacher)
-        results["schemes"][spec] = stage_result(ctx, f"student-{spec}", student, data, out, t0)
+        trained = train_stage(ctx, f"student-{spec}", student, data, scheme, seed=STUDENT_SEED + cfg.run.seed,
+                           epochs=cfg.optim.student_epochs,
+                           fingerprint=student_fingerprint(cfg, base_fp, spec, scheme), teacher=teacher)
+        results["schemes"][spec] = stage_result(ctx, f"student-{spec}", student, data, trained, t0, "schemes")
+        publish()
         del student
 
     results["wall_seconds"] = time.time() - t_start
@@ -400,12 +563,11 @@ def run(cfg: Config) -> dict:
     results["cpu_seconds"] = float(D.all_reduce_sum(torch.tensor([time.process_time() - cpu_start],
                                                                  dtype=torch.float64))[0])
     results["world_size"] = world
-    if D.is_main():
-        tmp = os.path.join(cfg.run.out_dir, "results.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, os.path.join(cfg.run.out_dir, "results.json"))
-    return results
+    results["finished"] = True
+    merged = publish(curves=False)  # adds the timings; the curves are already drawn
+    log(f"results in {os.path.join(out, 'results.json')}" + (f", curves in {os.path.join(out, 'curves.png')}"
+                                                             if cfg.run.curves else ""))
+    return merged
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,11 +576,18 @@ def run(cfg: Config) -> dict:
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; under ``torchrun`` every rank runs it and rank 0 alone prints the table.
 
-    Returns the exit code: 0 done, 2 bad settings or data files (``error: ...`` on stderr),
-    3 halted by ``--halt_after_steps``.
+    Returns the exit code: 0 done (also ``--help``, ``--version``), 2 bad settings, a refused
+    ``--out_dir``, bad data files or a damaged checkpoint (``error: ...`` on stderr, naming the
+    flag or the file), 3 halted by ``--halt_after_steps``.
     """
     try:
         cfg = parse_args(argv)
+    except SystemExit as e:  # --help, --version, or argparse's own error (already printed)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         results = run(cfg)
         is_main = D.is_main()  # asked before cleanup() leaves the process group
     except Halted as e:
@@ -440,5 +609,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``radi-fast-train`` console script: ``python -m radi_fast.train``'s command line."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -14,7 +14,7 @@ from radi_fast.schemes import SCHEMES, SchemeConfig, build_scheme
 
 TINY = {"n_train": 64, "n_val": 32, "n_test": 32, "n_answers": 120, "d_model": 16, "n_layers": 2, "n_heads": 2,
         "batch_size": 32, "teacher_epochs": 1, "student_epochs": 1, "mc_samples": 3, "hot": 10, "cold": 5,
-        "top_k": 20, "progress": False}
+        "top_k": 20, "progress": False, "curves": False}
 
 
 def tiny(tmp_path, **kw):
@@ -29,10 +29,10 @@ ALL_SCHEMES = ("baseline,label_smoothing,pseudo_label,kd,dkd,ctkd,radi_p,radi_l,
 
 
 def test_every_scheme_end_to_end(tmp_path, capsys):
-    assert T.main(["--config", _write(tmp_path / "c.json", {**TINY, "out_dir": str(tmp_path)}),
+    assert T.main(["--config", _write(tmp_path / "c.json", {**TINY, "out_dir": str(tmp_path / "run")}),
                    "--schemes", ALL_SCHEMES]) == 0
     out = capsys.readouterr().out
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["schemes"]) == set(ALL_SCHEMES.split(","))
     assert set(results["stages"]) == {"teacher", "individual"}
     for name, r in results["schemes"].items():
@@ -58,7 +58,7 @@ def test_student_init_teacher_starts_from_the_teacher(tmp_path):
 
 # ------------------------------------------------------------------ checkpoints and resume
 def _student_weights(out_dir, stage):
-    return torch.load(os.path.join(out_dir, "checkpoints", f"{stage}.pt"), weights_only=False)["model"]
+    return torch.load(os.path.join(out_dir, "checkpoints", f"{stage}.pt"), weights_only=True)["model"]
 
 
 def test_resume_is_exact(tmp_path):
@@ -83,7 +83,7 @@ def test_resume_reuses_finished_stages_and_adds_schemes(tmp_path, capsys):
     T.run(tiny(tmp_path, schemes="baseline"))
     capsys.readouterr()
     results = T.run(tiny(tmp_path, schemes="baseline,kd", resume=True))
-    err = capsys.readouterr().out + capsys.readouterr().err
+    err = capsys.readouterr().err  # the log is on stderr
     assert "[teacher] finished" in err and "[student-baseline] finished" in err
     assert set(results["schemes"]) == {"baseline", "kd"}
 
@@ -94,21 +94,25 @@ def test_resume_with_other_settings_fails_clearly(tmp_path):
         T.run(tiny(tmp_path, schemes="baseline", resume=True, lr=0.5))
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+def test_checkpoint_write_is_atomic_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    from radi_fast import checkpoint as C
     path = str(tmp_path / "ck.pt")
     save_checkpoint(path, {"v": 1})
     assert os.listdir(tmp_path) == ["ck.pt"]
+    save_checkpoint(path, {"v": 2})
+    assert sorted(os.listdir(tmp_path)) == ["ck.pt", "ck.pt.prev"]
+    assert load_checkpoint(path)["v"] == 2 and load_checkpoint(path + ".prev")["v"] == 1
 
-    def crash(obj, f, *a, **k):
-        with open(f, "wb") as fh:
+    def crash(p, state):
+        with open(p, "wb") as fh:
             fh.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", crash)
+    monkeypatch.setattr(C, "_write", crash)
     with pytest.raises(OSError):
-        save_checkpoint(path, {"v": 2})
+        save_checkpoint(path, {"v": 3})
     monkeypatch.undo()
-    assert load_checkpoint(path) == {"v": 1}  # the old checkpoint is intact
+    assert load_checkpoint(path)["v"] == 2 and load_checkpoint(path + ".prev")["v"] == 1  # both intact
     (tmp_path / "bad.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.pt"):
         load_checkpoint(str(tmp_path / "bad.pt"))
