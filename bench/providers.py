@@ -245,7 +245,7 @@ def listwise_inputs(B: int, K: int, loss: str, dev: Optional[torch.device] = Non
     """RADI-L on N = K answers (teacher logits = mean of make_mc's passes), the paper's hot 100 / cold 10."""
     dev = dev or device()
     teacher = make_mc(B, 2, K, dev).mean(1)
-    return Inputs(f"radi_l", B, K, 0, dev, {"teacher": teacher, "student": make_student(B, K, dev)},
+    return Inputs("radi_l", B, K, 0, dev, {"teacher": teacher, "student": make_student(B, K, dev)},
                   {"loss": loss, "hot": min(hot, K - 1), "cold": min(cold, K - min(hot, K - 1)), "sampling": "zipf",
                    "alpha": 1.0})
 

@@ -25,6 +25,7 @@ from .pairwise import (
 )
 
 __all__ = [
+    "__version__",
     "RadiListwiseLoss",
     "RadiPairwiseLoss",
     "backend_info",

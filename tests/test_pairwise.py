@@ -1,5 +1,4 @@
 """RADI-P: the CPU path against the literal reference, hand cases, properties and bad input."""
-import itertools
 import math
 
 import pytest

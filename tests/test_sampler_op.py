@@ -10,14 +10,12 @@ Everything that needs the extension skips (with the reason) when it is not built
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import os
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import pytest
