@@ -65,8 +65,8 @@ class DataConfig:
         "help": "frames sampled uniformly per video (padded and masked when fewer; the synthetic benchmark needs 6)",
         "min": 1})
     train_labels: str = field(default="top1", metadata={
-        "help": "top1: keep only the most frequent training answer (sec. 4.3); all: every annotated answer",
-        "choices": ("top1", "all")})
+        "help": ("top1: keep only the most frequent training answer (sec. 4.3); top2: the two most frequent; "
+                 "all: every annotated answer"), "choices": ("top1", "top2", "all")})
     cache_dir: str = field(
         default="", metadata={"help": "where the memory-mapped copy of the features goes (default: beside them)"})
     allow_missing_features: bool = field(

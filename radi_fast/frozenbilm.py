@@ -267,11 +267,11 @@ class FrozenBiLMVideoQA(Dataset):
             counter = collections.Counter(a.strip() for a in raw if a is not None and a.strip())
             in_vocab = [(a2id[a], c) for a, c in counter.items() if a in a2id]
             if train:
-                if train_labels == "top1":  # the insufficient label: the most frequent answer
-                    top = counter.most_common(1)[0][0] if counter else None
-                    if top not in a2id:
+                if train_labels in ("top1", "top2"):  # the insufficient label(s): the most frequent answer(s)
+                    top = [a for a, _ in counter.most_common(1 if train_labels == "top1" else 2)]
+                    label_ids = [a2id[a] for a in top if a in a2id]
+                    if not label_ids:
                         continue  # like FrozenBiLM, drop training rows whose answer is out of vocabulary
-                    label_ids = [a2id[top]]
                 else:
                     label_ids = [i for i, _ in in_vocab]
                     if not label_ids:
@@ -321,7 +321,8 @@ def load_frozenbilm(dataset: str, data_dir: Optional[str] = None, *, features: O
     ``test.csv``; TGIF: ``train_frameqa.csv``/``test_frameqa.csv``), ``vocab.json`` and
     ``clipvitl14.pth``; each can be overridden. ``train_labels="top1"`` keeps only the most
     frequent answer of a training question (the paper's sec. 4.3 protocol; the same as the only
-    answer for the single-answer datasets), ``"all"`` keeps every annotated answer.
+    answer for the single-answer datasets), ``"top2"`` the two most frequent (those in the
+    vocabulary), ``"all"`` keeps every annotated answer.
 
     Raises ``FileNotFoundError`` naming a missing file, ``ValueError`` for an unknown dataset or
     ``train_labels``, a malformed file (naming the file and the column, line or video id) or
@@ -329,8 +330,8 @@ def load_frozenbilm(dataset: str, data_dir: Optional[str] = None, *, features: O
     """
     if dataset not in FROZENBILM_SPLITS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(FROZENBILM_SPLITS)} or 'synthetic'")
-    if train_labels not in ("top1", "all"):
-        raise ValueError(f"train_labels must be 'top1' or 'all', got {train_labels!r}")
+    if train_labels not in ("top1", "top2", "all"):
+        raise ValueError(f"train_labels must be 'top1', 'top2' or 'all', got {train_labels!r}")
     names = FROZENBILM_SPLITS[dataset]
     if data_dir is None and None in (features, vocab, train_csv, val_csv, test_csv):
         raise ValueError("pass data_dir (--data_dir) or every file path (--features, --vocab, --*_csv)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -90,19 +90,27 @@ def _cluster_sizes(rng: np.random.Generator, n: int, lo: int, hi: int) -> List[i
     return sizes
 
 
-def make_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> VideoQAData:
+TRAIN_LABELS = {"top1": 1, "top2": 2, "all": None}  # --train_labels: how many answers training keeps
+
+
+def make_synthetic(cfg: SyntheticConfig = SyntheticConfig(), train_labels: str = "top1") -> VideoQAData:
     """Generate the seeded synthetic benchmark: the same ``cfg`` always gives the same data.
 
     See docs/training.md for the story. In short: answers come in clusters of synonyms/related
     answers owned by a question type; a video shows one concept (cluster) per type in a span of
     frames, sometimes a second one less visibly; five annotators answer each question with
-    members of the shown clusters, and training keeps only the most frequent answer.
+    members of the shown clusters, and training keeps only the most frequent answer
+    (``train_labels="top1"``, sec. 4.3), the two most frequent (``"top2"``) or every distinct
+    answer (``"all"``); ties go to the earliest annotator's. The labels kept change nothing else:
+    the videos, questions and full answer sets are the same for every ``train_labels``.
 
     Returns the three splits as :class:`~radi_fast.data.TensorVideoQA` (video float32
     [n, num_frames, feat_dim]), ``answer_features`` float32 [n_answers, text_dim] and the
     clusters in ``info``. Raises ``ValueError`` for the settings :func:`check_synthetic` refuses.
     """
     check_synthetic(cfg)
+    if train_labels not in TRAIN_LABELS:
+        raise ValueError(f"train_labels must be one of {', '.join(TRAIN_LABELS)}, got {train_labels!r}")
     rng = np.random.default_rng(cfg.data_seed)
     n_ans, n_types = cfg.n_answers, cfg.n_types
 
@@ -149,7 +157,7 @@ def make_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> VideoQAData:
         qvocab.setdefault(w, len(qvocab))
     q_len = 5
 
-    def split(n: int) -> TensorVideoQA:
+    def split(n: int, keep: Optional[int] = 1) -> TensorVideoQA:
         f, d = cfg.num_frames, cfg.feat_dim
         video = cfg.frame_noise * rng.standard_normal((n, f, d))
         qtype = rng.integers(0, n_types, size=n)
@@ -182,7 +190,8 @@ def make_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> VideoQAData:
                 c = int(rng.choice(len(concepts), p=weights))
                 votes.append(int(members[concepts[c]][rng.choice(len(prefs[c]), p=prefs[c])]))
             counter = collections.Counter(votes)
-            labels.append([counter.most_common(1)[0][0]])  # the insufficient label (sec. 4.3)
+            # the insufficient label(s) (sec. 4.3): the most frequent answer(s); no random draw here
+            labels.append([a for a, _ in counter.most_common(keep)])
             ans_sets.append(list(counter.keys()))
             cnt_sets.append(list(counter.values()))
             words = [WH_WORDS[int(rng.integers(len(WH_WORDS)))], type_words[t][int(rng.integers(3))]]
@@ -191,7 +200,7 @@ def make_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> VideoQAData:
         mask = np.ones((n, f), dtype=bool)
         return TensorVideoQA(video.astype(np.float32), mask, question, None, qtype, labels, ans_sets, cnt_sets)
 
-    train, val, test = split(cfg.n_train), split(cfg.n_val), split(cfg.n_test)
+    train, val, test = split(cfg.n_train, TRAIN_LABELS[train_labels]), split(cfg.n_val), split(cfg.n_test)
     info = {
         "answer_cluster": answer_cluster,
         "cluster_type": cluster_type,

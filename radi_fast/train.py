@@ -83,7 +83,7 @@ def load_data(cfg: Config) -> VideoQAData:
                              "radi_fast.data.VideoQAData (train, val, test, answers, ...)")
         return data
     if d.dataset == "synthetic":
-        return make_synthetic(dataclasses.replace(cfg.synthetic, num_frames=d.num_frames))
+        return make_synthetic(dataclasses.replace(cfg.synthetic, num_frames=d.num_frames), train_labels=d.train_labels)
     return load_frozenbilm(d.dataset, d.data_dir or None, features=d.features or None, vocab=d.vocab or None,
                            train_csv=d.train_csv or None, val_csv=d.val_csv or None, test_csv=d.test_csv or None,
                            num_frames=d.num_frames, max_question_len=cfg.model.max_question_len,

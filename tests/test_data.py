@@ -55,6 +55,25 @@ def test_synthetic_insufficient_labels_and_structure():
     assert sim[same].mean() > sim[~same].mean() + 0.2
 
 
+def test_synthetic_train_labels_keep_the_most_frequent_answers():
+    one, two, every = (make_synthetic(SMALL, train_labels=k) for k in ("top1", "top2", "all"))
+    for split in ("train", "val", "test"):
+        a, b = getattr(one, split), getattr(two, split)
+        np.testing.assert_array_equal(a.video.numpy(), b.video.numpy())
+        assert (a.answers, a.counts) == (b.answers, b.counts) == (getattr(every, split).answers,
+                                                                  getattr(every, split).counts)
+    assert one.val.labels == two.val.labels  # evaluation keeps the full sets, whatever training keeps
+    n2 = 0
+    for l1, l2, la, answers, counts in zip(one.train.labels, two.train.labels, every.train.labels,
+                                           one.train.answers, one.train.counts):
+        ranked = [a for a, _ in collections.Counter(dict(zip(answers, counts))).most_common()]
+        assert l2 == ranked[:2] and l2[0] == l1[0] and len(l1) == 1 and sorted(la) == sorted(answers)
+        n2 += len(l2) == 2
+    assert n2 > 0.5 * len(two.train)
+    with pytest.raises(ValueError, match="train_labels"):
+        make_synthetic(SMALL, train_labels="top3")
+
+
 def test_collate_dense_targets():
     d = make_synthetic(SMALL)
     batch = VideoQACollate(d.n_answers)([d.val[i] for i in range(4)])
@@ -160,6 +179,14 @@ def test_ivqa_train_labels_all(tmp_path):
     data = load_frozenbilm("ivqa", str(_make_dataset(tmp_path, "ivqa")), train_labels="all")
     assert sorted(data.train[0]["labels"]) == [0, 1]
     assert len(data.train) == 4  # the unicorn row keeps its in-vocabulary "dog"
+
+
+def test_ivqa_train_labels_top2(tmp_path):
+    data = load_frozenbilm("ivqa", str(_make_dataset(tmp_path, "ivqa")), train_labels="top2")
+    v = VOCAB.index
+    # the two most frequent answers, those in the vocabulary: the unicorn row keeps its runner-up "dog"
+    assert [data.train[i]["labels"] for i in range(len(data.train))] == [
+        [v("table"), v("desk")], [v("baby"), v("car")], [v("dog")], [v("dog")]]
 
 
 @pytest.mark.parametrize("fmt", ["pth", "npz", "npy"])
