@@ -196,10 +196,13 @@ def quarantine(path: str) -> str:
 # ---------------------------------------------------------------------------------------- settings
 def stage_fingerprint(cfg: Config) -> dict:
     """What a stage-1 checkpoint must agree with on ``--resume``: the data, synthetic, model and
-    optim settings (but ``student_epochs``), the seed and the precision."""
+    optim settings (but ``student_epochs``, and ``individual_epochs`` at its default 0, so that
+    checkpoints written before it existed still match), the seed and the precision."""
     fp = {f"{s}.{k}": v for s in ("data", "synthetic", "model", "optim") for k, v in asdict(getattr(cfg, s)).items()}
     fp.update({"run.seed": cfg.run.seed, "run.precision": cfg.run.precision})
     fp.pop("optim.student_epochs")
+    if not fp["optim.individual_epochs"]:
+        fp.pop("optim.individual_epochs")
     return fp
 
 

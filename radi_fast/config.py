@@ -92,6 +92,9 @@ class OptimConfig:
     teacher_epochs: int = field(
         default=10, metadata={"help": 'stage 1 (and the "individual" student initialisation)', "min": 1})
     student_epochs: int = field(default=6, metadata={"help": "stage 2, per scheme", "min": 1})
+    individual_epochs: int = field(default=0, metadata={"help": (
+        'the "individual" student initialisation alone (0: teacher_epochs), to vary the teacher with a fixed '
+        "student initialisation"), "min": 0})
 
 
 @dataclass

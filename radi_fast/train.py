@@ -237,7 +237,8 @@ def _run(ctx: RunContext, runlog: RunLog) -> dict:
     if cfg.run.student_init == "individual":
         t0, individual = time.time(), new_model(data, cfg, INDIVIDUAL_SEED + cfg.run.seed)
         trained = train_stage(ctx, "individual", individual, data, build_scheme("baseline"),
-                           seed=INDIVIDUAL_SEED + cfg.run.seed, epochs=cfg.optim.teacher_epochs, fingerprint=base_fp)
+                           seed=INDIVIDUAL_SEED + cfg.run.seed,
+                           epochs=cfg.optim.individual_epochs or cfg.optim.teacher_epochs, fingerprint=base_fp)
         results["stages"]["individual"] = stage_result(ctx, "individual", individual, data, trained, t0, "stages")
         publish()
         init_state = copy.deepcopy(individual.state_dict())
