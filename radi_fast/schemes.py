@@ -74,6 +74,9 @@ class SchemeConfig:
     lam: str = field(default="auto", metadata={
         "help": 'RADI-P Sinkhorn smoothing ("auto": the mean pairwise uncertainty of each sample)',
         "check": auto_or_positive, "rule": "'auto' or a positive number"})
+    lam_scale: float = field(default=1.0, metadata={"help": (
+        "RADI-P: lam is multiplied by this (with lam=auto: each sample's own mean uncertainty times it; "
+        "0.3: sharper OT margins)"), "gt": 0})
     sinkhorn: str = field(default="auto", metadata={
         "help": "RADI-P's Sinkhorn scheme (auto: plain with lam=auto or tol 0, else anderson; docs/sinkhorn.md)",
         "choices": SINKHORN_SCHEMES})
@@ -304,14 +307,37 @@ class RadiP(Scheme):
 
     def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
         c = self.cfg
-        lam = c.lam if c.lam == "auto" else float(c.lam)
-        rank, info = radi_pairwise_loss(logits, teacher_mc, teacher_logits, margin=c.margin,
-                                        margin_mode=c.margin_mode, lam=lam, top_k=c.top_k or DEFAULT_TOP_K,
-                                        max_iter=c.sinkhorn_iters, tol=c.sinkhorn_tol, generator=generator,
-                                        sinkhorn=c.sinkhorn, return_info=True)
+        if c.lam == "auto" and c.lam_scale != 1 and c.margin_mode == "ot":
+            rank, info = self._scaled_auto_lam(logits, teacher_mc, teacher_logits)
+        else:
+            lam = c.lam if c.lam == "auto" else float(c.lam) * c.lam_scale
+            rank, info = radi_pairwise_loss(logits, teacher_mc, teacher_logits, margin=c.margin,
+                                            margin_mode=c.margin_mode, lam=lam, top_k=c.top_k or DEFAULT_TOP_K,
+                                            max_iter=c.sinkhorn_iters, tol=c.sinkhorn_tol, generator=generator,
+                                            sinkhorn=c.sinkhorn, return_info=True)
         iterations = info.iterations.double()
         self.iterations = [self.iterations[0] + float(iterations.sum()), self.iterations[1] + iterations.numel()]
         return c.radi_p_alpha * rank, {"rank": rank.detach(), "sinkhorn_iterations": iterations.mean()}
+
+    def _scaled_auto_lam(self, logits, teacher_mc, teacher_logits):
+        """``lam = lam_scale x`` each sample's auto value (its mean off-diagonal U over its top-k
+        answers, computed as the loss computes it), in one batched call although a call takes one
+        float ``lam``: U enters W only as ``U / lam``, and scaling a sample's MC deviations from
+        their mean by ``c_b`` scales its U by ``c_b^2``, so ``c_b = (lam_scale x auto_b)^-1/2``
+        with ``lam = 1`` gives every sample its own ``lam_b`` (the teacher's ranking is passed
+        unchanged, the MC passes enter nothing else in the "ot" mode)."""
+        from .ops.pairwise_cpu import prepare_pairwise
+        c, top_k = self.cfg, self.cfg.top_k or DEFAULT_TOP_K
+        with torch.no_grad():
+            mc = teacher_mc.detach()
+            if teacher_logits is None:
+                teacher_logits = mc.mean(dim=1)
+            auto = prepare_pairwise(mc, teacher_logits, top_k, None, None).lam  # [B], the "auto" lam
+            mean = mc.mean(dim=1, keepdim=True)
+            mc = mean + (c.lam_scale * auto).rsqrt().to(mc.dtype)[:, None, None] * (mc - mean)
+        return radi_pairwise_loss(logits, mc, teacher_logits, margin=c.margin, margin_mode="ot", lam=1.0,
+                                  top_k=top_k, max_iter=c.sinkhorn_iters, tol=c.sinkhorn_tol, sinkhorn=c.sinkhorn,
+                                  return_info=True)
 
 
 class RadiL(Scheme):

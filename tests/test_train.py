@@ -269,3 +269,46 @@ def test_radi_schemes_call_the_losses():
         assert torch.isfinite(loss) and "cls" in parts
     p = build_scheme("radi_p:alpha=0")
     assert torch.allclose(p.loss(s, targets, t, mc)[0], build_scheme("baseline").loss(s, targets)[0])
+
+
+def _mc_problem(b=4, n=40, t=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(b, n, generator=g)
+    mc = teacher[:, None] + torch.rand(b, 1, n, generator=g) * torch.randn(b, t, n, generator=g)
+    return torch.randn(b, n, generator=g), teacher, mc
+
+
+def test_radi_p_lam_scale_multiplies_each_samples_auto_lam():
+    """lam_scale x auto: per sample, lam = lam_scale x the mean off-diagonal U over its top-k answers."""
+    from radi_fast.pairwise import pairwise_uncertainty, radi_pairwise_loss
+    s, t, mc = _mc_problem()
+    targets = torch.zeros(4, 40)
+    k, scale = 15, 0.3
+    sch = build_scheme(f"radi_p:lam_scale={scale}:top_k={k}:margin=10:alpha=1:sinkhorn=plain")
+    rank, parts = sch.extra(s, targets, t, mc, None)
+    expected = []
+    for b in range(4):
+        top = t[b].topk(k).indices
+        U = pairwise_uncertainty(mc[b:b + 1, :, top])[0]
+        lam = float(U.sum() / (k * (k - 1))) * scale  # the mean off-diagonal U (its diagonal is 0)
+        expected.append(radi_pairwise_loss(s[b:b + 1], mc[b:b + 1], t[b:b + 1], margin=10, lam=lam, top_k=k,
+                                           sinkhorn="plain"))
+    assert torch.allclose(rank, torch.stack(expected).mean(), rtol=1e-5, atol=1e-6)
+    assert parts["sinkhorn_iterations"] > 0
+    # lam_scale 1 is the library's own "auto" (the default path); a scale changes the margins
+    auto = build_scheme(f"radi_p:top_k={k}:margin=10:alpha=1:sinkhorn=plain").extra(s, targets, t, mc, None)[0]
+    one = build_scheme(f"radi_p:top_k={k}:margin=10:alpha=1:sinkhorn=plain")
+    one.cfg.lam_scale = 1.0
+    assert torch.allclose(one._scaled_auto_lam(s, mc, t)[0], auto, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(rank, auto)
+    # gradients reach the student through the per-sample calls
+    x = s.clone().requires_grad_(True)
+    sch.extra(x, targets, t, mc, None)[0].backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # an explicit lam is multiplied too; the default lam_scale changes nothing
+    a = build_scheme("radi_p:lam=2:lam_scale=0.25:top_k=15").extra(s, targets, t, mc, None)[0]
+    assert torch.equal(a, build_scheme("radi_p:lam=0.5:top_k=15").extra(s, targets, t, mc, None)[0])
+    assert SchemeConfig().lam_scale == 1.0
+    with pytest.raises(ValueError, match="lam_scale"):
+        build_scheme("radi_p:lam_scale=0")
+
