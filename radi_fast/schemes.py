@@ -12,6 +12,8 @@ Every scheme maps one batch to ``L_cls + alpha * L_extra`` (or a changed ``L_cls
                     gradient-reversal layer whose strength grows on a cosine curriculum
 ``radi_p``          ``+ radi_p_alpha * radi_pairwise_loss`` (RADI-P, sec. 3.2; margin modes)
 ``radi_l``          ``+ radi_l_alpha * radi_listwise_loss`` (RADI-L, sec. 3.3; samplings, losses)
+``kd_radi_p``       KD and RADI-P together: ``+ kd_alpha * KD + radi_p_alpha * RADI-P`` (not in the paper)
+``kd_radi_l``       KD and RADI-L together: ``+ kd_alpha * KD + radi_l_alpha * RADI-L`` (not in the paper)
 ==================  =========================================================================
 
 DKD with several labels: DKD splits the distribution into the target class and the rest. With a
@@ -354,7 +356,29 @@ class RadiL(Scheme):
         return c.radi_l_alpha * rank, {"rank": rank.detach()}
 
 
-SCHEMES = {s.name: s for s in (Baseline, LabelSmoothing, PseudoLabel, KD, DKD, CTKD, RadiP, RadiL)}
+class KDRadiP(RadiP):
+    """Vanilla KD plus RADI-P, each with its own weight (``kd_alpha``, ``radi_p_alpha``) and settings."""
+
+    name = "kd_radi_p"
+
+    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
+        rank, parts = super().extra(logits, targets, teacher_logits, teacher_mc, generator)
+        kd, kd_parts = KD.extra(self, logits, targets, teacher_logits, teacher_mc, generator)
+        return kd + rank, {**kd_parts, **parts}
+
+
+class KDRadiL(RadiL):
+    """Vanilla KD plus RADI-L, each with its own weight (``kd_alpha``, ``radi_l_alpha``) and settings."""
+
+    name = "kd_radi_l"
+
+    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
+        rank, parts = super().extra(logits, targets, teacher_logits, teacher_mc, generator)
+        kd, kd_parts = KD.extra(self, logits, targets, teacher_logits, teacher_mc, generator)
+        return kd + rank, {**kd_parts, **parts}
+
+
+SCHEMES = {s.name: s for s in (Baseline, LabelSmoothing, PseudoLabel, KD, DKD, CTKD, RadiP, RadiL, KDRadiP, KDRadiL)}
 DEFAULT_SCHEMES = ("baseline", "kd", "radi_p", "radi_l")
 
 

@@ -190,7 +190,8 @@ def test_build_scheme_specs():
                      ("kd:kd_tau=hot", "bad value for kd_tau")]:
         with pytest.raises(ValueError, match=msg):
             build_scheme(bad)
-    assert set(SCHEMES) == {"baseline", "label_smoothing", "pseudo_label", "kd", "dkd", "ctkd", "radi_p", "radi_l"}
+    assert set(SCHEMES) == {"baseline", "label_smoothing", "pseudo_label", "kd", "dkd", "ctkd", "radi_p", "radi_l",
+                            "kd_radi_p", "kd_radi_l"}
 
 
 def test_label_smoothing_and_pseudo_labels():
@@ -312,3 +313,31 @@ def test_radi_p_lam_scale_multiplies_each_samples_auto_lam():
     with pytest.raises(ValueError, match="lam_scale"):
         build_scheme("radi_p:lam_scale=0")
 
+
+@pytest.mark.parametrize("radi", ["radi_p", "radi_l"])
+def test_kd_plus_radi_is_the_sum_of_its_parts(radi):
+    s, t, mc = _mc_problem()
+    targets = torch.zeros(4, 40)
+    targets[:, 0] = 1
+    opts = ":top_k=20" if radi == "radi_p" else ":hot=10:cold=5"
+    both = build_scheme(f"kd_{radi}:kd_alpha=0.5:{radi}_alpha=2{opts}")
+    assert both.needs_teacher and both.mc_samples == (10 if radi == "radi_p" else 0)
+    loss, parts = both.loss(s, targets, t, mc, torch.Generator().manual_seed(3))
+    kd = build_scheme("kd:kd_alpha=0.5").loss(s, targets, t)[0]
+    rk = build_scheme(f"{radi}:alpha=2{opts}").loss(s, targets, t, mc, torch.Generator().manual_seed(3))[0]
+    base = build_scheme("baseline").loss(s, targets)[0]
+    assert torch.allclose(loss, kd + rk - base, atol=1e-5)
+    assert {"cls", "kd", "rank"} <= set(parts)
+    only_kd = build_scheme(f"kd_{radi}:{radi}_alpha=0{opts}").loss(s, targets, t, mc)[0]
+    assert torch.allclose(only_kd, build_scheme("kd").loss(s, targets, t)[0])
+
+
+def test_train_labels_and_individual_epochs_end_to_end(tmp_path):
+    from radi_fast.checkpoint import stage_fingerprint
+    cfg = tiny(tmp_path, train_labels="top2", teacher_epochs=2, individual_epochs=1,
+               schemes="kd_radi_p,kd_radi_l,radi_p:lam_scale=0.3")
+    results = T.run(cfg)
+    assert len(results["stages"]["teacher"]["history"]) == 2 and len(results["stages"]["individual"]["history"]) == 1
+    assert set(results["schemes"]) == {"kd_radi_p", "kd_radi_l", "radi_p:lam_scale=0.3"}
+    assert "optim.individual_epochs" not in stage_fingerprint(Config())  # earlier checkpoints still match
+    assert stage_fingerprint(cfg)["optim.individual_epochs"] == 1
