@@ -35,9 +35,9 @@ def fmt_abs(s: dict) -> str:
 
 def cell_table(rep: dict, ids: Sequence[str], against: str = "vs_comparator", show_test: bool = True) -> List[str]:
     cells = rep["cells"]
-    head = "| variant | spec | " + " | ".join(f"test {METRIC_NAMES[m]}" for m in METRICS) + " | " + \
+    head = "| variant | spec | n | " + " | ".join(f"test {METRIC_NAMES[m]}" for m in METRICS) + " | " + \
         " | ".join(f"Δ {METRIC_NAMES[m]} [95% CI]" for m in METRICS) + " | vs |"
-    lines = [head, "|" + "---|" * (2 + 2 * len(METRICS) + 1)]
+    lines = [head, "|" + "---|" * (3 + 2 * len(METRICS) + 1)]
     for cid in ids:
         c = cells[cid]
         cmp = c.get(against)
@@ -54,7 +54,7 @@ def cell_table(rep: dict, ids: Sequence[str], against: str = "vs_comparator", sh
         if c["setting"] == "main" and c["group"] not in ("labels", "teacher") and ids and \
                 rep["cells"][ids[-1]]["group"] in ("labels", "teacher"):
             label = f"{rep['settings']['main']['title']}: {c['label']}"
-        lines.append(f"| {label} | `{c['spec']}` | " + " | ".join(absolute) + " | " + " | ".join(deltas)
+        lines.append(f"| {label} | `{c['spec']}` | {c['n_seeds']} | " + " | ".join(absolute) + " | " + " | ".join(deltas)
                      + f" | {comp_label} |")
     return lines
 
@@ -85,6 +85,11 @@ def markdown(rep: dict, img_rel: str, old_text: str = "") -> str:
     n_cells, n_seeds = len(cells), len(meta["seeds"])
     env = meta["environment"]
     short = [cid for cid, c in cells.items() if c["n_seeds"] < n_seeds]
+    n_intervals = sum(("vs_comparator" in c) + ("vs_kd" in c and c.get("comparator") != c["kd"]) for c in cells.values())
+    invs = meta["ledger"]["invocations"]
+    invocations = f"{len(invs)} invocation(s) of the script on the same folders: " + "; ".join(
+        f"{i['started'][:16].replace('T', ' ')} UTC, {(i.get('wall_seconds') or 0) / 60:.1f} min"
+        + (f" ({i['note']})" if i.get("note") else "") for i in invs)
     short_txt = ", ".join(f"`{c}` ({cells[c]['n_seeds']})" for c in short)
     if meta.get("complete", True):
         status = f"The grid ran to completion: every cell has all {n_seeds} seeds."
@@ -104,7 +109,7 @@ def markdown(rep: dict, img_rel: str, old_text: str = "") -> str:
         f"{meta['jobs']} trainer process(es) at a time under `nice -n 5`, the machine shared with other developers' "
         f"jobs; code at commit `{env['commit'][:10]}`{' (with uncommitted changes)' if env['dirty'] else ''}. "
         f"**Wall time of the run: {meta['wall_seconds'] / 60:.1f} minutes** ({meta['cpu_seconds_trainer_calls'] / 60:.1f} "
-        "CPU minutes in the trainer calls). " + status + " Every per-seed number, the versions and the commit: "
+        "CPU minutes in the trainer calls; " + invocations + "). " + status + " Every per-seed number, the versions and the commit: "
         "[bench/results/ablations.json](../bench/results/ablations.json).",
         "",
         "**The benchmark, trimmed to fit the time budget** (trimmed in size and cells, never in seeds): the synthetic "
@@ -117,11 +122,13 @@ def markdown(rep: dict, img_rel: str, old_text: str = "") -> str:
         "**Statistics.** " + rep["statistics"][0].upper() + rep["statistics"][1:] + ". "
         "Absolute numbers are test means ± the half-width of their 95% t-interval over seeds; "
         "Δ columns are the paired differences to the comparator named in the last column (percentage points), "
-        "mean [95% CI]. Many comparisons are made here (about 30 intervals per metric): at 95% about one in "
+        "mean [95% CI]. Many comparisons are made here (" + str(n_intervals) + " intervals per metric): at 95% about one in "
         "twenty excludes 0 by chance alone, so a lone interval that barely excludes 0 is weak evidence.",
         "",
-        "**Hyperparameters.** Fixed in advance (bench/ablations.py: the grid, the list-loss weights matched to "
-        "ListNet's loss value at initialisation) except the weights of the combined objectives, "
+        "**Hyperparameters.** Fixed in advance (bench/ablations.py: the grid"
+        + (", the list-loss weights matched to ListNet's loss value at initialisation"
+           if any(c["group"] == "list_loss" for c in cells.values()) else "")
+        + ") except the weights of the combined objectives, "
         + rep["selection_rule"].split(": ", 1)[1] + ". Validation (1,000 questions) chose nothing else; the "
         "test split is reported once per final setting.",
         "",
@@ -200,6 +207,7 @@ def plots(rep: dict, img_dir: str) -> List[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
 
     cells, written = rep["cells"], []
     os.makedirs(img_dir, exist_ok=True)
@@ -256,6 +264,10 @@ def plots(rep: dict, img_dir: str) -> List[str]:
                 pts.append((c["x"], c["vs_kd"]))
         return sorted(pts, key=lambda p: p[0])
 
+    def label_ticks():
+        xs = sorted({p[0] for p in curve_points("labels", "radi_p")} | {1})
+        return xs, [{1: "1", 2: "2", 3: "all"}[int(x)] for x in xs]
+
     def gain_axes(axes_row, group, xlabel, xticks=None):
         for ax, m in zip(axes_row, METRICS):
             for scheme, style in (("radi_p", "o-"), ("radi_l", "s-"), ("baseline", "^:")):
@@ -275,7 +287,7 @@ def plots(rep: dict, img_dir: str) -> List[str]:
                 ax.set_xticklabels(xticks[1])
         axes_row[0].set_ylabel("gain over KD (points), 95% CI")
 
-    for group, xlabel, xticks in (("labels", "labels kept per training question", ([1, 2, 3], ["1", "2", "all"])),
+    for group, xlabel, xticks in (("labels", "labels kept per training question", label_ticks()),
                                   ("teacher", "teacher training epochs", None)):
         if not any(c["group"] == group for c in cells.values()):
             continue
@@ -287,6 +299,7 @@ def plots(rep: dict, img_dir: str) -> List[str]:
                 ticks = sorted({p[0] for p in curve_points("teacher", "radi_p")})
                 ax.set_xticks(ticks)
                 ax.set_xticklabels([str(int(t)) for t in ticks])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes[0].legend(fontsize=8)
         fig.suptitle(GROUPS[group], fontsize=11)
         fig.tight_layout()
@@ -301,7 +314,7 @@ def plots(rep: dict, img_dir: str) -> List[str]:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [1.3, 1, 1]})
     bars(axes[0], main, "vs_kd", "main setting: scheme − vanilla KD")
     axes[0].legend(fontsize=8)
-    for ax, group, xlabel, xt in ((axes[1], "labels", "labels kept per training question", ([1, 2, 3], ["1", "2", "all"])),
+    for ax, group, xlabel, xt in ((axes[1], "labels", "labels kept per training question", label_ticks()),
                                   (axes[2], "teacher", "teacher training epochs", None)):
         for scheme, style in (("radi_p", "o-"), ("radi_l", "s-")):
             pts = curve_points(group, scheme)
@@ -314,7 +327,8 @@ def plots(rep: dict, img_dir: str) -> List[str]:
                             label=f"{'RADI-P' if scheme == 'radi_p' else 'RADI-L'} {METRIC_NAMES[m]}")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel(xlabel)
-        ax.set_title(f"gain over KD vs {group}", fontsize=10)
+        ax.set_title("RADI − vanilla KD vs " + ("labels kept" if group == "labels" else "the teacher's epochs")
+                     + " (95% CI)", fontsize=10)
         if xt:
             ax.set_xticks(xt[0])
             ax.set_xticklabels(xt[1])
@@ -322,6 +336,7 @@ def plots(rep: dict, img_dir: str) -> List[str]:
             ax.set_xscale("log")
             ax.set_xticks([p[0] for p in pts])
             ax.set_xticklabels([str(int(p[0])) for p in pts])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = os.path.join(img_dir, "ablations_summary.png")

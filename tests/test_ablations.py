@@ -59,9 +59,12 @@ def test_paired_differences_use_the_seeds_both_have():
 def test_grid_has_every_question_and_valid_specs():
     from radi_fast.schemes import build_scheme
 
-    settings, cells = A.build_grid()
+    settings, cells = A.build_grid(full=True)
     groups = {c.group for c in cells}
     assert groups == set(A.GROUPS) and {g for p in A.PHASES for g in p} == groups
+    trimmed_settings, trimmed = A.build_grid()
+    assert {c.id for c in trimmed} < {c.id for c in cells} and set(trimmed_settings) < set(settings)
+    assert not {c.id for c in trimmed} & A.FULL_ONLY and {"labels", "teacher", "combined"} <= {c.group for c in trimmed}
     ids = [c.id for c in cells]
     assert len(ids) == len(set(ids))
     for c in cells:
