@@ -131,10 +131,18 @@ class Cell:
     x: Optional[float] = None         # where a label-scarcity / teacher-quality cell sits on its plot's axis
 
 
-# the order of training: the main questions for every seed first, then the finer grids around the
-# defaults (a run cut short leaves these with fewer seeds, and the report says so)
-PHASES = (("reference", "margin_modes", "sampling", "combined", "labels", "teacher"),
+# the order of training: RADI-P/RADI-L themselves, the combined objectives and the label/teacher
+# settings for every seed first (the questions of issue 14: does RADI help over KD, and when?), then
+# Table 3's ablations among RADI variants, then the finer grids (--full). A run cut short leaves the
+# later phases with fewer seeds, and the report says so.
+PHASES = (("reference", "combined", "labels", "teacher"), ("margin_modes", "sampling"),
           ("margin_grid", "hot_cold", "list_loss"))
+FIRST_PHASE_CELLS = {"radi_p", "radi_l"}  # in the margin-mode / sampling tables, but trained first
+
+
+def phase_of(c) -> int:
+    return 0 if c.id in FIRST_PHASE_CELLS else next(i for i, groups in enumerate(PHASES) if c.group in groups)
+
 
 GROUPS = {
     "reference": "Reference schemes (no ablation)",
@@ -416,13 +424,13 @@ def run_unit(job: dict) -> None:
 
 
 def run_grid(settings, cells, seeds, runs, jobs, json_path=None, argv=(), grid=None) -> dict:
-    """Train what is missing, in two phases (PHASES: the main questions first, the finer grids
-    after), (setting, seed) unit by unit within a phase; returns the ledger."""
+    """Train what is missing, phase by phase (PHASES: the main questions first, the ablations
+    among RADI variants after), (setting, seed) unit by unit within a phase; returns the ledger."""
     phases = []
-    for groups in PHASES:
+    for phase, groups in enumerate(PHASES):
         todo = []
         for name, setting in settings.items():
-            specs = [c.spec for c in cells if c.setting == name and c.group in groups]
+            specs = [c.spec for c in cells if c.setting == name and phase_of(c) == phase]
             for seed in seeds:
                 missing = unit_status(setting, seed, specs, runs) if specs else []
                 if missing:
