@@ -67,6 +67,11 @@ def verdict_lines(rep: dict, ids: Sequence[str], against: str = "vs_comparator")
         if not cmp:
             continue
         ref = rep["cells"][c["comparator"]]["label"] if against == "vs_comparator" else "vanilla KD"
+        n, planned = len(cmp["seeds"]), len(rep["meta"]["seeds"])
+        if n < planned:  # a cell the run did not finish: numbers shown, no verdict drawn
+            parts = [f"{METRIC_NAMES[m]} {fmt_ci(cmp[m])}" for m in METRICS]
+            out.append(f"- {c['label']} vs {ref}: only {n} of {planned} seeds, no verdict: " + "; ".join(parts))
+            continue
         parts = [f"{METRIC_NAMES[m]} {verdict(cmp[m])} ({fmt_ci(cmp[m])})" for m in METRICS]
         out.append(f"- {c['label']} vs {ref}: " + "; ".join(parts))
     return out
@@ -223,7 +228,10 @@ def plots(rep: dict, img_dir: str) -> List[str]:
             ax.bar(xs, means, width, yerr=halves, capsize=2, color=colours[m], label=METRIC_NAMES[m])
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(n))
-        ax.set_xticklabels([cells[cid]["label"] for cid in ids], rotation=30, ha="right", fontsize=8)
+        planned = len(rep["meta"]["seeds"])
+        ax.set_xticklabels([cells[cid]["label"] + (f"\n(only {len(cells[cid][key]['seeds'])} seeds)"
+                                                   if len(cells[cid][key]["seeds"]) < planned else "")
+                            for cid in ids], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("Δ (points), 95% CI")
         ax.set_title(title, fontsize=10)
 
