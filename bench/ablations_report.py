@@ -59,13 +59,17 @@ def cell_table(rep: dict, ids: Sequence[str], against: str = "vs_comparator", sh
     return lines
 
 
-def verdict_lines(rep: dict, ids: Sequence[str], against: str = "vs_comparator") -> List[str]:
+def verdict_lines(rep: dict, ids: Sequence[str], against: str = "vs_comparator", settings: bool = False) -> List[str]:
+    """One line per comparison: the interval rule's verdict per metric (``settings``: name each
+    cell's trainer setting, for the tables that mix settings)."""
     out = []
     for cid in ids:
-        c = rep["cells"][cid]
+        c = dict(rep["cells"][cid])
         cmp = c.get(against)
         if not cmp:
             continue
+        if settings:
+            c["label"] = f"{rep['settings'][c['setting']]['title']}: {c['label']}"
         ref = rep["cells"][c["comparator"]]["label"] if against == "vs_comparator" else "vanilla KD"
         n, planned = len(cmp["seeds"]), len(rep["meta"]["seeds"])
         if n < planned:  # a cell the run did not finish: numbers shown, no verdict drawn
@@ -177,7 +181,8 @@ def markdown(rep: dict, img_rel: str, old_text: str = "") -> str:
         else:
             lines += cell_table(rep, ids)
         lines += ["", "Reading (interval rule):", ""]
-        lines += verdict_lines(rep, ids, "vs_kd" if g in ("reference", "labels", "teacher") else "vs_comparator")
+        lines += verdict_lines(rep, ids, "vs_kd" if g in ("reference", "labels", "teacher") else "vs_comparator",
+                               settings=g in ("labels", "teacher"))
         if g not in ("reference", "labels", "teacher", "combined"):
             lines += ["", "Against vanilla KD:", ""] + verdict_lines(
                 rep, [i for i in ids if cells[i].get("comparator") != cells[i]["kd"]], "vs_kd")
