@@ -335,6 +335,16 @@ def environment() -> dict:
             "backend": radi_fast.backend_info()}
 
 
+def git_last_change(path: str) -> str:
+    """The last commit that changed ``path`` (the trainer's code is the same across the commits the
+    grid's invocations ran at when this predates them all)."""
+    try:
+        return subprocess.run(["git", "log", "-1", "--format=%H", "--", path], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except Exception:
+        return ""
+
+
 def read_results(runs: str, setting: str, seed: int) -> dict:
     path = os.path.join(run_dir(runs, setting, seed), "results.json")
     if not os.path.isfile(path):
@@ -539,6 +549,8 @@ def write_json(grid: dict, seeds, runs: str, json_path: str, argv, ledger: dict)
             "wall_seconds": sum(i.get("wall_seconds") or 0.0 for i in ledger["invocations"]),
             "cpu_seconds_trainer_calls": sum(e["cpu_seconds"] for e in ledger["calls"]),
             "jobs": max((i["jobs"] for i in ledger["invocations"]), default=1), "ledger": ledger,
+            "training_commits": [i.get("commit") for i in ledger["invocations"]],
+            "radi_fast_last_change": git_last_change("radi_fast"),
             "timing_note": ("wall_seconds: over every invocation of this script on these --runs folders, from its "
                             "start to its last finished trainer call (an invocation killed midway counts up to "
                             "its last finished call); cpu_seconds_trainer_calls: the sum of the trainer calls' "
@@ -609,6 +621,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"warning: {len(seeds)} seed(s); the committed results need at least 5", file=sys.stderr)
     grid = {"tiny": args.tiny, "full": args.full, "cells": [c.id for c in cells], "environment": environment()}
     if args.collect:
+        if os.path.isfile(json_path):  # keep the environment the training ran under, not today's checkout
+            with open(json_path) as f:
+                grid["environment"] = json.load(f)["meta"]["environment"]
         rep = write_json(grid, seeds, args.runs, json_path, argv, load_ledger(args.runs))
     else:
         run_grid(settings, cells, seeds, args.runs, args.jobs, json_path, argv, grid)
