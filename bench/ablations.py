@@ -480,7 +480,8 @@ def run_grid(settings, cells, seeds, runs, jobs, json_path=None, argv=(), grid=N
 # ------------------------------------------------------------------------------------------- collecting
 def collect(settings, cells, seeds, runs, meta) -> dict:
     """ablations.json: every per-seed number of every finished cell, the paired differences and
-    intervals (over the seeds both sides have finished: ``n`` says how many)."""
+    intervals (over the seeds both sides have finished: ``n`` says how many) to its comparator, to
+    vanilla KD and to the baseline (see :func:`baseline_id`)."""
     results = {(name, seed): read_results(runs, name, seed) for name in settings for seed in seeds}
     by_id = {c.id: c for c in cells}
     out_settings = {}
@@ -513,6 +514,10 @@ def collect(settings, cells, seeds, runs, meta) -> dict:
             entry["vs_comparator"] = paired(per, per_cell[comp])
         if c.id != kd_id(c):
             entry["vs_kd"] = paired(per, per_cell[kd_id(c)])
+        base = baseline_id(c, by_id, out_settings)
+        if base and base != c.id:
+            entry["baseline"] = base
+            entry["vs_baseline"] = paired(per, per_cell[base])
         out_cells[c.id] = entry
     selection = {}
     for fam in sorted({c.family for c in cells if c.family}):
@@ -534,6 +539,22 @@ def collect(settings, cells, seeds, runs, meta) -> dict:
                                "(Acc@1 + Hit@5 + nDCG@5 of the trained student, mean over seeds); only its test "
                                "numbers are reported in docs/results.md"),
             "selection": selection, "settings": out_settings, "cells": out_cells}
+
+
+def baseline_id(c: Cell, by_id: Dict[str, Cell], settings_out: dict) -> Optional[str]:
+    """The baseline (continued training) to compare ``c`` with: its setting's own, or else main's
+    when the setting's student initialisation is the very same model as main's on every seed (the
+    teacher settings: ``--individual_epochs`` keeps it; continued training never sees the teacher)."""
+    own = "baseline" if c.setting == "main" else f"{c.setting}/baseline"
+    if own in by_id:
+        return own
+    if "baseline" not in by_id or c.setting not in settings_out or "main" not in settings_out:
+        return None
+    mine = settings_out[c.setting]["stages"]["individual"]["per_seed"]
+    main = settings_out["main"]["stages"]["individual"]["per_seed"]
+    same = bool(mine) and len(mine) == len(main) and all(a["seed"] == b["seed"] and a["test"] == b["test"]
+                                                         for a, b in zip(mine, main))
+    return "baseline" if same else None
 
 
 def write_json(grid: dict, seeds, runs: str, json_path: str, argv, ledger: dict) -> dict:

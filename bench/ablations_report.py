@@ -70,7 +70,8 @@ def verdict_lines(rep: dict, ids: Sequence[str], against: str = "vs_comparator",
             continue
         if settings:
             c["label"] = f"{rep['settings'][c['setting']]['title']}: {c['label']}"
-        ref = rep["cells"][c["comparator"]]["label"] if against == "vs_comparator" else "vanilla KD"
+        ref = (rep["cells"][c["comparator"]]["label"] if against == "vs_comparator" else
+               "the baseline" if against == "vs_baseline" else "vanilla KD")
         n, planned = len(cmp["seeds"]), len(rep["meta"]["seeds"])
         if n < planned:  # a cell the run did not finish: numbers shown, no verdict drawn
             parts = [f"{METRIC_NAMES[m]} {fmt_ci(cmp[m])}" for m in METRICS]
@@ -183,6 +184,16 @@ def markdown(rep: dict, img_rel: str, old_text: str = "") -> str:
         lines += ["", "Reading (interval rule):", ""]
         lines += verdict_lines(rep, ids, "vs_kd" if g in ("reference", "labels", "teacher") else "vs_comparator",
                                settings=g in ("labels", "teacher"))
+        if g in ("reference", "teacher"):
+            vb = [i for i in ids if "vs_baseline" in cells[i]] if g == "teacher" else [
+                i for i in cells if "vs_baseline" in cells[i] and cells[i]["setting"] == "main"
+                and (i in ("kd", "radi_p", "radi_l") or (cells[i]["group"] == "combined" and cells[i].get("chosen")))]
+            if vb:
+                lines += ["", "Against the baseline (continued training on the labels; the paper's Table 2 claim is "
+                          "RADI > baseline)" + (": the teacher settings keep main's student initialisation, the very "
+                                                "same model on every seed, so main's baseline applies" if g == "teacher"
+                                                else "") + ":", ""]
+                lines += verdict_lines(rep, vb, "vs_baseline", settings=g == "teacher")
         if g not in ("reference", "labels", "teacher", "combined"):
             lines += ["", "Against vanilla KD:", ""] + verdict_lines(
                 rep, [i for i in ids if cells[i].get("comparator") != cells[i]["kd"]], "vs_kd")
@@ -191,7 +202,8 @@ def markdown(rep: dict, img_rel: str, old_text: str = "") -> str:
         lines.append("")
     lines += ["## Reproducing one cell", "",
               "Each cell is one `python -m radi_fast.train` command (its comparator trained beside it in a fresh "
-              "folder: the same seed gives the same numbers as the grid, checked by tests/test_ablations.py); "
+              "folder: the same seed gives the same numbers as the grid, as tests/test_ablations.py checks on a toy "
+              "grid); "
               "`python bench/ablations.py --cells ID` runs it inside the grid's folders instead.", "",
               "| cell | command |", "|---|---|"]
     for cid, c in cells.items():
