@@ -1,9 +1,12 @@
 """Does RADI help, and when? (issue 14) The paper's Table 3 ablations, KD + RADI, and label scarcity,
 on the synthetic benchmark, over >= 5 seeds, with paired differences and 95% t-intervals.
 
-    python bench/ablations.py --jobs 2                 # the whole grid, 2 trainer processes (resumable: rerun it)
+    python bench/ablations.py --jobs 2                 # the whole (trimmed) grid of the committed results: 20 cells
+                                                       # x 5 seeds, 2 trainer processes; resumable: rerun it
+    python bench/ablations.py --full --jobs 2          # the whole grid issue 14 describes (44 cells, ~2.5x the time)
     python bench/ablations.py --list                   # the cells, their comparators and command lines; runs nothing
-    python bench/ablations.py --cells p_uniform        # one cell (and its comparators: here radi_p and kd)
+    python bench/ablations.py --cells p_uniform        # one cell, all seeds (and its comparators: here radi_p, kd)
+    python bench/ablations.py --cells p_uniform --seeds 0 --list   # ... or its plain python -m radi_fast.train command
     python bench/ablations.py --groups labels,teacher  # whole question groups (see --list)
     python bench/ablations.py --collect                # only gather the finished cells into ablations.json
     python bench/ablations.py --report                 # only rewrite docs/results.md and the plots from the JSON
@@ -36,9 +39,11 @@ seeds) is chosen, and only the chosen one's test numbers are reported in docs/re
 JSON keeps every number). The list losses' weights are scaled to ListNet's loss value at the
 student's initialisation (see LIST_LOSS_WEIGHTS), not tuned.
 
-The grid was trimmed to fit about an hour of wall time on a shared 2-core machine (measured: one
-stage 1 (teacher + initialisation) ~53 CPU s per setting and seed, a KD cell ~10 s, RADI-P ~18 s,
-RADI-L ~9 s); TRIMMED lists what was cut. Seeds were not trimmed.
+Time. The grid was trimmed to fit about an hour of wall time on a shared 2-core machine, seeds
+never: measured, a stage 1 (teacher + initialisation) costs ~53 CPU s per setting and seed, a KD
+cell ~10 s, RADI-P ~18 s, RADI-L ~9 s; the machine then gave the run only ~0.5 of a core, so the
+grid was cut twice (TRIMMED says what went; ``--full`` keeps it). Training goes phase by phase
+(PHASES): RADI vs KD, KD + RADI, labels and teacher for every seed first, Table 3's ablations after.
 
 Outputs: ``<out>/ablations.json`` (every per-seed number, versions, commit, wall and CPU time);
 with ``--report`` (or at the end of a run unless ``--no-report``) ``<docs>`` (docs/results.md) and

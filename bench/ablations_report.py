@@ -370,7 +370,8 @@ def plots(rep: dict, img_dir: str) -> List[str]:
             ax.set_xticks([p[0] for p in pts])
             ax.set_xticklabels([str(int(p[0])) for p in pts])
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[1].legend(fontsize=7, ncol=2)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = os.path.join(img_dir, "ablations_summary.png")
     fig.savefig(path, dpi=110)
