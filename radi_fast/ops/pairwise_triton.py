@@ -21,7 +21,8 @@ from .._random import row_hashes
 from ..kernels import margin_ranking, pairwise_stats, sinkhorn
 from .autograd import fake_outputs, no_autocast, register_precomputed_gradient
 from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_factors
-from .sinkhorn_schemes import LN2, Anderson, Relaxation
+from .sinkhorn_accel_triton import AndersonLauncher, RelaxationLauncher
+from .sinkhorn_schemes import LN2
 from .teacher import compute_dtype, teacher_top_k, tie_groups
 from .triton_config import TritonConfig, default_config, padded_answers, point_lanes, resolve_split, triton_cdiv
 
@@ -156,8 +157,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K], the number of
     iterations launched and each sample's iterations [B] (int64). Leaves ``p = F - hs`` and
     ``q = G - hs`` in the lanes of Z for the loss kernel. ``scheme``: docs/sinkhorn.md; the
-    accelerated ones act between the half-step kernels (PyTorch on [B, K] tensors, no extra
-    exponentials of pairs).
+    accelerated ones act between the half-step kernels (one per-sample kernel per half-step or
+    iteration, kernels/sinkhorn_accel.py: no extra exponentials of pairs, no host sync).
 
     No host sync per iteration: every ``check_every`` iterations the "any sample still active"
     flag is copied to the host asynchronously and read a few iterations later, once the copy has
@@ -182,7 +183,6 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
     tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
     has_partner = p.n_valid >= 2
-    ok = p.valid & has_partner[:, None]
 
     def half_step(side, pot, prev, nxt):
         sinkhorn.sinkhorn_row_sums_kernel[(B, rb, split)](
@@ -195,30 +195,24 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         coarse, rounds = _coarse_levels(p, F, G, half_step, cfg, max_iter)
         iterations += coarse
         max_iter -= rounds
-    relax = Relaxation(B, p.dtype, device, unit=LN2) if scheme == "overrelaxed" else None
-    relaxed = torch.zeros(B, dtype=torch.bool, device=device)
-    mixer = Anderson(B, K, p.dtype, device) if scheme == "anderson" else None
+    relax = RelaxationLauncher(p, tol_t) if scheme == "overrelaxed" else None
+    mixer = AndersonLauncher(p, tol_t) if scheme == "anderson" else None
     asynchronous = device.type == "cuda"
     poll = tol > 0  # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
     pending = None
     launched = 0
     for it in range(max_iter):
         prev, nxt = delta[it], delta[it + 1]
-        ran = (prev > tol) & has_partner
-        g_start = G.clone() if mixer is not None else None
+        if mixer is not None:
+            mixer.save(G)
         for side, pot in ((0, F), (1, G)):
-            before = pot.clone() if relax is not None else None
+            if relax is not None:
+                relax.save(pot)
             half_step(side, pot, prev, nxt)
-            if relax is not None and not (side == 1 and it == max_iter - 1):  # the last half-step: plain
-                pot.copy_(relax.step(before, pot, ok))
-                write_lanes(p, side, pot)
-        if relax is not None:
-            relaxed |= ran & (relax.omega > 1)
-            relax.observe(nxt, ran)
+            if relax is not None:  # the last half-step stays plain
+                relax.after_half_step(side, pot, prev, nxt, step=not (side == 1 and it == max_iter - 1))
         if mixer is not None and it < max_iter - 1:  # G holds G(F(g_start)); converged samples keep it
-            moved = ran & (nxt > tol)
-            G.copy_(torch.where(moved[:, None], mixer.step(g_start, G, ok), G))
-            write_lanes(p, 1, G)
+            mixer.step(G, prev, nxt)
         launched = it + 1
         if launched >= max_iter:
             break
@@ -239,7 +233,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
                     break
     iterations += ((delta[:launched] > tol).sum(dim=0) * has_partner).to(torch.int64)
     if relax is not None:  # one plain iteration after a relaxed stop (the CPU path's polish)
-        polish = relaxed & (iterations < max_iter)
+        polish = relax.relaxed.bool() & (iterations < max_iter)
         gate = torch.zeros(2, B, dtype=p.dtype, device=device)
         gate[0] = torch.where(polish, float("inf"), 0.0)
         half_step(0, F, gate[0], gate[1])
