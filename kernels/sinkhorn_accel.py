@@ -11,20 +11,7 @@ and keep their per-sample state in small device tensors. Potentials are base 2.
 import triton
 import triton.language as tl
 
-from .common import LN2, split_tf32
-
-
-@triton.jit
-def _store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, pot, mask, K, KP, T: tl.constexpr, TP: tl.constexpr,
-                SIDE: tl.constexpr, SPLIT: tl.constexpr):
-    own = pot - tl.load(hs_ptr + b * K + rows, mask=mask, other=0.0)
-    lane = b * KP * TP + rows * TP + T + SIDE
-    if SPLIT:
-        big, small = split_tf32(own)
-        tl.store(zb_ptr + lane, big, mask=mask)
-        tl.store(zs_ptr + lane, small, mask=mask)
-    else:
-        tl.store(zb_ptr + lane, own, mask=mask)
+from .common import LN2, store_lane
 
 
 @triton.jit
@@ -70,7 +57,7 @@ def sinkhorn_relax_kernel(
                     xp = tl.load(pot_ptr + b * K + rows, mask=m, other=0.0)
                     new = x + omega * (xp - x)
                     tl.store(pot_ptr + b * K + rows, new, mask=m)
-                    _store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, new, m, K, KP, T, TP, SIDE, SPLIT)
+                    store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, new, m, K, KP, T, TP, SIDE, SPLIT)
     if OBSERVE:
         if active & (omega > 1):
             tl.store(relaxed_ptr + b, 1)
@@ -99,7 +86,7 @@ def sinkhorn_relax_kernel(
 
 
 @triton.jit
-def _history_rows(hist_ptr, b, slots, newest_phys, head, rows, m, K, newest,
+def _history_rows(hist_ptr, b, slots, head, rows, m, K, newest,
                   M: tl.constexpr, MP: tl.constexpr):
     """The ring ``hist`` [B, M + 1, K] as logical [MP, BLOCK] tiles (slot 0 the oldest):
     ``lo[j] = h[j]`` for j < M and ``hi[j] = h[j + 1]`` with ``h[M] = newest`` (passed in, not
@@ -165,7 +152,7 @@ def sinkhorn_anderson_kernel(
         m = rows < kb_ok
         g = tl.load(start_ptr + b * K + rows, mask=m, other=0.0)
         r = tl.where(m, tl.load(pot_ptr + b * K + rows, mask=m, other=0.0) - g, 0.0)
-        lo, hi = _history_rows(r_ptr, b, slots, newest_phys, head, rows, m, K, r, M, MP)
+        lo, hi = _history_rows(r_ptr, b, slots, head, rows, m, K, r, M, MP)
         dR = tl.where(usable[:, None], hi - lo, 0.0).to(tl.float64)
         rhs += tl.sum(dR * r.to(tl.float64)[None, :], axis=1)
         for j in tl.static_range(M):
@@ -193,22 +180,26 @@ def sinkhorn_anderson_kernel(
         for i0 in range(0, kb_ok, BLOCK):
             rows = i0 + tl.arange(0, BLOCK)
             m = rows < kb_ok
-            g = tl.load(start_ptr + b * K + rows, mask=m, other=0.0)
-            r = tl.where(m, tl.load(pot_ptr + b * K + rows, mask=m, other=0.0) - g, 0.0)
-            xlo, xhi = _history_rows(x_ptr, b, slots, newest_phys, head, rows, m, K, g, M, MP)
-            rlo, rhi = _history_rows(r_ptr, b, slots, newest_phys, head, rows, m, K, r, M, MP)
-            d = tl.where(usable[:, None], (xhi - xlo) + (rhi - rlo), 0.0)
-            nxt = g + r - tl.sum(d * gamma[:, None], axis=0)
+            nxt = _extrapolated(start_ptr, pot_ptr, x_ptr, r_ptr, b, slots, usable, gamma, newest_phys, head, rows,
+                                m, K, M, MP)
             total += tl.where(m, nxt, 0.0)
         centre = tl.sum(total, axis=0) / tl.maximum(kb_ok, 1).to(COMPUTE)
         for i0 in range(0, kb_ok, BLOCK):
             rows = i0 + tl.arange(0, BLOCK)
             m = rows < kb_ok
-            g = tl.load(start_ptr + b * K + rows, mask=m, other=0.0)
-            r = tl.where(m, tl.load(pot_ptr + b * K + rows, mask=m, other=0.0) - g, 0.0)
-            xlo, xhi = _history_rows(x_ptr, b, slots, newest_phys, head, rows, m, K, g, M, MP)
-            rlo, rhi = _history_rows(r_ptr, b, slots, newest_phys, head, rows, m, K, r, M, MP)
-            d = tl.where(usable[:, None], (xhi - xlo) + (rhi - rlo), 0.0)
-            nxt = g + r - tl.sum(d * gamma[:, None], axis=0) - centre
+            nxt = _extrapolated(start_ptr, pot_ptr, x_ptr, r_ptr, b, slots, usable, gamma, newest_phys, head, rows,
+                                m, K, M, MP) - centre
             tl.store(pot_ptr + b * K + rows, nxt, mask=m)
-            _store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, nxt, m, K, KP, T, TP, 1, SPLIT)
+            store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, nxt, m, K, KP, T, TP, 1, SPLIT)
+
+
+@triton.jit
+def _extrapolated(start_ptr, pot_ptr, x_ptr, r_ptr, b, slots, usable, gamma, newest_phys, head, rows, m, K,
+                  M: tl.constexpr, MP: tl.constexpr):
+    """``g + r - sum_j gamma_j (dX_j + dR_j)`` on ``rows`` (before centring)."""
+    g = tl.load(start_ptr + b * K + rows, mask=m, other=0.0)
+    r = tl.where(m, tl.load(pot_ptr + b * K + rows, mask=m, other=0.0) - g, 0.0)
+    xlo, xhi = _history_rows(x_ptr, b, slots, head, rows, m, K, g, M, MP)
+    rlo, rhi = _history_rows(r_ptr, b, slots, head, rows, m, K, r, M, MP)
+    d = tl.where(usable[:, None], (xhi - xlo) + (rhi - rlo), 0.0)
+    return g + r - tl.sum(d * gamma[:, None], axis=0)
