@@ -5,7 +5,15 @@ from typing import Optional
 
 import torch
 
-from ._validation import check_reduction, check_tensor, combine_valid, reduce, value_checks_enabled, valid_mask
+from ._validation import (
+    check_has_data,
+    check_reduction,
+    check_tensor,
+    combine_valid,
+    reduce,
+    valid_mask,
+    value_checks_enabled,
+)
 
 
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", *,
@@ -34,6 +42,8 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: 
     B, N = logits.shape
     valid = valid_mask(combine_valid(mask, lengths, B, N, logits.device), B, N, logits.device)
     checks = value_checks_enabled(logits)
+    if isinstance(targets, torch.Tensor):
+        check_has_data(targets, "targets")
     if checks and logits.numel():
         finite = torch.isfinite(logits) if valid is None else torch.isfinite(logits) | ~valid
         if not bool(finite.all()):
@@ -67,6 +77,10 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: 
         if checks:
             if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
                 raise ValueError("targets must be finite and non-negative")
+        # The weighted mean is scale-free: divide each row by a power of two near its largest
+        # weight (exact: the same bits as unscaled weights), so that the row's sum cannot overflow.
+        exponent = torch.frexp(weights.amax(dim=1, keepdim=True) if N else weights.sum(1, keepdim=True)).exponent
+        weights = torch.ldexp(weights, -exponent.to(weights.dtype))
         total = weights.sum(dim=1)
         if checks and bool((total <= 0).any()):
             raise ValueError("targets has a row with no labelled (valid) answer: eq. 2 is undefined for it")

@@ -18,6 +18,7 @@ from torch import nn
 from ._constants import LAMBDA_LOSSES, LISTWISE_LOSSES, SUBLIST_SAMPLINGS  # noqa: F401  (re-exported)
 from ._validation import (
     check_choice,
+    check_generator,
     check_int,
     check_positive,
     check_reduction,
@@ -146,6 +147,7 @@ def radi_listwise_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     if N == 0:
         raise ValueError("student_logits must have at least one answer column, got shape (B, 0)")
     alpha, beta, sigma, mu = _check_options(hot, cold, sampling, alpha, loss, beta, sigma, mu, reduction)
+    check_generator(generator)
     valid_answers = combine_valid(mask, lengths, B, N, student_logits.device)
     check_scores(student_logits, "student_logits", valid_answers)
     check_scores(teacher_logits, "teacher_logits", valid_answers)
