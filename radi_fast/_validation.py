@@ -139,8 +139,10 @@ def check_lengths(lengths, batch: int, n: int, name: str = "lengths") -> Optiona
 
 
 def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    """"mean", "sum" or "none" over the rows; the mean over an empty batch is 0 (like its sum),
+    not NaN: an empty batch adds nothing (README, "Empty batches")."""
     if reduction == "mean":
-        return per_sample.mean()
+        return per_sample.mean() if per_sample.shape[0] else per_sample.sum()
     if reduction == "sum":
         return per_sample.sum()
     return per_sample

@@ -150,7 +150,9 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
             the Triton path looks at the stopping flags through an asynchronous copy every few
             iterations (no blocking synchronisation; at most one flag read per look, and not
             capturable in a CUDA graph). The torch backend reads on the host (meant for CPUs).
-        reduction: "mean" (default), "sum" or "none" ([B]).
+        reduction: "mean" (default), "sum" or "none" ([B]). An empty batch (B = 0) gives 0 for
+            "mean" and "sum" (not NaN); rows without answers (N = 0) contribute 0, like fully
+            masked rows (the README's rule for empty batches).
         generator: seeds the "random" mode (the global RNG when None; that mode reads its seed
             on the host, so ``torch.compile`` breaks its graph there).
         lengths: optional [B] numbers of valid answers (columns ``>= lengths[b]`` are padding).

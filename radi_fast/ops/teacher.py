@@ -34,7 +34,7 @@ def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, valid: Optional[torc
     if pad_to_top_k:
         K = min(top_k, N)
     else:
-        K = min(top_k, N if mask is None else int(k_b.max())) if B else 0
+        K = min(top_k, N) if mask is None else (min(top_k, int(k_b.max())) if B else 0)
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :K]
     valid = torch.arange(K, device=keys.device)[None, :] < k_b[:, None]
     return order, valid, k_b
