@@ -39,8 +39,11 @@ def _listmle(s, t, answer_ids, valid):
 def _listnet(s, target_logits, valid):
     """Eqs. 7/8: ``-sum_i softmax(target)_i * log_softmax(s)_i``."""
     if valid is not None:
-        target_logits = target_logits.masked_fill(~valid, float("-inf"))
-        s = s.masked_fill(~valid, float("-inf"))
+        # a row without a valid item (every answer masked) keeps its zeroed padding: finite
+        # softmaxes, then log_p = 0 below, so its loss is 0 (not the NaN of an all -inf softmax)
+        hidden = ~valid & valid.any(dim=1, keepdim=True)
+        target_logits = target_logits.masked_fill(hidden, float("-inf"))
+        s = s.masked_fill(hidden, float("-inf"))
     target = torch.softmax(target_logits, dim=1)
     log_p = torch.log_softmax(s, dim=1)
     if valid is not None:
