@@ -217,9 +217,21 @@ def sinkhorn_stage(PT, student, mc, iters, cfg, timer, warmup, rounds):
     return timer.measure(lambda: PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg), warmup, rounds), p
 
 
-def run(args):
+def select_device(args):
+    """CUDA, or with ``--dry-run`` the CPU under the Triton interpreter (set before radi_fast is
+    imported); exits 2 without a CUDA device otherwise."""
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_pairwise.py: no CUDA device (use --dry-run for a CPU smoke test)", file=sys.stderr)
+        sys.exit(2)
+    return torch.device("cpu" if args.dry_run else "cuda")
+
+
+def run(args):
+    device = select_device(args)
     import torch
 
     import radi_fast
@@ -227,10 +239,6 @@ def run(args):
     from radi_fast.ops import pairwise_triton as PT
     from radi_fast.ops import triton_config as TC
 
-    if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_pairwise.py: no CUDA device (use --dry-run for a CPU smoke test)", file=sys.stderr)
-        sys.exit(2)
-    device = torch.device("cpu" if args.dry_run else "cuda")
     timer = Timer(device)
     B, T, K, iters = args.B, args.T, args.K, args.iters
     student, mc = make_inputs(B, T, K, device)
@@ -573,16 +581,9 @@ def integration_checks(radi_fast, student, mc, iters, dry_run=False):
 
 def run_integration(args):
     """The integration checks at the benchmark shape (``--integration``)."""
-    if args.dry_run:
-        os.environ["TRITON_INTERPRET"] = "1"
-    import torch
-
+    device = select_device(args)
     import radi_fast
 
-    if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_pairwise.py: no CUDA device (use --dry-run for a CPU smoke test)", file=sys.stderr)
-        sys.exit(2)
-    device = torch.device("cpu" if args.dry_run else "cuda")
     student, mc = make_inputs(args.B, args.T, args.K, device)
     result = {"benchmark": "integration: sync-free, CUDA graphs, torch.compile(fullgraph=True)", "dry_run": args.dry_run,
               "shape": {"B": args.B, "T": args.T, "K": args.K, "sinkhorn_iterations": args.iters},
