@@ -22,7 +22,7 @@ from ..kernels import margin_ranking, pairwise_stats, sinkhorn
 from .autograd import fake_outputs, no_autocast, register_precomputed_gradient
 from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_factors
 from .sinkhorn_schemes import LN2, Anderson, Relaxation
-from .teacher import compute_dtype, teacher_top_k, tie_groups
+from .teacher import compute_dtype, negligible_noise, teacher_top_k, tie_groups
 from .triton_config import TritonConfig, default_config, padded_answers, point_lanes, resolve_split, triton_cdiv
 
 OP_NAME = "radi_fast::pairwise_loss_triton"
@@ -125,7 +125,7 @@ def _stats_args(p: TritonProblem, lam: torch.Tensor):
 def mean_uncertainty(p: TritonProblem, out: torch.Tensor, cfg) -> None:
     """``out`` [B] <- each sample's mean off-diagonal U (1 where it is rounding noise)."""
     B = out.shape[0]
-    pairwise_stats.pairwise_lam_kernel[(B,)](*_stats_args(p, out), torch.finfo(p.dtype).eps, p.T,
+    pairwise_stats.pairwise_lam_kernel[(B,)](*_stats_args(p, out), negligible_noise(p.dtype), p.T,
                                              TP=p.zb.shape[2], BK=cfg.stats_bk, COMPUTE=_tl_dtype(p.dtype),
                                              num_warps=4)
 

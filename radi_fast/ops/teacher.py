@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from .._constants import NEGLIGIBLE_FACTOR
 from .._validation import valid_mask
 
 
@@ -52,5 +53,11 @@ def tie_groups(teacher_sorted: torch.Tensor, valid: torch.Tensor, n_valid: torch
 
 
 def negligible_uncertainty(logit_scale, dtype: torch.dtype):
-    """Variances below this are rounding noise of logits of magnitude ``logit_scale``."""
-    return 64 * (torch.finfo(dtype).eps * logit_scale) ** 2
+    """Variances below this are rounding noise of logits of magnitude ``logit_scale`` (the one
+    threshold of both backends: kernels/pairwise_stats.py receives ``NEGLIGIBLE_FACTOR eps^2``)."""
+    return NEGLIGIBLE_FACTOR * (torch.finfo(dtype).eps * logit_scale) ** 2
+
+
+def negligible_noise(dtype: torch.dtype) -> float:
+    """``NEGLIGIBLE_FACTOR eps^2``: the threshold per squared logit scale (the Triton kernel's argument)."""
+    return NEGLIGIBLE_FACTOR * torch.finfo(dtype).eps ** 2
