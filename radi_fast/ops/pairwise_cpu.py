@@ -83,14 +83,24 @@ def prepare_pairwise(teacher_mc_logits: torch.Tensor, teacher_logits: Optional[t
 
 
 # ----------------------------------------------------------------------------- K x K blocks
-def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice, cols: slice = slice(None)) -> torch.Tensor:
-    """``U[b, i, j] = (s_i + s_j - 2 <z_i, z_j>) / T`` for samples ``s``, rows, columns: [b, r, c].
+def squared_distances(points: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+    """``sum_t (z_ti - z_tj)^2`` for points [b, K, T], rows, columns: [b, r, c], from the direct
+    differences (as the Triton kernel): exactly 0 for identical answers and exactly symmetric,
+    where the norm expansion ``s_i + s_j - 2 <z_i, z_j>`` leaves rounding noise (1.9e-7 for two
+    identical answers, so "uncertainty" margins of 1e6 came out 8.4e5). One pass per MC sample."""
+    b, _, T = points.shape
+    a, c = points[:, rows], points[:, cols]
+    out = points.new_zeros(b, a.shape[1], c.shape[1])
+    for t in range(T):
+        d = a[:, :, None, t] - c[:, None, :, t]
+        out.addcmul_(d, d)
+    return out
 
-    Clamped at 0: the expansion can go slightly negative by rounding for close answers. One
-    [b, r, c] allocation: the row norms broadcast into ``baddbmm``, the rest in place.
-    """
-    U = torch.baddbmm(p.sq[s, rows, None], p.points[s, rows], p.points[s, cols].transpose(1, 2), alpha=-2)
-    return U.add_(p.sq[s, None, cols]).clamp_min_(0).div_(p.T)
+
+def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice, cols: slice = slice(None)) -> torch.Tensor:
+    """``U[b, i, j] = ||z_i - z_j||^2 / T`` for samples ``s``, rows, columns: [b, r, c] (direct
+    differences: exact 0 for identical answers, symmetric)."""
+    return squared_distances(p.points[s], rows, cols).div_(p.T)
 
 
 def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s: slice,
@@ -189,16 +199,11 @@ def solve_sinkhorn(p: PairwiseProblem, max_iter: int, tol: float, scheme: str = 
 
 
 def uncertainty_dense(mc_logits: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 densely, [B, T, K] -> U [B, K, K] (diagonal 0), from the centred points: one
-    [B, K, K] allocation (``s_i - 2 <z_i, z_j>``, then ``+ s_j``, clamp, ``/ T`` in place)."""
+    """Eq. 5 densely, [B, T, K] -> U [B, K, K] (diagonal 0), from the direct differences of the
+    centred points (exact 0 for identical answers, symmetric)."""
     mc = mc_logits.to(compute_dtype(mc_logits))
     z = (mc - mc.mean(dim=1, keepdim=True)).transpose(1, 2).contiguous()
-    sq = (z * z).sum(-1)
-    B, K, T = z.shape
-    U = torch.baddbmm(sq[:, :, None], z, z.transpose(1, 2), alpha=-2, out=z.new_empty(B, K, K))
-    U.add_(sq[:, None, :]).clamp_min_(0).div_(T)
-    U.diagonal(dim1=1, dim2=2).zero_()
-    return U
+    return squared_distances(z, slice(None), slice(None)).div_(z.shape[2])
 
 
 def sinkhorn_weights_dense(mc_logits: torch.Tensor, lam: Optional[float], max_iter: int, tol: float,
