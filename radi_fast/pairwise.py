@@ -143,6 +143,9 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
         margin: m >= 0 (the paper searches {0.1, 1, 10}).
         margin_mode: "ot" (the paper's method), "uniform", "random" or "uncertainty" (Table 3).
         lam: Sinkhorn smoothing, a positive float or "auto" (per-sample mean off-diagonal U).
+            Any positive value gives W in [0, 1]: a lam below ``max U / 2^14`` (fp32; ``2^32``
+            in fp64) is solved at that bound, where W is already the hard assignment
+            (docs/numerics.md). Teacher logits of any magnitude are scaled internally (exact).
         top_k: each sample keeps the teacher's top ``top_k`` valid answers (the paper: 2500).
         max_iter, tol: Sinkhorn budget and stopping test (``max |Δ log v| <= tol``). ``tol=0``
             runs exactly ``max_iter`` iterations: on CUDA (Triton) a whole forward + backward is
