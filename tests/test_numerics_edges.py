@@ -13,7 +13,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
 import radi_fast  # noqa: E402
 from radi_fast import (RadiPairwiseLoss, classification_loss, pairwise_uncertainty, radi_listwise_loss,  # noqa: E402
@@ -168,6 +168,8 @@ def test_row2_identical_passes_give_uniform_weights_on_both_backends(dtype):
 @given(seed=st.integers(0, 2**16), K=st.integers(2, 9), log_scale=LOG_SCALES,
        dtype=st.sampled_from(["bf16", "fp32", "fp64"]), mode=st.sampled_from(["ot", "uniform", "uncertainty"]),
        duplicate=st.booleans())
+@example(seed=0, K=6, log_scale=19.0, dtype="fp32", mode="ot", duplicate=False)  # row 4: nan vs 0.0
+@example(seed=3, K=5, log_scale=0.0, dtype="fp32", mode="uncertainty", duplicate=True)  # row 3
 def test_cpu_and_triton_agree_across_scales(seed, K, log_scale, dtype, mode, duplicate):
     mc = teacher(seed, 2, 3, K, 10.0 ** log_scale, DTYPES[dtype], duplicate=duplicate)
     s = torch.randn(2, K, generator=torch.Generator().manual_seed(seed + 7)).to(DTYPES[dtype]) * 3
