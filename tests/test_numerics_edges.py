@@ -1,4 +1,4 @@
-"""Numerics at the edges (issue 16; the rules: docs/numerics.md), property-based.
+"""Numerics at the edges (the rules: docs/numerics.md), property-based.
 
 Each property runs a bounded number of hypothesis examples (``deadline=None``: the Triton
 interpreter's first call compiles nothing but is slow) so the module stays well under a minute:

@@ -111,7 +111,7 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     n_valid = n_valid.to(torch.int64).contiguous()
     order = order.contiguous()
     # the top-k MC logits scaled by a power of two per sample (exact; padding 0, it may be NaN):
-    # squares of logits near 1e19 would overflow fp32 (issue 16, row 4)
+    # squares of logits near 1e19 would overflow fp32
     gathered = mc.gather(2, order[:, None, :].expand(B, T, K)).to(dtype).masked_fill_(~valid[:, None, :], 0)
     factor = unit_scale(gathered.abs().amax(dim=(1, 2)) if gathered.numel() else gathered.new_zeros(B))
     gathered = (gathered * factor.to(dtype)[:, None, None]).contiguous()
