@@ -165,7 +165,7 @@ def docs_section(result, gpu=None):
     for c in sorted(result["cases"], key=lambda c: (c["K"], -c["factor"])):
         lines.append(f"| {c['K']} | {c['factor']:g} | " + " | ".join(_cell(c["providers"].get(n), max_iter)
                                                                       for n in cols) + " |")
-    lines += ["", "Targets (issue 13):", ""]
+    lines += ["", "Targets:", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {name}" for name, ok in result["targets"].items()]
     if gpu:
         rows = gpu.get("sinkhorn_schemes", [])
@@ -238,6 +238,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "sinkhorn_iterations_cpu"))
+    ap.add_argument("--resume", action="store_true", help="keep the cases OUT.json already has, run the others")
     ap.add_argument("--from-json", action="store_true",
                     help="do not run: recompute the targets, plot and docs section from OUT.json")
     args = ap.parse_args(argv)
@@ -246,19 +247,33 @@ def main(argv=None):
             result = json.load(fh)
         return finish(result, args.out)
     torch.set_num_threads(args.threads)
-    cases = []
+    cases, spent, notes = [], 0.0, []
+    if args.resume and os.path.exists(args.out + ".json"):  # keep the cases a previous run finished
+        with open(args.out + ".json") as fh:
+            previous = json.load(fh)
+        cases, spent, notes = previous["cases"], previous.get("wall_seconds", 0.0), previous.get("notes", [])
+    done = {(c["K"], c["factor"]) for c in cases}
     started = time.time()
+
+    def result_so_far():
+        return {"what": __doc__.splitlines()[0], "tol": args.tol, "max_iter": args.max_iter, "dtype": "float32",
+                "threads": args.threads, "machine": platform.processor() or platform.machine(),
+                "torch": torch.__version__, "wall_seconds": spent + time.time() - started, "notes": notes,
+                "cases": cases}
+
     for K in args.K:
         for factor in args.factors:
+            if (K, factor) in done:
+                continue
             case = run_case(K, factor, args)
             case["max_iter"] = args.max_iter
             cases.append(case)
             print(json.dumps({k: v for k, v in case.items() if k != "providers"}),
                   json.dumps({n: {k: v for k, v in p.items() if k in ("iterations", "seconds", "marginal_error")}
                               for n, p in case["providers"].items()}), flush=True)
-    result = {"what": __doc__.splitlines()[0], "tol": args.tol, "max_iter": args.max_iter, "dtype": "float32",
-              "threads": args.threads, "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "wall_seconds": time.time() - started, "cases": cases}
+            with open(args.out + ".json", "w") as fh:  # a run cut short keeps what it finished
+                json.dump(dict(result_so_far(), complete=False), fh, indent=1)
+    result = result_so_far()
     return finish(result, args.out)
 
 
