@@ -11,7 +11,7 @@
 #      failed capture may leave a process unusable);
 #   2. the CUDA correctness tests, without -x: tests/test_triton_pairwise.py (compiled kernels
 #      against the float64 literal reference) and the CUDA sampler tests (the compiled op and its
-#      PyTorch port against the CPU op, bit for bit);
+#      PyTorch port against the CPU op, bit for bit), the Sinkhorn schemes' kernels against the CPU path;
 #   3. the training-step benchmark at B=64, N=2500 (RADI-P's overhead over KD);
 #   4. Nsight Compute on the Sinkhorn row-sum kernel (when ncu is there and time is left).
 # Prints every target as PASS/FAIL. Results: JSON + logs in $OUT (when set) and bench/results/.
@@ -63,6 +63,9 @@ RADI_FAST_TEST_DEVICE=cuda timeout 60 "$PY" -m pytest -q -p no:cacheprovider tes
   tests/test_sampler_torch.py -k cuda \
   2>&1 | tail -3 | tee -a "$LOGS/gpu_check_pytest.log"
 sampler_rc=${PIPESTATUS[0]}
+RADI_FAST_TEST_DEVICE=cuda timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_sinkhorn_schemes.py \
+  -k triton 2>&1 | tail -3 | tee -a "$LOGS/gpu_check_pytest.log"
+schemes_rc=${PIPESTATUS[0]}
 
 echo "== 3. training step, B=64, N=2500 ($(elapsed) s)"
 RADI_BENCH_JSON="$LOGS/gpu_train_step.json" timeout 120 "$PY" -m pytest -q -p no:cacheprovider \
@@ -111,6 +114,6 @@ else
   echo "skipped (no ncu, or too little time left)"
 fi
 
-echo "== summary ($(elapsed) s): bench $bench_rc, integration $integration_rc, tests $tests_rc, sampler tests $sampler_rc"
+echo "== summary ($(elapsed) s): bench $bench_rc, integration $integration_rc, tests $tests_rc, sampler tests $sampler_rc, scheme tests $schemes_rc"
 grep -h "^TARGET" "$LOGS/gpu_check_bench.log" "$LOGS/gpu_check_integration.log" "$LOGS/gpu_check_train.log" 2>/dev/null
-[[ $tests_rc -eq 0 && $bench_rc -eq 0 && $integration_rc -eq 0 && $sampler_rc -eq 0 ]]
+[[ $tests_rc -eq 0 && $bench_rc -eq 0 && $integration_rc -eq 0 && $sampler_rc -eq 0 && $schemes_rc -eq 0 ]]

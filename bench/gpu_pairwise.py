@@ -21,7 +21,7 @@ the benchmark shape), and the exp roofline is that count over ``SMs * 16 / clock
 per SM per clock on sm_90), at the maximum SM clock reported by nvidia-smi (and at the clock
 read right after the run). A small sweep of Sinkhorn tile configurations is timed the same way.
 
-``--integration`` runs, instead of the benchmark, what a trainer needs of the losses (issue 11),
+``--integration`` runs, instead of the benchmark, what a trainer needs of the losses,
 each call recorded and turned into a TARGET line: a forward + backward of RADI-P (``tol=0``),
 RADI-L, their masked forms and the classification loss under
 ``torch.cuda.set_sync_debug_mode("error")``; a CUDA-graph capture of it whose replays equal
@@ -543,7 +543,7 @@ def check_compile(fn, student, backend):
 
 
 def integration_checks(radi_fast, student, mc, iters, dry_run=False):
-    """What a trainer needs on a GPU (issue 11), for each call of :func:`integration_calls`: no
+    """What a trainer needs on a GPU, for each call of :func:`integration_calls`: no
     host sync in a forward + backward (``set_sync_debug_mode("error")``), CUDA-graph capture and
     replay equal to eager, ``torch.compile(fullgraph=True)`` with inductor equal to eager; plus
     the sync behaviour of RADI-P with the default early stopping (``tol > 0``, recorded only).

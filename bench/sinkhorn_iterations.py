@@ -113,6 +113,8 @@ def run_case(K, factor, args):
 
 
 def targets(cases, max_iter):
+    from radi_fast.pairwise import resolve_sinkhorn
+
     out = {}
     by = {(c["K"], c["factor"]): c["providers"] for c in cases}
     for K in sorted({c["K"] for c in cases}):
@@ -126,10 +128,78 @@ def targets(cases, max_iter):
             out[f"K={K}, lam=0.01 x mean U: anderson converged within 1000 iterations "
                 f"(plain: {p['plain']['iterations']} of {max_iter})"] = p["anderson"]["iterations"] <= 1000
         p = by.get((K, 1.0))
-        if p:
-            out[f"K={K}, lam = mean U: auto (plain there) never more than plain; anderson "
-                f"{p['anderson']['iterations']} vs plain {p['plain']['iterations']}"] = True
+        if p:  # lam = mean U is what lam="auto" gives: the scheme "auto" picks there
+            auto = resolve_sinkhorn("auto", None, 1e-5)
+            out[f"K={K}, lam = mean U: auto ({auto} there) never more iterations than plain; anderson "
+                f"{p['anderson']['iterations']} vs plain {p['plain']['iterations']}"] = \
+                p[auto]["iterations"] <= p["plain"]["iterations"]
     return out
+
+
+DOCS = os.path.join(ROOT, "docs", "sinkhorn.md")
+MARK_START, MARK_END = "<!-- sinkhorn-results:start -->", "<!-- sinkhorn-results:end -->"
+
+
+def _cell(entry, max_iter):
+    if not entry or "skipped" in entry or "error" in entry:
+        return "-"
+    it, sec = entry.get("iterations"), entry.get("seconds")
+    if it is None:
+        return f"({sec:.2f} s)" if sec is not None else "-"
+    mark = "" if entry.get("converged", True) in (True, None) else " (cap)"
+    return f"{it}{mark} ({sec:.2f} s)"
+
+
+def docs_section(result, gpu=None):
+    """The Measurements section of docs/sinkhorn.md from the CPU results (and the GPU bench's)."""
+    max_iter = result["max_iter"]
+    lines = [f"CPU ({result['machine']}, {result['threads']} thread, torch {result['torch']}), one sample of "
+             f"the benchmarks' teacher law, fp32, tol {result['tol']:g} on `max |Δ log v|`, cap {max_iter} "
+             f"iterations; iterations (wall time). POT stops on its own rule (L2 column-marginal error, checked "
+             f"every 10 iterations); `ot.batch` reports no count; geomloss solves a related problem (diagonal kept) "
+             f"with its epsilon levels and no tolerance: its column gives the levels, for scale. Written by "
+             f"`python bench/sinkhorn_iterations.py` ({result['wall_seconds'] / 60:.0f} min); plot: "
+             f"`bench/results/sinkhorn_iterations_cpu.png`.", ""]
+    cols = ("plain", "overrelaxed", "anderson", "scaling", "pot", "pot_batch", "geomloss")
+    lines += ["| K | lam / mean U | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for c in sorted(result["cases"], key=lambda c: (c["K"], -c["factor"])):
+        lines.append(f"| {c['K']} | {c['factor']:g} | " + " | ".join(_cell(c["providers"].get(n), max_iter)
+                                                                      for n in cols) + " |")
+    lines += ["", "Targets:", ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {name}" for name, ok in result["targets"].items()]
+    if gpu:
+        rows = gpu.get("sinkhorn_schemes", [])
+        lines += ["", f"GPU ({gpu.get('device', '?')}, `bench/gpu_pairwise.py`): B = 32, T = 10, K = 2500, fp32, "
+                      f"tol 1e-5, cap 3000; RADI-P forward+backward time (median of 2 after a warm-up) and the "
+                      f"iterations (largest / mean over the batch):", "",
+                  "| lam / mean U | " + " | ".join(SCHEMES) + " |", "|---" * (len(SCHEMES) + 1) + "|"]
+        for factor in sorted({r["factor"] for r in rows}, reverse=True):
+            cells = []
+            for scheme in SCHEMES:
+                r = next((r for r in rows if r["factor"] == factor and r["scheme"] == scheme), None)
+                cells.append("-" if r is None or "error" in r else
+                             f"{r['ms']:.1f} ms ({r['iterations_max']} / {r['iterations_mean']:.0f})")
+            lines.append(f"| {factor:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_docs(result, gpu=None, path=DOCS):
+    text = open(path).read()
+    start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
+    with open(path, "w") as fh:
+        fh.write(text[:start] + "\n" + docs_section(result, gpu) + "\n" + text[end:])
+
+
+def latest_gpu_result():
+    """The GPU bench's scheme timings (the newest results file that has them), or None."""
+    import glob
+
+    found = []
+    for path in glob.glob(os.path.join(ROOT, "bench", "results", "radi_p_bench_*.json")):
+        doc = json.load(open(path))
+        if doc.get("sinkhorn_schemes") and not doc.get("dry_run"):
+            found.append((os.path.getmtime(path), path, doc))
+    return max(found)[2] if found else None
 
 
 def plot(cases, path):
@@ -168,25 +238,53 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "sinkhorn_iterations_cpu"))
+    ap.add_argument("--resume", action="store_true", help="keep the cases OUT.json already has, run the others")
+    ap.add_argument("--from-json", action="store_true",
+                    help="do not run: recompute the targets, plot and docs section from OUT.json")
     args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.out + ".json") as fh:
+            result = json.load(fh)
+        return finish(result, args.out)
     torch.set_num_threads(args.threads)
-    cases = []
+    cases, spent, notes = [], 0.0, []
+    if args.resume and os.path.exists(args.out + ".json"):  # keep the cases a previous run finished
+        with open(args.out + ".json") as fh:
+            previous = json.load(fh)
+        cases, spent, notes = previous["cases"], previous.get("wall_seconds", 0.0), previous.get("notes", [])
+    done = {(c["K"], c["factor"]) for c in cases}
     started = time.time()
+
+    def result_so_far():
+        return {"what": __doc__.splitlines()[0], "tol": args.tol, "max_iter": args.max_iter, "dtype": "float32",
+                "threads": args.threads, "machine": platform.processor() or platform.machine(),
+                "torch": torch.__version__, "wall_seconds": spent + time.time() - started, "notes": notes,
+                "cases": cases}
+
     for K in args.K:
         for factor in args.factors:
+            if (K, factor) in done:
+                continue
             case = run_case(K, factor, args)
             case["max_iter"] = args.max_iter
             cases.append(case)
             print(json.dumps({k: v for k, v in case.items() if k != "providers"}),
                   json.dumps({n: {k: v for k, v in p.items() if k in ("iterations", "seconds", "marginal_error")}
                               for n, p in case["providers"].items()}), flush=True)
-    result = {"what": __doc__.splitlines()[0], "tol": args.tol, "max_iter": args.max_iter, "dtype": "float32",
-              "threads": args.threads, "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "wall_seconds": time.time() - started, "cases": cases,
-              "targets": targets(cases, args.max_iter)}
-    with open(args.out + ".json", "w") as fh:
+            with open(args.out + ".json", "w") as fh:  # a run cut short keeps what it finished
+                json.dump(dict(result_so_far(), complete=False), fh, indent=1)
+    result = result_so_far()
+    return finish(result, args.out)
+
+
+def finish(result, out):
+    """Targets, JSON, plot, docs section (the docs only for a run at the default output path)."""
+    result["targets"] = targets(result["cases"], result["max_iter"])
+    with open(out + ".json", "w") as fh:
         json.dump(result, fh, indent=1)
-    plot(cases, args.out + ".png")
+    plot(result["cases"], out + ".png")
+    if os.path.abspath(out) == os.path.abspath(os.path.join(ROOT, "bench", "results", "sinkhorn_iterations_cpu")):
+        write_docs(result, latest_gpu_result())
     for name, ok in result["targets"].items():
         print(f"TARGET {'PASS' if ok else 'FAIL'}  {name}")
     return result

@@ -58,7 +58,7 @@ def kernel_specs():
 
     stats_sig = {"mc_ptr": "*fp32", "stride_mb": "i32", "stride_mt": "i32", "stride_mn": "i32", "order_ptr": "*i64",
                  "stride_ob": "i32", "nvalid_ptr": "*i64", "lam_ptr": "*fp32"}
-    lam_sig = dict(stats_sig, eps="fp32", T="i32", TP="constexpr", BK="constexpr", COMPUTE="constexpr")
+    lam_sig = dict(stats_sig, noise="fp32", T="i32", TP="constexpr", BK="constexpr", COMPUTE="constexpr")
     for name, sig in (("pairwise_lam", lam_sig), ("pairwise_lam_bf16", dict(lam_sig, mc_ptr="*bf16"))):
         specs.append((name, pairwise_stats.pairwise_lam_kernel, sig, {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": f32}, {"num_warps": 4}, None))
     pts_sig = dict(stats_sig, zb_ptr="*fp32", zs_ptr="*fp32", yt_ptr="*fp32", hs_ptr="*fp32", K="i32", KP="i32",
@@ -139,6 +139,35 @@ def kernel_specs():
         sums(f"test_row_sums_{bm}x{bn}", c, acc=acc)
         update(f"test_update_{bm}x{bn}", c, side=1, lo=-1, hi=1)
         loss(f"test_margin_ranking_ot_{bn}x{bm}", c, 0)
+    # the accelerated Sinkhorn schemes' per-sample kernels (kernels/sinkhorn_accel.py)
+    from radi_fast.kernels import sinkhorn_accel
+    from radi_fast.ops.sinkhorn_accel_triton import BLOCK
+    from radi_fast.ops.sinkhorn_schemes import ANDERSON_MEMORY
+
+    relax_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "before_ptr": "*fp32",
+                 "pot_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol_ptr": "*fp32",
+                 "omega_ptr": "*fp32", "previous_ptr": "*fp32", "last_ratio_ptr": "*fp32", "rho_ptr": "*fp32",
+                 "rejected_ptr": "*i32", "relaxed_ptr": "*i32", "omega_max_ptr": "*fp32", "K": "i32", "KP": "i32",
+                 "T": "constexpr", "TP": "constexpr", "SIDE": "constexpr", "SPLIT": "constexpr",
+                 "COMPUTE": "constexpr", "STEP": "constexpr", "OBSERVE": "constexpr", "BLOCK": "constexpr"}
+    anderson_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "start_ptr": "*fp32",
+                    "pot_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol_ptr": "*fp32",
+                    "x_ptr": "*fp32", "r_ptr": "*fp32", "count_ptr": "*i64", "best_ptr": "*fp32", "ridge_ptr": "*fp64",
+                    "K": "i32", "KP": "i32", "head": "i32", "T": "constexpr", "TP": "constexpr", "SPLIT": "constexpr",
+                    "COMPUTE": "constexpr", "M": "constexpr", "MP": "constexpr", "BLOCK": "constexpr"}
+    mp = 1 << ANDERSON_MEMORY.bit_length()
+    for fp64 in (False, True):
+        suffix, compute = ("_fp64", f64) if fp64 else ("", f32)
+        as64 = lambda sig: {k: ("*fp64" if v == "*fp32" else v) for k, v in sig.items()} if fp64 else sig  # noqa: E731
+        for side, step in ((0, True), (1, True), (1, False)):
+            consts = {"T": T_BENCH, "TP": TP, "SIDE": side, "SPLIT": not fp64, "COMPUTE": compute, "STEP": step,
+                      "OBSERVE": side == 1, "BLOCK": BLOCK}
+            specs.append((f"sinkhorn_relax_{side}{'' if step else '_observe'}{suffix}", sinkhorn_accel.sinkhorn_relax_kernel,
+                          as64(relax_sig), consts, {"num_warps": 4}, None))
+        consts = {"T": T_BENCH, "TP": TP, "SPLIT": not fp64, "COMPUTE": compute, "M": ANDERSON_MEMORY, "MP": mp,
+                  "BLOCK": BLOCK}
+        specs.append((f"sinkhorn_anderson{suffix}", sinkhorn_accel.sinkhorn_anderson_kernel, as64(anderson_sig), consts,
+                      {"num_warps": 4}, None))
     return specs
 
 

@@ -240,12 +240,19 @@ RADI_HD double portable_log(double x) {
 // The cold-list law. Rank r = 1 .. M within the remaining list (M = length - hot).
 enum Scheme : int { kSchemeExp = 0, kSchemeZipf = 1, kSchemeRandom = 2 };
 
+// The most negative finite double: where a very peaked law's -alpha r overflows, the log weight
+// saturates here, so every key stays finite (ties, which go to the lower rank, are then the
+// law's limit: the deterministic top ranks; a -inf key would also tie with the CUDA selection's
+// marks of taken ranks).
+constexpr double kLogWeightFloor = -0x1.fffffffffffffp+1023;
+
 // Unnormalised log-probability of rank r (non-increasing in r for alpha >= 0):
-// exp: -alpha r; zipf: -alpha log r; random: 0.
+// exp: -alpha r; zipf: -alpha log r; random: 0; never below kLogWeightFloor.
 RADI_HD double rank_log_weight(int scheme, double alpha, int64_t r) {
-  if (scheme == kSchemeExp) return -dmul(alpha, static_cast<double>(r));
-  if (scheme == kSchemeZipf) return -dmul(alpha, portable_log(static_cast<double>(r)));
-  return 0.0;
+  double w = 0.0;
+  if (scheme == kSchemeExp) w = -dmul(alpha, static_cast<double>(r));
+  if (scheme == kSchemeZipf) w = -dmul(alpha, portable_log(static_cast<double>(r)));
+  return w < kLogWeightFloor ? kLogWeightFloor : w;
 }
 
 // Gumbel-top-k key of rank r given its uniform u: log p_r + G, G = -log(-log u).

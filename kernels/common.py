@@ -32,6 +32,20 @@ def split_tf32(x):
 
 
 @triton.jit
+def store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, pot, mask, K, KP, T: tl.constexpr, TP: tl.constexpr,
+               SIDE: tl.constexpr, SPLIT: tl.constexpr):
+    """Z's p (SIDE 0) or q (SIDE 1) lane of ``rows`` from their new potential: ``pot - hs``."""
+    own = pot - tl.load(hs_ptr + b * K + rows, mask=mask, other=0.0)
+    lane = b * KP * TP + rows * TP + T + SIDE
+    if SPLIT:
+        big, small = split_tf32(own)
+        tl.store(zb_ptr + lane, big, mask=mask)
+        tl.store(zs_ptr + lane, small, mask=mask)
+    else:
+        tl.store(zb_ptr + lane, own, mask=mask)
+
+
+@triton.jit
 def load_points(zb_ptr, zs_ptr, idx, offs_t, TP: tl.constexpr, SPLIT: tl.constexpr):
     """``Z[idx]`` as a [len(idx), TP] tile (``Zb + Zs`` when SPLIT: exact)."""
     ptrs = idx[:, None] * TP + offs_t[None, :]

@@ -1,7 +1,7 @@
 """Teacher statistics in O(B K T) (docs/triton.md, "Notation").
 
 ``pairwise_lam_kernel``: the "auto" lam, the mean off-diagonal U of each sample, or 1 when that
-is rounding noise (the CPU path's threshold). ``pairwise_points_kernel``: ``y = sqrt(2 c) z``
+is rounding noise (the CPU path's threshold, ``noise * max|logit|^2``). ``pairwise_points_kernel``: ``y = sqrt(2 c) z``
 with ``c = log2(e) / (T lam)`` and ``hs = ||y||^2 / 2``, written as the augmented points
 ``Z = [y, p, q, 1, 0...]`` with ``p = q = -hs`` (fp32: split ``Zb + Zs`` for 3xTF32); answers
 past ``K_b`` get ``y = 0`` and ``p = q = PAD_LOGIT``.
@@ -33,7 +33,7 @@ def pairwise_lam_kernel(
     order_ptr, stride_ob,  # [B, K] int64 answer ids in teacher order
     nvalid_ptr,  # [B] int64 K_b
     lam_ptr,  # out [B] compute dtype
-    eps,  # machine epsilon of the compute dtype (the negligible-uncertainty threshold)
+    noise,  # NEGLIGIBLE_FACTOR eps^2 of the compute dtype (ops/teacher.py negligible_noise)
     T,
     TP: tl.constexpr, BK: tl.constexpr, COMPUTE: tl.constexpr,
 ):
@@ -51,7 +51,7 @@ def pairwise_lam_kernel(
     k = kb.to(COMPUTE)
     total = (2.0 * k * tl.sum(sum_s, axis=0) - 2.0 * tl.sum(sum_z * sum_z, axis=0)) / T.to(COMPUTE)
     mean_off = total / tl.maximum(k * (k - 1.0), 1.0)
-    negligible = 64.0 * (eps * scale) * (eps * scale)  # radi_fast.pairwise.negligible_uncertainty
+    negligible = noise * scale * scale  # ops/teacher.py negligible_uncertainty: one threshold for both paths
     tl.store(lam_ptr + b, tl.where((kb >= 2) & (mean_off > negligible), mean_off, 1.0))
 
 

@@ -11,7 +11,7 @@ does nothing.
 import triton
 import triton.language as tl
 
-from .common import LN2, column_logits, load_points, row_operand, split_tf32
+from .common import LN2, column_logits, load_points, row_operand, store_lane
 
 
 @triton.jit
@@ -115,14 +115,7 @@ def sinkhorn_update_kernel(
         old = tl.load(pot_ptr + b * K + rows, mask=row_ok, other=0.0)
         new = old - lse
         tl.store(pot_ptr + b * K + rows, new, mask=row_ok)
-        own = new - tl.load(hs_ptr + b * K + rows, mask=row_ok, other=0.0)  # the new p or q lane
-        lane_ptr = b * KP * TP + rows * TP + T + G_SIDE
-        if SPLIT:
-            big, small = split_tf32(own)
-            tl.store(zb_ptr + lane_ptr, big, mask=row_ok)
-            tl.store(zs_ptr + lane_ptr, small, mask=row_ok)
-        else:
-            tl.store(zb_ptr + lane_ptr, own, mask=row_ok)
+        store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, new, row_ok, K, KP, T, TP, G_SIDE, SPLIT)  # the new p or q
         if WRITE_DELTA:
             d = tl.where(row_ok, tl.abs(new - old), 0.0)
             tl.atomic_max(next_delta_ptr + b, tl.max(d, axis=0) * tl.full((), LN2, COMPUTE))

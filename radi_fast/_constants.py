@@ -5,6 +5,9 @@ DEFAULT_TOP_K = 2500  # the paper restricts the pairs to the teacher's top 2500 
 DEFAULT_MAX_ITER = 100
 DEFAULT_TOL = 1e-5
 UNCERTAINTY_EPS = 1e-6  # W = 1 / (U + eps) in the "uncertainty" margin mode
+# a mean uncertainty below NEGLIGIBLE_FACTOR * (eps * max|logit|)^2 is rounding noise (identical
+# MC passes): lam = 1 there, on every backend
+NEGLIGIBLE_FACTOR = 64
 MARGIN_MODES = ("ot", "uniform", "random", "uncertainty")
 PAIRWISE_BACKENDS = ("auto", "torch", "triton")
 # Sinkhorn schemes (docs/sinkhorn.md); "auto": "plain" with lam="auto" (a handful of iterations

@@ -8,6 +8,7 @@ tensors, and on CUDA tensors only when asked for (:func:`set_value_checks` or
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Optional, Sequence, Tuple
 
@@ -35,9 +36,18 @@ def value_checks_enabled(x: torch.Tensor) -> bool:
     return forced
 
 
+def check_has_data(x: torch.Tensor, name: str) -> torch.Tensor:
+    """A tensor whose values can be computed on: not on the meta device (shapes without data)."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (a shape without data): radi_fast computes on real "
+                         f"tensors (CPU or CUDA); materialise it first")
+    return x
+
+
 def check_tensor(x, name: str, ndim: int, *, floating: bool = True, finite: bool = True) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_has_data(x, name)
     if x.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
     if floating and x.dtype not in FLOAT_DTYPES:
@@ -61,11 +71,21 @@ def check_choice(value, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+def check_number(value, name: str) -> float:
+    """A real number (int, float, a NumPy scalar or a one-element real tensor) as a float. Strings
+    and bools are refused: ``float("1")`` and ``float(True)`` would silently accept them."""
+    if isinstance(value, torch.Tensor):
+        ok = value.numel() == 1 and value.dtype != torch.bool and not value.is_complex() \
+            and value.device.type != "meta"
+    else:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)  # NumPy's bool_ is no Real
+    if not ok:
+        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
 def check_positive(value, name: str, *, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    v = check_number(value, name)
     if not (v == v) or v in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if v < 0 or (v == 0 and not allow_zero):
@@ -75,7 +95,7 @@ def check_positive(value, name: str, *, allow_zero: bool = False) -> float:
 
 def check_int(value, name: str, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
+        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -90,6 +110,14 @@ def check_lam(lam) -> Optional[float]:
     return check_positive(lam, "lam")
 
 
+def check_generator(generator, name: str = "generator") -> Optional[torch.Generator]:
+    """None (the global RNG) or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"{name} must be a torch.Generator or None, got {generator!r} ({type(generator).__name__}); "
+                         f"to seed, pass torch.Generator().manual_seed(seed)")
+    return generator
+
+
 def check_reduction(reduction: str) -> str:
     return check_choice(reduction, "reduction", ("mean", "sum", "none"))
 
@@ -100,6 +128,7 @@ def check_lengths(lengths, batch: int, n: int, name: str = "lengths") -> Optiona
         return None
     if not isinstance(lengths, torch.Tensor):
         lengths = torch.as_tensor(lengths)
+    check_has_data(lengths, name)
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise ValueError(f"{name} must be 1-D with one entry per row ({batch}), got shape {tuple(lengths.shape)}")
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
@@ -110,8 +139,10 @@ def check_lengths(lengths, batch: int, n: int, name: str = "lengths") -> Optiona
 
 
 def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    """"mean", "sum" or "none" over the rows; the mean over an empty batch is 0 (like its sum),
+    not NaN: an empty batch adds nothing (README, "Empty batches")."""
     if reduction == "mean":
-        return per_sample.mean()
+        return per_sample.mean() if per_sample.shape[0] else per_sample.sum()
     if reduction == "sum":
         return per_sample.sum()
     return per_sample
@@ -124,6 +155,7 @@ def check_mask(mask, batch: int, n: int, device, name: str = "mask") -> Optional
         return None
     if not isinstance(mask, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    check_has_data(mask, name)
     if mask.dtype != torch.bool:
         raise ValueError(f"{name} must be a bool tensor (True = a valid answer), got {mask.dtype}")
     if tuple(mask.shape) != (batch, n):

@@ -5,7 +5,15 @@ from typing import Optional
 
 import torch
 
-from ._validation import check_reduction, check_tensor, combine_valid, reduce, value_checks_enabled, valid_mask
+from ._validation import (
+    check_has_data,
+    check_reduction,
+    check_tensor,
+    combine_valid,
+    reduce,
+    valid_mask,
+    value_checks_enabled,
+)
 
 
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", *,
@@ -17,7 +25,9 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: 
         targets: either a multi-hot / weight tensor [B, N] (e.g. iVQA's ``min(1, count / 2)``)
             or a LongTensor [B] of single answer indices. With weights the loss is the weighted
             mean ``-sum_a w_a log P(a) / sum_a w_a``, which is eq. 2 for a 0/1 multi-hot.
-        reduction: "mean" (default), "sum" or "none" ([B]).
+        reduction: "mean" (default), "sum" or "none" ([B]). An empty batch (B = 0) gives 0 for
+            "mean" and "sum"; rows without answers (N = 0) raise ``ValueError`` (no labelled
+            answer), as the README's rule for empty batches says.
         mask: optional [B, N] bool, True = a valid answer (any positions); ``lengths``: optional
             [B] numbers of valid answers (a prefix); both combine. The softmax runs over the valid
             answers only; invalid ones never influence the loss (their weights are ignored, their
@@ -32,8 +42,13 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: 
     check_tensor(logits, "logits", 2, finite=False)
     check_reduction(reduction)
     B, N = logits.shape
+    if N == 0 and B:
+        raise ValueError("logits has no answer column (shape (B, 0)): eq. 2 needs a labelled answer in every row "
+                         "(an empty batch, B = 0, is fine)")
     valid = valid_mask(combine_valid(mask, lengths, B, N, logits.device), B, N, logits.device)
     checks = value_checks_enabled(logits)
+    if isinstance(targets, torch.Tensor):
+        check_has_data(targets, "targets")
     if checks and logits.numel():
         finite = torch.isfinite(logits) if valid is None else torch.isfinite(logits) | ~valid
         if not bool(finite.all()):
@@ -67,6 +82,10 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: 
         if checks:
             if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
                 raise ValueError("targets must be finite and non-negative")
+        # The weighted mean is scale-free: divide each row by a power of two near its largest
+        # weight (exact: the same bits as unscaled weights), so that the row's sum cannot overflow.
+        exponent = torch.frexp(weights.amax(dim=1, keepdim=True) if N else weights.sum(1, keepdim=True)).exponent
+        weights = torch.ldexp(weights, -exponent.to(weights.dtype))
         total = weights.sum(dim=1)
         if checks and bool((total <= 0).any()):
             raise ValueError("targets has a row with no labelled (valid) answer: eq. 2 is undefined for it")

@@ -18,6 +18,7 @@ from torch import nn
 from ._constants import LAMBDA_LOSSES, LISTWISE_LOSSES, SUBLIST_SAMPLINGS  # noqa: F401  (re-exported)
 from ._validation import (
     check_choice,
+    check_generator,
     check_int,
     check_positive,
     check_reduction,
@@ -110,7 +111,9 @@ def radi_listwise_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
             NaN/inf. A row with ``L_b < hot + cold`` valid answers uses what it has: its top
             ``min(hot, L_b)`` answers, then ``min(cold, L_b - hot)`` cold draws (no error, and
             no effect on the other rows); so does every row when ``hot + cold > N``.
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (``[B]``) over rows.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (``[B]``) over rows. An empty
+            batch (B = 0) gives 0 for ``"mean"`` and ``"sum"``; rows without answers (N = 0)
+            give 0, like fully masked rows (the README's rule for empty batches).
 
     Returns:
         The loss in fp32 for fp16/bf16/fp32 inputs, fp64 when an input is fp64 (also under
@@ -143,9 +146,8 @@ def radi_listwise_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     check_same_dim(student_logits, "student_logits", 0, teacher_logits, "teacher_logits", 0)
     check_same_dim(student_logits, "student_logits", 1, teacher_logits, "teacher_logits", 1)
     B, N = student_logits.shape
-    if N == 0:
-        raise ValueError("student_logits must have at least one answer column, got shape (B, 0)")
     alpha, beta, sigma, mu = _check_options(hot, cold, sampling, alpha, loss, beta, sigma, mu, reduction)
+    check_generator(generator)
     valid_answers = combine_valid(mask, lengths, B, N, student_logits.device)
     check_scores(student_logits, "student_logits", valid_answers)
     check_scores(teacher_logits, "teacher_logits", valid_answers)

@@ -14,6 +14,9 @@ Conventions:
 * **iVQA accuracy.** iVQA has 5 annotators per question; an answer given by ``c`` of them is
   worth ``min(1, c / 2)``; the metric is that worth for the top-1 answer.
 * **Reduction.** ``"mean"`` (default): a 0-dim tensor, the mean over rows; ``"none"``: ``[B]``.
+  An empty batch (B = 0) gives 0 (``"mean"``) or ``[0]``, never NaN; rows without answers
+  (N = 0, B > 0) raise ``ValueError``: a row needs a correct answer (the README's rule for
+  empty batches).
   Float64 when ``scores`` is float64, else float32.
 * **Valid answers.** ``mask`` ([B, N] bool, True = valid, any positions) and/or ``lengths``
   ([B], a prefix) restrict each row to its valid answers: invalid ones rank after every valid
@@ -38,8 +41,9 @@ Targets = Union[torch.Tensor, Sequence[Sequence[int]]]
 def _check_scores(scores, mask=None, lengths=None) -> Optional[torch.Tensor]:
     """Checks ``scores`` (NaN only among the valid answers); returns the [B, N] valid mask or None."""
     check_tensor(scores, "scores", 2, finite=False)  # -inf is a legitimate "never predict" score
-    if scores.shape[1] == 0:
-        raise ValueError("scores must have at least one answer column, got shape (B, 0)")
+    if scores.shape[1] == 0 and scores.shape[0]:
+        raise ValueError("scores has no answer column (shape (B, 0)): a row without answers has no correct "
+                         "answer, and the metrics are undefined there (an empty batch, B = 0, is fine)")
     B, N = scores.shape
     valid = valid_mask(combine_valid(mask, lengths, B, N, scores.device), B, N, scores.device)
     if value_checks_enabled(scores):
@@ -55,7 +59,9 @@ def _out_dtype(scores: torch.Tensor) -> torch.dtype:
 
 def _finish(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
     check_choice(reduction, "reduction", ("mean", "none"))
-    return per_row.mean() if reduction == "mean" else per_row
+    if reduction == "none":
+        return per_row
+    return per_row.mean() if per_row.shape[0] else per_row.sum()  # an empty batch: 0, not NaN
 
 
 def _correct_mask(targets: Targets, scores: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -109,7 +115,7 @@ def acc_at_1(scores: torch.Tensor, targets: Targets, *, reduction: str = "mean",
     """Acc@1: 1 when the top-scored valid answer (ties by lower index) is one of the correct answers."""
     valid = _check_scores(scores, mask, lengths)
     correct = _correct_mask(targets, scores, valid)
-    hit = correct.gather(1, _top_k(scores, 1, valid))[:, 0]
+    hit = correct.gather(1, _top_k(scores, 1, valid)).any(dim=1)  # one column (none when B = N = 0)
     return _finish(hit.to(_out_dtype(scores)), reduction)
 
 
@@ -162,4 +168,4 @@ def ivqa_accuracy(scores: torch.Tensor, answer_counts: torch.Tensor, *, reductio
         raise ValueError(f"answer_counts must have the shape of scores {tuple(scores.shape)}, "
                          f"got {tuple(weights.shape)}")
     top1 = _top_k(scores, 1, valid).to(weights.device)
-    return _finish(weights.gather(1, top1)[:, 0].to(_out_dtype(scores)), reduction)
+    return _finish(weights.gather(1, top1).sum(dim=1).to(_out_dtype(scores)), reduction)  # one column, or none

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from ._backend import resolve_backend
-from ._constants import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_TOP_K, MARGIN_MODES, SINKHORN_SCHEMES
+from ._constants import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_TOP_K, MARGIN_MODES, PAIRWISE_BACKENDS, SINKHORN_SCHEMES
 from ._random import draw_seed
 from ._validation import (
     check_choice,
+    check_generator,
     check_int,
     check_lam,
     check_positive,
@@ -67,6 +68,19 @@ def validate_sinkhorn_args(lam, max_iter, tol, sinkhorn: str = "auto") -> Option
     check_positive(tol, "tol", allow_zero=True)
     check_choice(sinkhorn, "sinkhorn", SINKHORN_SCHEMES)
     return lam_value
+
+
+def validate_pairwise_options(margin, margin_mode, lam, top_k, max_iter, tol, reduction, backend, sinkhorn):
+    """Every RADI-P option, as :func:`radi_pairwise_loss` and :class:`RadiPairwiseLoss` (at
+    construction) check them; returns ``(margin as a float, lam as a float or None)``."""
+    margin = check_positive(margin, "margin", allow_zero=True)
+    check_choice(margin_mode, "margin_mode", MARGIN_MODES)
+    lam_value = validate_sinkhorn_args(lam, max_iter, tol, sinkhorn)
+    check_int(top_k, "top_k", minimum=1)
+    check_reduction(reduction)
+    if backend is not None:
+        check_choice(backend, "backend", PAIRWISE_BACKENDS)
+    return margin, lam_value
 
 
 def resolve_sinkhorn(sinkhorn: str, lam_value: Optional[float], tol: float) -> str:
@@ -129,6 +143,9 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
         margin: m >= 0 (the paper searches {0.1, 1, 10}).
         margin_mode: "ot" (the paper's method), "uniform", "random" or "uncertainty" (Table 3).
         lam: Sinkhorn smoothing, a positive float or "auto" (per-sample mean off-diagonal U).
+            Any positive value gives W in [0, 1]: a lam below ``max U / 2^14`` (fp32; ``2^32``
+            in fp64) is solved at that bound, where W is already the hard assignment
+            (docs/numerics.md). Teacher logits of any magnitude are scaled internally (exact).
         top_k: each sample keeps the teacher's top ``top_k`` valid answers (the paper: 2500).
         max_iter, tol: Sinkhorn budget and stopping test (``max |Δ log v| <= tol``). ``tol=0``
             runs exactly ``max_iter`` iterations: on CUDA (Triton) a whole forward + backward is
@@ -136,7 +153,9 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
             the Triton path looks at the stopping flags through an asynchronous copy every few
             iterations (no blocking synchronisation; at most one flag read per look, and not
             capturable in a CUDA graph). The torch backend reads on the host (meant for CPUs).
-        reduction: "mean" (default), "sum" or "none" ([B]).
+        reduction: "mean" (default), "sum" or "none" ([B]). An empty batch (B = 0) gives 0 for
+            "mean" and "sum" (not NaN); rows without answers (N = 0) contribute 0, like fully
+            masked rows (the README's rule for empty batches).
         generator: seeds the "random" mode (the global RNG when None; that mode reads its seed
             on the host, so ``torch.compile`` breaks its graph there).
         lengths: optional [B] numbers of valid answers (columns ``>= lengths[b]`` are padding).
@@ -167,11 +186,9 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
     or ``RADI_FAST_VALIDATE=1``: they synchronise), never under ``torch.compile``.
     """
     valid = validate_pairwise_inputs(student_logits, teacher_mc_logits, teacher_logits, lengths, mask)
-    margin = check_positive(margin, "margin", allow_zero=True)
-    check_choice(margin_mode, "margin_mode", MARGIN_MODES)
-    lam_value = validate_sinkhorn_args(lam, max_iter, tol, sinkhorn)
-    check_int(top_k, "top_k", minimum=1)
-    check_reduction(reduction)
+    margin, lam_value = validate_pairwise_options(margin, margin_mode, lam, top_k, max_iter, tol, reduction, backend,
+                                                  sinkhorn)
+    check_generator(generator)
     seed = draw_seed(generator) if margin_mode == "random" else 0
     if resolve_backend(backend, student_logits.device) == "triton":
         from .ops import pairwise_triton
@@ -187,15 +204,14 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
 
 
 class RadiPairwiseLoss(nn.Module):
-    """``nn.Module`` form of :func:`radi_pairwise_loss` (same arguments, stored at construction)."""
+    """``nn.Module`` form of :func:`radi_pairwise_loss` (same arguments, checked and stored at
+    construction: a bad setting raises ``ValueError`` there, as :class:`RadiListwiseLoss` does)."""
 
     def __init__(self, margin: float = 1.0, margin_mode: str = "ot", lam="auto", top_k: int = DEFAULT_TOP_K,
                  max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL, reduction: str = "mean",
                  backend: Optional[str] = None, sinkhorn: str = "auto"):
         super().__init__()
-        check_choice(margin_mode, "margin_mode", MARGIN_MODES)
-        check_reduction(reduction)
-        validate_sinkhorn_args(lam, max_iter, tol, sinkhorn)
+        validate_pairwise_options(margin, margin_mode, lam, top_k, max_iter, tol, reduction, backend, sinkhorn)
         self.margin, self.margin_mode, self.lam, self.top_k = margin, margin_mode, lam, top_k
         self.max_iter, self.tol, self.reduction, self.backend = max_iter, tol, reduction, backend
         self.sinkhorn = sinkhorn

@@ -127,9 +127,9 @@ def radi_pairwise_loss_literal(student_logits: torch.Tensor, teacher_mc_logits: 
     losses = []
     for b in range(B):
         n_valid = N if lengths is None else int(lengths[b])
-        ids = torch.arange(n_valid)
+        ids = torch.arange(n_valid, device=mc.device)
         if mask is not None:
-            ids = ids[mask[b, :n_valid].cpu()]
+            ids = ids[mask[b, :n_valid].to(mc.device)]
         if len(ids) == 0:
             losses.append(student_logits[b, :0].sum())
             continue

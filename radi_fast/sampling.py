@@ -14,7 +14,15 @@ from typing import Optional, Tuple
 import torch
 
 from ._constants import SAMPLER_BACKENDS, SAMPLING_SCHEMES
-from ._validation import check_choice, check_lengths, check_list_sizes, check_positive, check_scores, check_tensor
+from ._validation import (
+    check_choice,
+    check_generator,
+    check_lengths,
+    check_list_sizes,
+    check_positive,
+    check_scores,
+    check_tensor,
+)
 from .ops import sampler as compiled_sampler
 from .ops import sampler_torch
 from .ops.sampler_torch import draw_seed_offset, gumbel_noise, teacher_ranking  # noqa: F401  (public helpers)
@@ -64,6 +72,7 @@ def partial_list_torch(scores: torch.Tensor, hot: int, cold: int, scheme: str = 
     same sub-lists as :func:`sample_partial_list` with ``backend="compiled"``, bit for bit.
     """
     hot, cold, alpha, lengths = _check_sampler_args(scores, hot, cold, scheme, alpha, lengths)
+    check_generator(generator)
     return sampler_torch.partial_list_torch(scores.detach(), hot, cold, scheme, alpha, generator, lengths)
 
 
@@ -130,4 +139,5 @@ def sample_partial_list(scores: torch.Tensor, hot: int, cold: int, scheme: str =
     """
     check_choice(backend, "backend", SAMPLER_BACKENDS)
     hot, cold, alpha, lengths = _check_sampler_args(scores, hot, cold, scheme, alpha, lengths)
+    check_generator(generator)
     return draw_partial_lists(scores, hot, cold, scheme, alpha, generator, lengths, backend=backend)[0]

@@ -1,4 +1,4 @@
-"""The losses as drop-ins for other trainers (issue 11).
+"""The losses as drop-ins for other trainers.
 
 * ``torch.compile(fullgraph=True)`` of ``classification_loss``, ``radi_pairwise_loss`` and
   ``radi_listwise_loss`` (aot_eager and inductor, on the CPU; with and without a mask): no graph

@@ -1,4 +1,4 @@
-"""Masks of valid answers (issue 11): ``mask`` ([B, N] bool, any positions) beside ``lengths``.
+"""Masks of valid answers: ``mask`` ([B, N] bool, any positions) beside ``lengths``.
 
 For RADI-P (both backends: CPU and the Triton interpreter), RADI-L, the classification loss and
 the metrics: masked inputs give the same loss and gradient as the truncated inputs (each row's

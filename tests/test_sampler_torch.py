@@ -1,4 +1,4 @@
-"""The pure-PyTorch sampler draws the compiled op's sub-lists bit for bit (issue 11).
+"""The pure-PyTorch sampler draws the compiled op's sub-lists bit for bit.
 
 ``radi_fast.ops.sampler_torch`` ports csrc/philox.h (Philox4x32-10, the counter/key words, the
 52-bit uniforms, the portable log) to int64/float64 PyTorch. Checked against the compiled op's

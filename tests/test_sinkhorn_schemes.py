@@ -1,6 +1,8 @@
 """The accelerated Sinkhorn schemes keep Algorithm 1's fixed point, stop per sample, report their
 iterations and marginal error, and agree between the CPU path and the Triton kernels (run by the
-interpreter here)."""
+interpreter here; RADI_FAST_TEST_DEVICE=cuda runs the Triton side compiled on a GPU)."""
+import os
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from radi_fast.pairwise import resolve_sinkhorn
 from conftest import make_mc
 
 SCHEMES = ["plain", "overrelaxed", "anderson", "scaling"]
+TRITON_DEVICE = os.environ.get("RADI_FAST_TEST_DEVICE", "cpu")
 
 
 def sample_mean_u(mc):
@@ -106,7 +109,9 @@ def test_triton_interpreter_agrees_with_the_cpu_path(scheme):
     lam = 0.1
     p = pairwise_cpu.prepare_pairwise(mc, None, 2500, lam, None)
     f0, g0, it0, _ = pairwise_cpu.solve_sinkhorn(p, 3000, 1e-10, scheme)
-    f1, g1, _, _, it1 = PT.sinkhorn_log_potentials_triton(mc, None, lam, 2500, 3000, 1e-10, None, scheme=scheme)
+    f1, g1, _, _, it1 = PT.sinkhorn_log_potentials_triton(mc.to(TRITON_DEVICE), None, lam, 2500, 3000, 1e-10, None,
+                                                          scheme=scheme)
+    f1, g1, it1 = f1.cpu(), g1.cpu(), it1.cpu()
     assert torch.equal(_order(mc), p.answer_ids)
     logw0 = f0[:, :, None] + g0[:, None, :]
     logw1 = f1[:, :, None] + g1[:, None, :]

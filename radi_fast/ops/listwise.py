@@ -18,8 +18,36 @@ def _order_desc(values: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
     return by_id.gather(1, by_value)
 
 
+def _linear_scan(a: torch.Tensor) -> torch.Tensor:
+    """``E_k = 1 + a_k E_{k-1}`` along dim 1 (``E_{-1} = 0``) for ``a`` in [0, 1]: a log-depth
+    (Hillis-Steele) scan of the affine maps ``E -> a E + b``. Every quantity is a product or a
+    sum of non-negative numbers in ``[0, n]``: no overflow, no cancellation."""
+    A, Bv = a, torch.ones_like(a)
+    n, shift = a.shape[1], 1
+    while shift < n:  # element k holds the map of positions (k - shift, k]; compose with the one before
+        Bv = torch.cat([Bv[:, :shift], Bv[:, shift:] + A[:, shift:] * Bv[:, :-shift]], dim=1)
+        A = torch.cat([A[:, :shift], A[:, shift:] * A[:, :-shift]], dim=1)
+        shift *= 2
+    return Bv
+
+
+@torch.no_grad()
+def _listmle_gradient(s_sorted: torch.Tensor, suffix_lse: torch.Tensor, in_list: torch.Tensor) -> torch.Tensor:
+    """``d/ds_k sum_i logsumexp_{j >= i} s_j = sum_{i <= k} exp(s_k - L_i)`` (L the suffix
+    log-sum-exps), computed as ``exp(s_k - L_k) E_k`` with ``E_k = sum_{i <= k} exp(L_k - L_i) =
+    1 + exp(L_k - L_{k-1}) E_{k-1}``. Only differences of neighbouring L's and ``s_k - L_k`` are
+    exponentiated, so the gradient stays exact at any gap between the scores (autograd through
+    ``torch.logcumsumexp`` loses it: d/ds_1 of ListMLE on [0, 1e10] came out 0 instead of 1)."""
+    step = torch.exp(suffix_lse[:, 1:] - suffix_lse[:, :-1])  # in [0, 1]: L is non-increasing
+    E = _linear_scan(torch.cat([step.new_zeros(step.shape[0], 1), step], dim=1))
+    return torch.where(in_list, torch.exp(s_sorted - suffix_lse) * E, torch.zeros_like(E))
+
+
 def _listmle(s, t, answer_ids, valid):
-    """Eq. 6: ``sum_i [logsumexp_{k >= i} s_{R_k} - s_{R_i}]`` over the teacher order R."""
+    """Eq. 6: ``sum_i [logsumexp_{k >= i} s_{R_k} - s_{R_i}]`` over the teacher order R.
+
+    The value is the cumulative log-sum-exp's; the gradient is :func:`_listmle_gradient`'s,
+    attached as ``P * (s - s.detach())`` (exactly 0 in value)."""
     order = _order_desc(t if valid is None else t.masked_fill(~valid, float("-inf")), answer_ids)
     s_sorted = s.gather(1, order)
     n = s.shape[1]
@@ -29,18 +57,23 @@ def _listmle(s, t, answer_ids, valid):
     # logsumexp then gives every suffix sum over valid items only, without -inf (whose
     # logcumsumexp gradient is NaN) and without touching padding.
     reverse = torch.where(positions[None, :] < n_valid, n_valid - 1 - positions[None, :], positions[None, :])
-    suffix_lse = torch.logcumsumexp(s_sorted.gather(1, reverse), dim=1).gather(1, reverse)
+    suffix_lse = torch.logcumsumexp(s_sorted.detach().gather(1, reverse), dim=1).gather(1, reverse)
+    in_list = positions[None, :] < n_valid
     terms = suffix_lse - s_sorted
     if valid is not None:
-        terms = torch.where(positions[None, :] < n_valid, terms, torch.zeros_like(terms))
-    return terms.sum(1)
+        terms = torch.where(in_list, terms, torch.zeros_like(terms))
+    P = _listmle_gradient(s_sorted.detach(), suffix_lse, in_list)
+    return terms.sum(1) + (P * (s_sorted - s_sorted.detach())).sum(1)
 
 
 def _listnet(s, target_logits, valid):
     """Eqs. 7/8: ``-sum_i softmax(target)_i * log_softmax(s)_i``."""
     if valid is not None:
-        target_logits = target_logits.masked_fill(~valid, float("-inf"))
-        s = s.masked_fill(~valid, float("-inf"))
+        # a row without a valid item (every answer masked) keeps its zeroed padding: finite
+        # softmaxes, then log_p = 0 below, so its loss is 0 (not the NaN of an all -inf softmax)
+        hidden = ~valid & valid.any(dim=1, keepdim=True)
+        target_logits = target_logits.masked_fill(hidden, float("-inf"))
+        s = s.masked_fill(hidden, float("-inf"))
     target = torch.softmax(target_logits, dim=1)
     log_p = torch.log_softmax(s, dim=1)
     if valid is not None:

@@ -17,7 +17,8 @@ from .._constants import UNCERTAINTY_EPS
 from .._random import pair_uniform
 from .autograd import fake_outputs, no_autocast, register_precomputed_gradient
 from .sinkhorn_cpu import CPU_ROW_BLOCK_ELEMENTS, SinkhornSolution, chunks, mean_offdiagonal_uncertainty, solve_chunk
-from .teacher import compute_dtype, negligible_uncertainty, teacher_top_k, tie_groups
+from .teacher import (compute_dtype, kernel_lam, negligible_uncertainty, real_units, teacher_top_k, tie_groups,
+                      unit_scale)
 
 # Elements of the materialised K x K kernel of a chunk of samples (32 MB in fp32): samples go
 # through Sinkhorn in chunks that fit (at least one sample per chunk).
@@ -30,9 +31,12 @@ OP_NAME = "radi_fast::pairwise_loss_cpu"
 class PairwiseProblem:
     """One batch of teacher-side quantities on the top-k answers, padded to ``K = max_b K_b``.
 
-    points: centred MC logits ``z`` [B, K, T] (0 on padding); sq: ``||z_i||^2`` [B, K];
-    teacher: teacher scores [B, K]; valid: [B, K] bool; answer_ids: [B, K] column ids in the
-    student's [B, N]; n_valid: [B] K_b; lam: [B]; inv_scale: ``1 / lam_b`` [B].
+    points: centred MC logits ``z`` [B, K, T] (0 on padding), scaled per sample by a power of
+    two so the largest |logit| is in [0.5, 1) (ops/teacher.py ``unit_scale``: exact); sq:
+    ``||z_i||^2`` [B, K]; teacher: teacher scores [B, K]; valid: [B, K] bool; answer_ids: [B, K]
+    column ids in the student's [B, N]; n_valid: [B] K_b; lam: [B] in the caller's units;
+    inv_scale: ``1 / lam`` [B] in the scaled units (the solver's: floored and capped,
+    ``kernel_lam``); unit: [B] the caller's U per scaled U.
     """
 
     points: torch.Tensor
@@ -43,6 +47,7 @@ class PairwiseProblem:
     n_valid: torch.Tensor
     lam: torch.Tensor
     inv_scale: torch.Tensor
+    unit: torch.Tensor
 
     @property
     def T(self) -> int:
@@ -73,24 +78,43 @@ def prepare_pairwise(teacher_mc_logits: torch.Tensor, teacher_logits: Optional[t
     B, T, _ = mc.shape
     gathered = mc.gather(2, order[:, None, :].expand(B, T, order.shape[1]))  # [B, T, K]
     gathered = gathered.masked_fill(~valid[:, None, :], 0)  # padding may be NaN: 0 * NaN would spread it
+    amax = gathered.abs().amax(dim=(1, 2)) if gathered.numel() else gathered.new_zeros(B)
+    factor = unit_scale(amax)  # exact powers of two: the scaled problem has the same bits
+    gathered = gathered * factor.to(dtype)[:, None, None]
     points = (gathered - gathered.mean(dim=1, keepdim=True)).transpose(1, 2).contiguous()
     points = points * valid[:, :, None]
     sq = (points * points).sum(-1)
-    logit_scale = (gathered * valid[:, None, :]).abs().amax(dim=(1, 2)) if gathered.numel() else sq.new_zeros(B)
-    lam_b = auto_lam_from_points(points, sq, n_valid, logit_scale) if lam is None else torch.full((B,), lam, dtype=dtype, device=mc.device)
+    unit = real_units(factor, dtype)
+    if lam is None:
+        lam_k = auto_lam_from_points(points, sq, n_valid, (amax * factor).to(dtype))
+        lam_b = (lam_k.double() / (factor * factor)).clamp(max=torch.finfo(dtype).max).to(dtype)
+        factor = torch.ones_like(factor)
+    else:
+        lam_k = lam_b = torch.full((B,), lam, dtype=torch.float64, device=mc.device)
+    T = points.shape[2]
+    max_cost = 4 * sq.amax(dim=1) / T if sq.numel() else sq.new_zeros(B)  # >= max U (Cauchy-Schwarz)
+    lam_k = kernel_lam(lam_k, factor, max_cost, dtype)
     return PairwiseProblem(points=points, sq=sq, teacher=teacher.gather(1, order), valid=valid, answer_ids=order,
-                           n_valid=n_valid, lam=lam_b, inv_scale=1.0 / lam_b)
+                           n_valid=n_valid, lam=lam_b.to(dtype), inv_scale=1.0 / lam_k, unit=unit)
 
 
 # ----------------------------------------------------------------------------- K x K blocks
-def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice, cols: slice = slice(None)) -> torch.Tensor:
-    """``U[b, i, j] = (s_i + s_j - 2 <z_i, z_j>) / T`` for samples ``s``, rows, columns: [b, r, c].
+def squared_distances(points: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+    """``||z_i - z_j||^2`` for points [b, K, T], rows, columns: [b, r, c], from the direct
+    differences (as the Triton kernel; ``cdist`` without its matrix-product shortcut): exactly 0
+    for identical answers and exactly symmetric, where the norm expansion ``s_i + s_j - 2 <z_i,
+    z_j>`` leaves rounding noise (1.9e-7 for two identical answers, so "uncertainty" margins of
+    1e6 came out 8.4e5)."""
+    d = torch.cdist(points[:, rows], points[:, cols], compute_mode="donot_use_mm_for_euclid_dist")
+    return d.square_()
 
-    Clamped at 0: the expansion can go slightly negative by rounding for close answers. One
-    [b, r, c] allocation: the row norms broadcast into ``baddbmm``, the rest in place.
-    """
-    U = torch.baddbmm(p.sq[s, rows, None], p.points[s, rows], p.points[s, cols].transpose(1, 2), alpha=-2)
-    return U.add_(p.sq[s, None, cols]).clamp_min_(0).div_(p.T)
+
+def uncertainty_block(p: PairwiseProblem, s: slice, rows: slice, cols: slice = slice(None)) -> torch.Tensor:
+    """``U[b, i, j] = ||z_i - z_j||^2 / T`` in the caller's units for samples ``s``, rows, columns:
+    [b, r, c] (direct differences: exact 0 for identical answers, symmetric; may be inf where the
+    caller's U overflows the dtype, which gives the weight 1 / (U + eps) = 0 it rounds to)."""
+    U = squared_distances(p.points[s], rows, cols).div_(p.T)
+    return U.mul_(p.unit[s, None, None])
 
 
 def sinkhorn_log_potentials_cpu(p: PairwiseProblem, max_iter: int, tol: float, s: slice,
@@ -189,16 +213,15 @@ def solve_sinkhorn(p: PairwiseProblem, max_iter: int, tol: float, scheme: str = 
 
 
 def uncertainty_dense(mc_logits: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 densely, [B, T, K] -> U [B, K, K] (diagonal 0), from the centred points: one
-    [B, K, K] allocation (``s_i - 2 <z_i, z_j>``, then ``+ s_j``, clamp, ``/ T`` in place)."""
-    mc = mc_logits.to(compute_dtype(mc_logits))
+    """Eq. 5 densely, [B, T, K] -> U [B, K, K] (diagonal 0), from the direct differences of the
+    centred points (exact 0 for identical answers, symmetric); inf where U overflows the dtype."""
+    dtype = compute_dtype(mc_logits)
+    mc = mc_logits.to(dtype)
+    factor = unit_scale(mc.abs().amax(dim=(1, 2)) if mc.numel() else mc.new_zeros(mc.shape[0]))
+    mc = mc * factor.to(dtype)[:, None, None]  # exact: no overflow of the squares (logits ~1e19 in fp32)
     z = (mc - mc.mean(dim=1, keepdim=True)).transpose(1, 2).contiguous()
-    sq = (z * z).sum(-1)
-    B, K, T = z.shape
-    U = torch.baddbmm(sq[:, :, None], z, z.transpose(1, 2), alpha=-2, out=z.new_empty(B, K, K))
-    U.add_(sq[:, None, :]).clamp_min_(0).div_(T)
-    U.diagonal(dim1=1, dim2=2).zero_()
-    return U
+    U = squared_distances(z, slice(None), slice(None)).div_(z.shape[2])
+    return U.mul_(real_units(factor, dtype)[:, None, None])
 
 
 def sinkhorn_weights_dense(mc_logits: torch.Tensor, lam: Optional[float], max_iter: int, tol: float,

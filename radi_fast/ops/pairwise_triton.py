@@ -21,8 +21,9 @@ from .._random import row_hashes
 from ..kernels import margin_ranking, pairwise_stats, sinkhorn
 from .autograd import fake_outputs, no_autocast, register_precomputed_gradient
 from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_factors
-from .sinkhorn_schemes import LN2, Anderson, Relaxation
-from .teacher import compute_dtype, teacher_top_k, tie_groups
+from .sinkhorn_accel_triton import AndersonLauncher, RelaxationLauncher
+from .sinkhorn_schemes import LN2
+from .teacher import compute_dtype, kernel_lam, negligible_noise, real_units, teacher_top_k, tie_groups, unit_scale
 from .triton_config import TritonConfig, default_config, padded_answers, point_lanes, resolve_split, triton_cdiv
 
 OP_NAME = "radi_fast::pairwise_loss_triton"
@@ -52,10 +53,14 @@ class TritonProblem:
     ``K = min(top_k, N)`` (known without a host sync; samples with fewer valid answers are
     padded). order: [B, K] answer ids in teacher order; valid: [B, K]; n_valid: [B] int64 K_b;
     zb, zs: [B, KP, TP] augmented points ``[y, p, q, 1]`` (fp32: ``Z = zb + zs`` split for
-    3xTF32; fp64: ``zs is zb``), p and q updated in place by Sinkhorn; hs: [B, K]; lam: [B];
-    tie_lo, tie_hi: [B, KP] int32, answer i's teacher tie group ``[tie_lo_i, tie_hi_i)``;
-    n_pairs: [B] |R_p|; mc: the teacher's MC logits (to rebuild Z at another lam); yt: [B, TP, KP]
-    the points y lane-major (only for the "uncertainty" margins, else None).
+    3xTF32; fp64: ``zs is zb``), p and q updated in place by Sinkhorn; hs: [B, K]; lam: [B] in
+    the caller's units; lam_k: [B] in the scaled units the kernels use (floored and capped,
+    ops/teacher.py ``kernel_lam``); unit: [B] the caller's U per scaled U; tie_lo, tie_hi:
+    [B, KP] int32, answer i's teacher tie group ``[tie_lo_i, tie_hi_i)``; n_pairs: [B] |R_p|; mc:
+    [B, T, K] the MC logits of the top-k answers in teacher order, scaled per sample by a power
+    of two so the largest |logit| is in [0.5, 1) (exact; 0 on padding), read by the statistics
+    kernels through ``mc_order`` (the identity) to rebuild Z at another lam; yt: [B, TP, KP] the
+    points y lane-major (only for the "uncertainty" margins, else None).
     """
 
     order: torch.Tensor
@@ -65,12 +70,15 @@ class TritonProblem:
     zs: torch.Tensor
     hs: torch.Tensor
     lam: torch.Tensor
+    lam_k: torch.Tensor
+    unit: torch.Tensor
     tie_lo: torch.Tensor
     tie_hi: torch.Tensor
     n_pairs: torch.Tensor
     T: int
     dtype: torch.dtype
     mc: torch.Tensor
+    mc_order: torch.Tensor
     yt: Optional[torch.Tensor] = None
 
     @property
@@ -99,33 +107,49 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     zs = torch.empty_like(zb) if dtype != torch.float64 else zb
     yt = torch.empty(B, TP, KP, dtype=dtype, device=device) if lane_major else None
     hs = torch.empty(B, K, dtype=dtype, device=device)
-    lam_b = torch.empty(B, dtype=dtype, device=device)
+    lam_k = torch.empty(B, dtype=dtype, device=device)
     n_valid = n_valid.to(torch.int64).contiguous()
     order = order.contiguous()
+    # the top-k MC logits scaled by a power of two per sample (exact; padding 0, it may be NaN):
+    # squares of logits near 1e19 would overflow fp32
+    gathered = mc.gather(2, order[:, None, :].expand(B, T, K)).to(dtype).masked_fill_(~valid[:, None, :], 0)
+    factor = unit_scale(gathered.abs().amax(dim=(1, 2)) if gathered.numel() else gathered.new_zeros(B))
+    gathered = (gathered * factor.to(dtype)[:, None, None]).contiguous()
+    centred = (gathered - gathered.mean(dim=1, keepdim=True)) * valid[:, None, :]
+    max_cost = 4 * (centred * centred).sum(1).amax(dim=1) / T if centred.numel() else gathered.new_zeros(B)
+    mc_order = torch.arange(K, device=device).expand(B, K).contiguous()
     tie = torch.zeros(2, B, KP, dtype=torch.int32, device=device)
     tie_lo, tie_hi, n_pairs = tie_groups(teacher.gather(1, order), valid, n_valid)
     tie[0, :, :K] = tie_lo
     tie[1, :, :K] = tie_hi
-    if lam is not None:
-        lam_b.fill_(lam)
-    p = TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=lam_b, tie_lo=tie[0],
-                      tie_hi=tie[1], n_pairs=n_pairs, T=T, dtype=dtype, mc=mc, yt=yt)
+    unit = real_units(factor, dtype)
+    p = TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=lam_k, lam_k=lam_k,
+                      unit=unit, tie_lo=tie[0], tie_hi=tie[1], n_pairs=n_pairs, T=T, dtype=dtype, mc=gathered,
+                      mc_order=mc_order, yt=yt)
+    if lam is None:
+        if B and K:
+            mean_uncertainty(p, lam_k, cfg)
+        else:
+            lam_k.fill_(1.0)
+        p.lam = (lam_k.double() * unit).clamp(max=torch.finfo(dtype).max).to(dtype)
+        p.lam_k = kernel_lam(lam_k, torch.ones_like(factor), max_cost, dtype)
+    else:
+        p.lam = torch.full((B,), lam, dtype=torch.float64, device=device).clamp(max=torch.finfo(dtype).max).to(dtype)
+        p.lam_k = kernel_lam(torch.full((B,), lam, dtype=torch.float64, device=device), factor, max_cost, dtype)
     if B and K:
-        if lam is None:
-            mean_uncertainty(p, lam_b, cfg)
-        build_points(p, lam_b, cfg)
+        build_points(p, p.lam_k, cfg)
     return p
 
 
 def _stats_args(p: TritonProblem, lam: torch.Tensor):
     mc = p.mc
-    return (mc, mc.stride(0), mc.stride(1), mc.stride(2), p.order, p.order.stride(0), p.n_valid, lam)
+    return (mc, mc.stride(0), mc.stride(1), mc.stride(2), p.mc_order, p.mc_order.stride(0), p.n_valid, lam)
 
 
 def mean_uncertainty(p: TritonProblem, out: torch.Tensor, cfg) -> None:
     """``out`` [B] <- each sample's mean off-diagonal U (1 where it is rounding noise)."""
     B = out.shape[0]
-    pairwise_stats.pairwise_lam_kernel[(B,)](*_stats_args(p, out), torch.finfo(p.dtype).eps, p.T,
+    pairwise_stats.pairwise_lam_kernel[(B,)](*_stats_args(p, out), negligible_noise(p.dtype), p.T,
                                              TP=p.zb.shape[2], BK=cfg.stats_bk, COMPUTE=_tl_dtype(p.dtype),
                                              num_warps=4)
 
@@ -156,8 +180,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K], the number of
     iterations launched and each sample's iterations [B] (int64). Leaves ``p = F - hs`` and
     ``q = G - hs`` in the lanes of Z for the loss kernel. ``scheme``: docs/sinkhorn.md; the
-    accelerated ones act between the half-step kernels (PyTorch on [B, K] tensors, no extra
-    exponentials of pairs).
+    accelerated ones act between the half-step kernels (one per-sample kernel per half-step or
+    iteration, kernels/sinkhorn_accel.py: no extra exponentials of pairs, no host sync).
 
     No host sync per iteration: every ``check_every`` iterations the "any sample still active"
     flag is copied to the host asynchronously and read a few iterations later, once the copy has
@@ -182,7 +206,6 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
     tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
     has_partner = p.n_valid >= 2
-    ok = p.valid & has_partner[:, None]
 
     def half_step(side, pot, prev, nxt):
         sinkhorn.sinkhorn_row_sums_kernel[(B, rb, split)](
@@ -195,30 +218,24 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         coarse, rounds = _coarse_levels(p, F, G, half_step, cfg, max_iter)
         iterations += coarse
         max_iter -= rounds
-    relax = Relaxation(B, p.dtype, device, unit=LN2) if scheme == "overrelaxed" else None
-    relaxed = torch.zeros(B, dtype=torch.bool, device=device)
-    mixer = Anderson(B, K, p.dtype, device) if scheme == "anderson" else None
+    relax = RelaxationLauncher(p, tol_t) if scheme == "overrelaxed" else None
+    mixer = AndersonLauncher(p, tol_t) if scheme == "anderson" else None
     asynchronous = device.type == "cuda"
     poll = tol > 0  # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
     pending = None
     launched = 0
     for it in range(max_iter):
         prev, nxt = delta[it], delta[it + 1]
-        ran = (prev > tol) & has_partner
-        g_start = G.clone() if mixer is not None else None
+        if mixer is not None:
+            mixer.save(G)
         for side, pot in ((0, F), (1, G)):
-            before = pot.clone() if relax is not None else None
+            if relax is not None:
+                relax.save(pot)
             half_step(side, pot, prev, nxt)
-            if relax is not None and not (side == 1 and it == max_iter - 1):  # the last half-step: plain
-                pot.copy_(relax.step(before, pot, ok))
-                write_lanes(p, side, pot)
-        if relax is not None:
-            relaxed |= ran & (relax.omega > 1)
-            relax.observe(nxt, ran)
+            if relax is not None:  # the last half-step stays plain
+                relax.after_half_step(side, pot, prev, nxt, step=not (side == 1 and it == max_iter - 1))
         if mixer is not None and it < max_iter - 1:  # G holds G(F(g_start)); converged samples keep it
-            moved = ran & (nxt > tol)
-            G.copy_(torch.where(moved[:, None], mixer.step(g_start, G, ok), G))
-            write_lanes(p, 1, G)
+            mixer.step(G, prev, nxt)
         launched = it + 1
         if launched >= max_iter:
             break
@@ -239,7 +256,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
                     break
     iterations += ((delta[:launched] > tol).sum(dim=0) * has_partner).to(torch.int64)
     if relax is not None:  # one plain iteration after a relaxed stop (the CPU path's polish)
-        polish = relaxed & (iterations < max_iter)
+        polish = relax.relaxed.bool() & (iterations < max_iter)
         gate = torch.zeros(2, B, dtype=p.dtype, device=device)
         gate[0] = torch.where(polish, float("inf"), 0.0)
         half_step(0, F, gate[0], gate[1])
@@ -256,7 +273,7 @@ def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> tor
     B = F.shape[0]
     mean_u = torch.empty_like(p.lam)
     mean_uncertainty(p, mean_u, cfg)
-    c = coarse_factors(mean_u / p.lam)
+    c = coarse_factors(mean_u / p.lam_k)
     levels = int(math.ceil(math.log2(float(c.max()))))  # the scheme's one host sync
     ran = torch.zeros(B, dtype=torch.int64, device=F.device)
     gate = torch.zeros(SCALING_ITERS_PER_LEVEL + 1, B, dtype=p.dtype, device=F.device)
@@ -265,7 +282,7 @@ def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> tor
         if budget <= 0:
             break
         coarse = (c > 1) & (p.n_valid >= 2)
-        build_points(p, p.lam * c, cfg)
+        build_points(p, p.lam_k * c, cfg)
         write_lanes(p, 0, F)
         write_lanes(p, 1, G)
         gate.zero_()
@@ -282,7 +299,7 @@ def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> tor
         G.mul_((c / c_next)[:, None])
         c = c_next
     if levels:
-        build_points(p, p.lam, cfg)
+        build_points(p, p.lam_k, cfg)
         write_lanes(p, 0, F)
         write_lanes(p, 1, G)
     return ran, max_iter - budget
@@ -312,8 +329,11 @@ def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: st
     if mode == "random":  # computed on the device: a host-to-device copy would synchronise
         rowhash = row_hashes(seed, torch.arange(B, dtype=torch.int64, device=device))
     margin_t = torch.full((1,), margin, dtype=p.dtype, device=device)
+    # MODE 3 turns ||y_i - y_j||^2 back into U with this lam: the caller's units (saturated)
+    lam_u = (p.lam_k.double() * p.unit).clamp(max=torch.finfo(p.dtype).max).to(p.dtype) if mode == "uncertainty" \
+        else p.lam_k
     margin_ranking.margin_ranking_kernel[(B, NB)](
-        p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, p.lam, p.tie_lo, p.tie_hi, student_sorted, ids,
+        p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, lam_u, p.tie_lo, p.tie_hi, student_sorted, ids,
         rowhash, loss_part, cnt, margin_t, K, p.padded, NB, MODE=MODE_IDS[mode], T=p.T, TP=p.zb.shape[2],
         BM=cfg.loss_bm, BN=cfg.loss_bn, SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype), EPS=UNCERTAINTY_EPS,
         num_warps=cfg.loss_warps if mode == "ot" else cfg.loss_warps_other, num_stages=cfg.loss_stages)

@@ -135,17 +135,29 @@ def rank_log_weights(n_remaining: int, scheme: str, alpha: float, *, dtype: torc
     """Unnormalised log-probabilities ``log p_r`` of ranks ``r = 1..n_remaining`` (1-D tensor).
 
     ``"exp"``: ``-alpha * r``; ``"zipf"``: ``-alpha * log r``; ``"random"``: 0. Finite for any
-    ``alpha >= 0``, so even a very peaked law never produces ``-inf`` keys. In float64 these
-    are the compiled op's values bit for bit (its portable logarithm).
+    ``alpha >= 0``: a law so peaked that ``-alpha r`` overflows saturates at the most negative
+    finite number of ``dtype``, so no key is ever ``-inf``; the ranks it saturates tie, and ties
+    go to the lower rank (the limit of the law: the deterministic top ranks). In float64 these
+    are the compiled op's values bit for bit (its portable logarithm, the same saturation).
     """
+    return _saturate(_rank_log_weights64(n_remaining, scheme, alpha, device, first=1)).to(dtype).clamp_min(
+        -torch.finfo(dtype).max)
+
+
+def _saturate(log_w: torch.Tensor) -> torch.Tensor:
+    """``-inf`` (an overflowing ``-alpha r``) -> the most negative finite double (csrc/philox.h)."""
+    return log_w.clamp_min(-torch.finfo(torch.float64).max)
+
+
+def _rank_log_weights64(n_remaining: int, scheme: str, alpha: float, device, first: int) -> torch.Tensor:
+    """float64 ``log p_r`` of ranks 1..n_remaining, for "exp" relative to rank ``1 - first``'s
+    (``first = 1``: ``-alpha r``, the compiled op's; ``first = 0``: ``-alpha (r - 1)``)."""
     ranks = torch.arange(1, n_remaining + 1, dtype=torch.float64, device=device)
     if scheme == "exp":
-        out = -(ranks * alpha)
-    elif scheme == "zipf":
-        out = -(portable_log(ranks) * alpha)
-    else:
-        out = torch.zeros_like(ranks)
-    return out.to(dtype)
+        return -((ranks if first else ranks - 1) * alpha)
+    if scheme == "zipf":
+        return -(portable_log(ranks) * alpha)
+    return torch.zeros_like(ranks)
 
 
 def rank_log_probs(n_remaining: int, scheme: str, alpha: float, *, dtype: torch.dtype = torch.float64,
@@ -155,8 +167,11 @@ def rank_log_probs(n_remaining: int, scheme: str, alpha: float, *, dtype: torch.
     ``p_r`` is the law of the rank (within the remaining list) of the first cold answer; later
     draws renormalise it over the ranks not drawn yet.
     """
-    log_w = rank_log_weights(n_remaining, scheme, alpha, dtype=dtype, device=device)
-    return torch.log_softmax(log_w, dim=0) if n_remaining else log_w
+    # relative to rank 1 (-alpha (r - 1) for "exp"): the law of an alpha whose -alpha r would
+    # saturate everywhere is still p_1 = 1, not uniform
+    log_w = _saturate(_rank_log_weights64(n_remaining, scheme, alpha, device, first=0))
+    out = torch.log_softmax(log_w, dim=0) if n_remaining else log_w
+    return out.to(dtype).clamp_min(-torch.finfo(dtype).max)
 
 
 def cold_keys(scheme: str, alpha: float, seed: IntLike, offset: IntLike, rows: torch.Tensor, m: int) -> torch.Tensor:
@@ -234,6 +249,25 @@ CANDIDATE_MARGIN = 8
 KEY_ERROR = 1e-11
 
 
+def top_keys_lower_rank_first(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """Columns of the ``k`` largest keys of each row, in decreasing key order, ties to the lower
+    column (the compiled op's ``key_before``; ``torch.topk`` orders ties arbitrarily). Ties occur
+    where a very peaked law saturates its log weights (:func:`rank_log_weights`). O(m) per row:
+    one ``topk`` for the k-th key, then the tied keys at it are taken lowest column first."""
+    B, m = keys.shape
+    if k == 0 or m == 0:
+        return keys.new_zeros(B, 0, dtype=torch.int64)
+    kth = torch.topk(keys, k, dim=1, largest=True, sorted=True).values[:, -1:]
+    above = keys > kth
+    tied = keys == kth
+    need = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (torch.cumsum(tied, dim=1) <= need))  # exactly k per row
+    columns = torch.arange(m, 0, -1, device=keys.device)  # m - column: larger for lower columns
+    picked = torch.topk(torch.where(chosen, columns, 0), k, dim=1, sorted=True).indices  # ascending columns
+    order = torch.sort(keys.gather(1, picked), dim=1, descending=True, stable=True).indices
+    return picked.gather(1, order)
+
+
 def cold_ranks(scheme: str, alpha: float, seed: IntLike, offset: IntLike, m: int, m_b: torch.Tensor,
                cold: int) -> torch.Tensor:
     """0-based ranks [B, cold] of the cold draws (Gumbel-top-k of ranks ``1 .. m_b[b]``, in draw
@@ -258,11 +292,14 @@ def cold_ranks(scheme: str, alpha: float, seed: IntLike, offset: IntLike, m: int
     n_cand = cold + CANDIDATE_MARGIN
     if device.type != "cpu" or n_cand >= m:
         keys = exact(u, log_w, beyond)
-        return torch.topk(keys, cold, dim=1, largest=True, sorted=True).indices
+        return top_keys_lower_rank_first(keys, cold)
     approx = (log_w - torch.log(-torch.log(u))).masked_fill_(beyond, float("-inf"))
     cand_keys, cand = torch.topk(approx, n_cand, dim=1, largest=True, sorted=True)
+    # the candidates in rank order, so that a stable sort gives ties to the lower rank
+    cand = torch.sort(cand, dim=1).values
     keys = exact(u.gather(1, cand), log_w.expand(B, m).gather(1, cand), beyond.gather(1, cand))
-    top_keys, top = torch.topk(keys, cold, dim=1, largest=True, sorted=True)
+    top_keys, top = torch.sort(keys, dim=1, descending=True, stable=True)
+    top_keys, top = top_keys[:, :cold], top[:, :cold]
     drawn = cand.gather(1, top)
     cut, kth = cand_keys[:, -1], top_keys[:, -1]
     tolerance = KEY_ERROR * (1.0 + torch.maximum(cut.abs(), kth.abs()).nan_to_num(posinf=0.0))
@@ -270,7 +307,7 @@ def cold_ranks(scheme: str, alpha: float, seed: IntLike, offset: IntLike, m: int
     if not bool(proven.all()):  # the CPU: a host read costs nothing here
         redo = torch.nonzero(~proven).flatten()
         full = exact(u[redo], log_w, beyond[redo])
-        drawn[redo] = torch.topk(full, cold, dim=1, largest=True, sorted=True).indices
+        drawn[redo] = top_keys_lower_rank_first(full, cold)
     return drawn
 
 

@@ -48,28 +48,39 @@ class SinkhornSolution:
     of W's row and column sums against 1 (None unless asked for).
     """
 
-    f: torch.Tensor
-    g: torch.Tensor
+    f_folded: torch.Tensor
+    g_folded: torch.Tensor
     kernel: torch.Tensor
     plain: bool
     shift: torch.Tensor
     iterations: torch.Tensor
     marginal_error: Optional[torch.Tensor] = None
 
+    @property
+    def f(self) -> torch.Tensor:
+        return self.f_folded + self.shift
+
+    @property
+    def g(self) -> torch.Tensor:
+        return self.g_folded + self.shift
+
     def folded(self):
-        """The potentials that pair with ``kernel``: ``f - shift``, ``g - shift``."""
-        return self.f - self.shift, self.g - self.shift
+        """The potentials that pair with ``kernel``: ``f - shift``, ``g - shift``, kept as the
+        iterations left them (recomputing them from ``f`` would round at the magnitude of the
+        shift: at a small lam, errors of many units in the exponent, W entries of 1e13)."""
+        return self.f_folded, self.g_folded
 
     def weights(self, rows: slice, cols: slice, scale: float = 1.0) -> torch.Tensor:
-        """``scale * W`` for rows and columns, [b, r, c], a fresh tensor (one allocation)."""
+        """``scale * W`` for rows and columns, [b, r, c], a fresh tensor (one allocation), at
+        most ``scale``: a doubly stochastic W is in [0, 1], the clamp only removes rounding."""
         f, g = self.folded()
         if self.plain:
             u, v = torch.exp(f[:, rows, None]), torch.exp(g[:, None, cols])
             if scale != 1.0:
                 u = u * scale
-            return torch.mul(self.kernel[:, rows, cols], u).mul_(v)
+            return torch.mul(self.kernel[:, rows, cols], u).mul_(v).clamp_max_(scale)
         W = torch.add(self.kernel[:, rows, cols], f[:, rows, None]).add_(g[:, None, cols]).exp_()
-        return W.mul_(scale) if scale != 1.0 else W
+        return W.mul_(scale).clamp_max_(scale) if scale != 1.0 else W.clamp_max_(1.0)
 
 
 def chunks(total: int, size: int, start: int = 0):
@@ -279,5 +290,5 @@ def solve_chunk(points, sq, inv_lam, n_valid, valid, max_iter: int, tol: float, 
     f, g, iterations = iterate(step, pinned.clone(), pinned.clone(), has_partner.clone(), max_iter, tol, scheme,
                                levels)
     error = marginal_error(step, f, g) if with_error else None
-    return SinkhornSolution(f=f + shift, g=g + shift, kernel=G, plain=plain, shift=shift, iterations=iterations,
+    return SinkhornSolution(f_folded=f, g_folded=g, kernel=G, plain=plain, shift=shift, iterations=iterations,
                             marginal_error=error)

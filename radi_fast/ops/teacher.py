@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from .._constants import NEGLIGIBLE_FACTOR
 from .._validation import valid_mask
 
 
@@ -34,7 +35,7 @@ def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, valid: Optional[torc
     if pad_to_top_k:
         K = min(top_k, N)
     else:
-        K = min(top_k, N if mask is None else int(k_b.max())) if B else 0
+        K = min(top_k, N) if mask is None else (min(top_k, int(k_b.max())) if B else 0)
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :K]
     valid = torch.arange(K, device=keys.device)[None, :] < k_b[:, None]
     return order, valid, k_b
@@ -52,5 +53,43 @@ def tie_groups(teacher_sorted: torch.Tensor, valid: torch.Tensor, n_valid: torch
 
 
 def negligible_uncertainty(logit_scale, dtype: torch.dtype):
-    """Variances below this are rounding noise of logits of magnitude ``logit_scale``."""
-    return 64 * (torch.finfo(dtype).eps * logit_scale) ** 2
+    """Variances below this are rounding noise of logits of magnitude ``logit_scale`` (the one
+    threshold of both backends: kernels/pairwise_stats.py receives ``NEGLIGIBLE_FACTOR eps^2``)."""
+    return NEGLIGIBLE_FACTOR * (torch.finfo(dtype).eps * logit_scale) ** 2
+
+
+def negligible_noise(dtype: torch.dtype) -> float:
+    """``NEGLIGIBLE_FACTOR eps^2``: the threshold per squared logit scale (the Triton kernel's argument)."""
+    return NEGLIGIBLE_FACTOR * torch.finfo(dtype).eps ** 2
+
+
+# ----------------------------------------------------------------------------- scale (docs/numerics.md)
+# The largest cost U/lam that Sinkhorn is given, per compute dtype: the log-domain terms have
+# rounding errors of about eps times the largest cost, so past this bound W would drift from
+# doubly stochastic. A smaller lam is solved at this bound: every cost gap the dtype resolves
+# then weighs at least exp(-MAX_COST * eps) apart, so W is already the hard assignment there.
+MAX_COST = {torch.float32: 2.0 ** 14, torch.float64: 2.0 ** 32}
+
+
+def unit_scale(logit_scale: torch.Tensor) -> torch.Tensor:
+    """Per sample the power of two ``2^-e`` that brings the largest |logit| into [0.5, 1) (1 for
+    0 or non-finite): multiplying by it is exact, so the scaled problem has the same bits, but
+    squares and sums of squares can no longer overflow (logits near 1e19 in fp32)."""
+    ok = torch.isfinite(logit_scale) & (logit_scale > 0)
+    _, e = torch.frexp(torch.where(ok, logit_scale, torch.ones_like(logit_scale)).double())
+    return torch.where(ok, torch.pow(2.0, -e.double()), torch.ones_like(logit_scale, dtype=torch.float64))
+
+
+def kernel_lam(lam: torch.Tensor, factor: torch.Tensor, max_cost_bound: torch.Tensor, dtype: torch.dtype):
+    """lam in the scaled units (``lam factor^2``, computed in float64) that the solver uses, [B]:
+    at least ``max_cost_bound / MAX_COST`` (``max_cost_bound >= max_ij U_ij`` in scaled units) and
+    at most the dtype's largest number, so ``U / lam`` and ``1 / lam`` stay finite at any lam."""
+    scaled = lam.double() * factor * factor
+    floor = max_cost_bound.double() / MAX_COST[dtype]
+    big = torch.finfo(dtype).max
+    return torch.maximum(scaled, floor).clamp(min=torch.finfo(dtype).tiny, max=big).to(dtype)
+
+
+def real_units(factor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``1 / factor^2`` in ``dtype``, saturated at its largest number (U = scaled U x this)."""
+    return (1.0 / (factor * factor)).clamp(max=torch.finfo(dtype).max).to(dtype)

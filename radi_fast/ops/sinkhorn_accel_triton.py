@@ -1,0 +1,85 @@
+"""Launchers of the accelerated Sinkhorn schemes' kernels (``kernels/sinkhorn_accel.py``): the
+state of ``sinkhorn_schemes.Relaxation`` / ``Anderson`` as device tensors, one launch per
+half-step (relaxation) or per iteration (Anderson), no host sync.
+
+``p`` is the Triton path's problem (``pairwise_triton.TritonProblem``: Z, hs, n_valid, dtype);
+potentials are its base-2 ``F``, ``G`` [B, K].
+"""
+from __future__ import annotations
+
+import torch
+
+from ..kernels import sinkhorn_accel
+from .sinkhorn_schemes import ANDERSON_MEMORY, OMEGA_MAX, RIDGE
+
+BLOCK = 256  # answers per step of the per-sample loops
+
+
+def _tl(dtype: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _launch_common(p):
+    B, K = p.hs.shape
+    return dict(T=p.T, TP=p.zb.shape[2], SPLIT=p.split, COMPUTE=_tl(p.dtype), BLOCK=BLOCK), B, K
+
+
+class RelaxationLauncher:
+    """Over-relaxation with the Lyapunov safeguard and the adaptive omega, on the device."""
+
+    def __init__(self, p, tol_t: torch.Tensor):
+        B, device, dtype = p.hs.shape[0], p.hs.device, p.dtype
+        self.p, self.tol_t = p, tol_t
+        self.omega = torch.ones(B, dtype=dtype, device=device)
+        self.previous = torch.full((B,), float("inf"), dtype=dtype, device=device)
+        self.last_ratio = torch.full((B,), float("nan"), dtype=dtype, device=device)
+        self.rho = torch.zeros(B, dtype=dtype, device=device)
+        self.rejected = torch.zeros(B, dtype=torch.int32, device=device)
+        self.relaxed = torch.zeros(B, dtype=torch.int32, device=device)
+        self.omega_max = torch.full((1,), OMEGA_MAX, dtype=dtype, device=device)
+        self.before = torch.empty_like(p.hs)
+
+    def save(self, pot: torch.Tensor) -> None:
+        """Keep the potential before its plain half-step."""
+        self.before.copy_(pot)
+
+    def after_half_step(self, side: int, pot, prev, nxt, step: bool) -> None:
+        """Relax the half-step just taken (when ``step``); after the G side, adapt omega."""
+        p = self.p
+        meta, B, K = _launch_common(p)
+        sinkhorn_accel.sinkhorn_relax_kernel[(B,)](
+            p.zb, p.zs, p.hs, p.n_valid, self.before, pot, prev, nxt, self.tol_t, self.omega, self.previous,
+            self.last_ratio, self.rho, self.rejected, self.relaxed, self.omega_max, K, p.padded,
+            SIDE=side, STEP=step, OBSERVE=side == 1, num_warps=4, **meta)
+
+
+class AndersonLauncher:
+    """Anderson acceleration (memory ``ANDERSON_MEMORY``) of ``g -> G(F(g))`` on the device."""
+
+    def __init__(self, p, tol_t: torch.Tensor, memory: int = ANDERSON_MEMORY):
+        B, K = p.hs.shape
+        device, dtype = p.hs.device, p.dtype
+        self.p, self.tol_t, self.m = p, tol_t, memory
+        self.X = torch.zeros(B, memory + 1, K, dtype=dtype, device=device)
+        self.R = torch.zeros(B, memory + 1, K, dtype=dtype, device=device)
+        self.count = torch.zeros(B, dtype=torch.int64, device=device)
+        self.best = torch.full((B,), float("inf"), dtype=dtype, device=device)
+        self.start = torch.empty_like(p.hs)
+        self.ridge = torch.full((1,), RIDGE, dtype=torch.float64, device=device)
+        self.steps = 0
+
+    def save(self, g: torch.Tensor) -> None:
+        self.start.copy_(g)
+
+    def step(self, G: torch.Tensor, prev, nxt) -> None:
+        """Replace ``G = G(F(start))`` by the extrapolated iterate where the sample moved."""
+        p = self.p
+        meta, B, K = _launch_common(p)
+        head = (self.steps + 1) % (self.m + 1)  # the oldest slot once this step's entry is written
+        mp = 1 << max(self.m, 1).bit_length()  # a power of two > m
+        sinkhorn_accel.sinkhorn_anderson_kernel[(B,)](
+            p.zb, p.zs, p.hs, p.n_valid, self.start, G, prev, nxt, self.tol_t, self.X, self.R, self.count,
+            self.best, self.ridge, K, p.padded, head, M=self.m, MP=mp, num_warps=4, **meta)
+        self.steps += 1
