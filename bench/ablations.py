@@ -1,9 +1,9 @@
-"""Does RADI help, and when? (issue 14) The paper's Table 3 ablations, KD + RADI, and label scarcity,
+"""Does RADI help, and when? The paper's Table 3 ablations, KD + RADI, and label scarcity,
 on the synthetic benchmark, over >= 5 seeds, with paired differences and 95% t-intervals.
 
     python bench/ablations.py --jobs 2                 # the whole (trimmed) grid of the committed results: 20 cells
                                                        # x 5 seeds, 2 trainer processes; resumable: rerun it
-    python bench/ablations.py --full --jobs 2          # the whole grid issue 14 describes (44 cells, ~2.5x the time)
+    python bench/ablations.py --full --jobs 2          # the whole planned grid (44 cells, ~2.5x the time)
     python bench/ablations.py --list                   # the cells, their comparators and command lines; runs nothing
     python bench/ablations.py --cells p_uniform        # one cell, all seeds (and its comparators: here radi_p, kd)
     python bench/ablations.py --cells p_uniform --seeds 0 --list   # ... or its plain python -m radi_fast.train command
@@ -93,7 +93,7 @@ MAIN_TEACHER_EPOCHS = 10  # the teacher (and individual) epochs of BASE: the tra
 # NDCG-Loss2++ 0.21 (19.5)), rounded to one significant digit. RADI-L's own weight is 1.
 LIST_LOSS_WEIGHTS = {"listmle": 0.01, "stlistnet": 1.0, "ranknet": 0.001, "ndcg_loss2pp": 0.2}
 
-# What the time budget cut from the grid the issue describes: these cells are defined (``--full``
+# What the time budget cut from the planned grid: these cells are defined (``--full``
 # runs them) but were not run for the committed results. The machine gave the run ~0.6 of a core
 # (other developers' jobs), so the first full attempt (every cell below but the mean-matched margins
 # and hot 200 / cold 5) was stopped after 12 minutes and the grid cut to what fits ~an hour.
@@ -137,7 +137,7 @@ class Cell:
 
 
 # the order of training: RADI-P/RADI-L themselves, the combined objectives and the label/teacher
-# settings for every seed first (the questions of issue 14: does RADI help over KD, and when?), then
+# settings for every seed first (the main questions: does RADI help over KD, and when?), then
 # Table 3's ablations among RADI variants, then the finer grids (--full). A run cut short leaves the
 # later phases with fewer seeds, and the report says so.
 PHASES = (("reference", "combined", "labels", "teacher"), ("margin_modes", "sampling"),
@@ -164,7 +164,7 @@ GROUPS = {
 
 def build_grid(tiny: bool = False, full: bool = False):
     """The settings and cells: by default the trimmed grid of the committed results; ``full``: the
-    whole grid of issue 14 (TRIMMED says what it adds); ``tiny``: the same structure, fewer cells,
+    whole planned grid (TRIMMED says what it adds); ``tiny``: the same structure, fewer cells,
     a toy benchmark."""
     base = TINY if tiny else BASE
     te = 2 if tiny else MAIN_TEACHER_EPOCHS
@@ -340,12 +340,12 @@ def environment() -> dict:
             "backend": radi_fast.backend_info()}
 
 
-def git_last_change(path: str) -> str:
-    """The last commit that changed ``path`` (the trainer's code is the same across the commits the
-    grid's invocations ran at when this predates them all)."""
+def git_last_change(path: str, commit: str = "HEAD") -> str:
+    """The last commit up to ``commit`` that changed ``path`` (the trainer's code is the same across
+    the commits the grid's invocations ran at when this predates them all)."""
     try:
-        return subprocess.run(["git", "log", "-1", "--format=%H", "--", path], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", "log", "-1", "--format=%H", commit or "HEAD", "--", path], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
     except Exception:
         return ""
 
@@ -567,7 +567,7 @@ def write_json(grid: dict, seeds, runs: str, json_path: str, argv, ledger: dict)
     settings, cells = build_grid(grid["tiny"], grid.get("full", False))
     cells = [c for c in cells if c.id in grid["cells"]]
     settings = {k: v for k, v in settings.items() if any(c.setting == k for c in cells)}
-    meta = {"issue": 14, "argv": list(argv), "seeds": list(seeds), "base_flags": TINY if grid["tiny"] else BASE,
+    meta = {"argv": list(argv), "seeds": list(seeds), "base_flags": TINY if grid["tiny"] else BASE,
             "main_teacher_epochs": 2 if grid["tiny"] else MAIN_TEACHER_EPOCHS, "trimmed": TRIMMED,
             "cells_per_call": CELLS_PER_CALL, "written": now(),
             # the code that trained: the environment when the run started (later commits change nothing trained)
@@ -576,7 +576,7 @@ def write_json(grid: dict, seeds, runs: str, json_path: str, argv, ledger: dict)
             "cpu_seconds_trainer_calls": sum(e["cpu_seconds"] for e in ledger["calls"]),
             "jobs": max((i["jobs"] for i in ledger["invocations"]), default=1), "ledger": ledger,
             "training_commits": [i.get("commit") for i in ledger["invocations"]],
-            "radi_fast_last_change": git_last_change("radi_fast"),
+            "radi_fast_last_change": git_last_change("radi_fast", (grid.get("environment") or {}).get("commit")),
             "timing_note": ("wall_seconds: over every invocation of this script on these --runs folders, from its "
                             "start to its last finished trainer call (an invocation killed midway counts up to "
                             "its last finished call); cpu_seconds_trainer_calls: the sum of the trainer calls' "
@@ -605,7 +605,7 @@ def parse(argv):
                    help="only gather the finished cells of the chosen grid into <out>/ablations.json (no training)")
     p.add_argument("--report", action="store_true", help="only rewrite the report and plots from <out>/ablations.json")
     p.add_argument("--no-report", action="store_true", help="write ablations.json but not the Markdown and plots")
-    p.add_argument("--full", action="store_true", help="the whole grid of issue 14, with the cells TRIMMED lists "
+    p.add_argument("--full", action="store_true", help="the whole planned grid, with the cells TRIMMED lists "
                    "(about 2.5x the CPU time of the committed grid)")
     p.add_argument("--tiny", action="store_true", help="a toy benchmark and fewer cells (seconds; for the test)")
     return p.parse_args(argv)

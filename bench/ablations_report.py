@@ -1,4 +1,4 @@
-"""docs/results.md and the PNG plots from bench/results/ablations.json (issue 14).
+"""docs/results.md and the PNG plots from bench/results/ablations.json.
 
     python bench/ablations_report.py                 # the default paths
     python bench/ablations_report.py --json J --docs D --img DIR
@@ -111,7 +111,7 @@ def markdown(rep: dict, img_rel: str, old_text: str = "") -> str:
     lines = [
         "# Does RADI help, and when? Ablations on the synthetic benchmark",
         "",
-        f"Issue 14. **{n_cells} cells x {n_seeds} seeds** (seeds {', '.join(map(str, meta['seeds']))}) in "
+        f"**{n_cells} cells x {n_seeds} seeds** (seeds {', '.join(map(str, meta['seeds']))}) in "
         f"{len(rep['settings'])} trainer settings, trained by `python bench/ablations.py {' '.join(trained_by)}` "
         "(resumed across the invocations below; `--collect` gathered the JSON, `--report` wrote this page and the "
         f"plots) on {env['machine']}, torch {env['torch']}, radi_fast {env['radi_fast']}, one thread per trainer "
@@ -135,7 +135,7 @@ def markdown(rep: dict, img_rel: str, old_text: str = "") -> str:
         "default (teacher and individual initialisation 10 epochs, 1,000 validation and 1,000 test questions). Its "
         "models are weaker than the default run's"
         + (f" (the teacher's test Acc@1 {main_teacher['acc1']:.1f} here against 24.3 at full size)" if main_teacher
-           else "") + ". Cut from the grid the issue describes: " + "; ".join(meta.get("trimmed", [])) + ".",
+           else "") + ". Cut from the planned grid: " + "; ".join(meta.get("trimmed", [])) + ".",
         "",
         "**Statistics.** " + rep["statistics"][0].upper() + rep["statistics"][1:] + ". "
         "Absolute numbers are test means ± the half-width of their 95% t-interval over seeds; "

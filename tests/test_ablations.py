@@ -1,4 +1,4 @@
-"""bench/ablations.py (issue 14): the statistics against known values, and a seconds-long grid run
+"""bench/ablations.py: the statistics against known values, and a seconds-long grid run
 end to end (resumable, every cell reproducible from ``python -m radi_fast.train`` flags, report)."""
 import json
 import math
