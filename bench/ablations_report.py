@@ -232,6 +232,17 @@ def markdown(rep: dict, img_rel: str, old_text: str = "") -> str:
     return "\n".join(lines)
 
 
+def save_figure(fig, img_dir: str, name: str) -> str:
+    """Lay out, write as a 110-dpi PNG and close ``fig``; its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = os.path.join(img_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(rep: dict, img_dir: str) -> List[str]:
     import matplotlib
 
@@ -280,11 +291,7 @@ def plots(rep: dict, img_dir: str) -> List[str]:
             bars(ax, pids, key, title)
         axes[0][0].legend(fontsize=8)
         fig.suptitle(GROUPS[g], fontsize=11)
-        fig.tight_layout()
-        path = os.path.join(img_dir, f"ablation_{g}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, img_dir, f"ablation_{g}.png"))
 
     # gain over KD against label scarcity and teacher quality
     def curve_points(group, scheme):
@@ -335,11 +342,7 @@ def plots(rep: dict, img_dir: str) -> List[str]:
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes[0].legend(fontsize=8)
         fig.suptitle(GROUPS[group], fontsize=11)
-        fig.tight_layout()
-        path = os.path.join(img_dir, f"gain_vs_{group}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, img_dir, f"gain_vs_{group}.png"))
 
     # the summary (README): the main schemes vs KD; gain vs labels; gain vs teacher epochs
     main = [i for i in ("baseline", "radi_p", "radi_l") if i in cells]
@@ -372,11 +375,7 @@ def plots(rep: dict, img_dir: str) -> List[str]:
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = os.path.join(img_dir, "ablations_summary.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_figure(fig, img_dir, "ablations_summary.png"))
     return written
 
 

@@ -356,26 +356,25 @@ class RadiL(Scheme):
         return c.radi_l_alpha * rank, {"rank": rank.detach()}
 
 
-class KDRadiP(RadiP):
+class _PlusKD:
+    """Adds vanilla KD (weight ``kd_alpha``) to a ranking scheme's extra term (a mixin before it)."""
+
+    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
+        rank, parts = super().extra(logits, targets, teacher_logits, teacher_mc, generator)
+        kd, kd_parts = KD.extra(self, logits, targets, teacher_logits, teacher_mc, generator)
+        return kd + rank, {**kd_parts, **parts}
+
+
+class KDRadiP(_PlusKD, RadiP):
     """Vanilla KD plus RADI-P, each with its own weight (``kd_alpha``, ``radi_p_alpha``) and settings."""
 
     name = "kd_radi_p"
 
-    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
-        rank, parts = super().extra(logits, targets, teacher_logits, teacher_mc, generator)
-        kd, kd_parts = KD.extra(self, logits, targets, teacher_logits, teacher_mc, generator)
-        return kd + rank, {**kd_parts, **parts}
 
-
-class KDRadiL(RadiL):
+class KDRadiL(_PlusKD, RadiL):
     """Vanilla KD plus RADI-L, each with its own weight (``kd_alpha``, ``radi_l_alpha``) and settings."""
 
     name = "kd_radi_l"
-
-    def extra(self, logits, targets, teacher_logits, teacher_mc, generator):
-        rank, parts = super().extra(logits, targets, teacher_logits, teacher_mc, generator)
-        kd, kd_parts = KD.extra(self, logits, targets, teacher_logits, teacher_mc, generator)
-        return kd + rank, {**kd_parts, **parts}
 
 
 SCHEMES = {s.name: s for s in (Baseline, LabelSmoothing, PseudoLabel, KD, DKD, CTKD, RadiP, RadiL, KDRadiP, KDRadiL)}
