@@ -72,6 +72,30 @@ def test_samples_stop_on_their_own(scheme):
         torch.testing.assert_close(W[b:b + 1], Wb, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_small_budget_is_each_samples_own(scheme, backend):
+    # max_iter caps each sample's own iterations (epsilon-scaling's coarse levels included): with
+    # a budget too small to converge, a sample's loss and count are those of its run alone, and
+    # the two backends agree (a scale-1 sample beside one needing many coarse levels)
+    if backend == "triton":
+        pytest.importorskip("triton")
+    mc = make_mc(3, 4, 40, seed=2) * torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64)[:, None, None]
+    s = torch.randn(3, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    kw = dict(lam=0.05, max_iter=30, tol=1e-9, sinkhorn=scheme, reduction="none", return_info=True)
+    loss, info = radi_fast.radi_pairwise_loss(s, mc, backend=backend, **kw)
+    assert int(info.iterations.max()) == 30  # the budget binds
+    for b in range(3):
+        loss_b, info_b = radi_fast.radi_pairwise_loss(s[b:b + 1], mc[b:b + 1], backend=backend, **kw)
+        slack = 3 if scheme == "overrelaxed" else 0
+        assert abs(int(info_b.iterations[0]) - int(info.iterations[b])) <= slack
+        torch.testing.assert_close(loss[b:b + 1], loss_b, rtol=1e-6, atol=1e-9)
+    if backend == "triton":
+        ref, ref_info = radi_fast.radi_pairwise_loss(s, mc, backend="torch", **kw)
+        torch.testing.assert_close(loss[0], ref[0], rtol=1e-7, atol=1e-9)  # a moderate sample: same run
+        assert (info.iterations - ref_info.iterations).abs().max() <= 2
+
+
 def test_auto_is_plain_at_the_auto_lam_and_for_a_fixed_budget():
     assert resolve_sinkhorn("auto", None, 1e-5) == "plain"
     assert resolve_sinkhorn("auto", 0.3, 0.0) == "plain"

@@ -214,10 +214,11 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
             p.zb, p.zs, p.hs, p.n_valid, pot, part, prev, nxt, tol_t, K, KP, split, G_SIDE=side,
             WRITE_DELTA=side == 1, **window, **common)
 
+    cap = None  # "scaling": each sample's iterations left after its own coarse phase
     if scheme == "scaling":
-        coarse, rounds = _coarse_levels(p, F, G, half_step, cfg, max_iter)
+        coarse = _coarse_levels(p, F, G, half_step, cfg, max_iter)
         iterations += coarse
-        max_iter -= rounds
+        cap = max_iter - coarse
     relax = RelaxationLauncher(p, tol_t) if scheme == "overrelaxed" else None
     mixer = AndersonLauncher(p, tol_t) if scheme == "anderson" else None
     asynchronous = device.type == "cuda"
@@ -226,6 +227,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     launched = 0
     for it in range(max_iter):
         prev, nxt = delta[it], delta[it + 1]
+        if cap is not None:
+            prev.masked_fill_(cap <= it, 0.0)  # out of budget: frozen like a converged sample
         if mixer is not None:
             mixer.save(G)
         for side, pot in ((0, F), (1, G)):
@@ -269,7 +272,8 @@ def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> tor
     """Epsilon-scaling's coarse phase (the CPU path's ``_scaling``): at each level ``lam * c``, c
     halving from ``mean(U) / lam`` to 1 per sample, up to ``SCALING_ITERS_PER_LEVEL`` iterations
     until the plain step is below ``SCALING_LEVEL_TOL``; potentials kept in cost units. Leaves Z
-    at ``lam`` with the lanes of (F, G); returns the iterations each sample ran and the budget used."""
+    at ``lam`` with the lanes of (F, G); returns the iterations each sample ran (each within its
+    own ``max_iter``: a sample's budget does not depend on the others in the batch)."""
     B = F.shape[0]
     mean_u = torch.empty_like(p.lam)
     mean_uncertainty(p, mean_u, cfg)
@@ -277,23 +281,18 @@ def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> tor
     levels = int(math.ceil(math.log2(float(c.max()))))  # the scheme's one host sync
     ran = torch.zeros(B, dtype=torch.int64, device=F.device)
     gate = torch.zeros(SCALING_ITERS_PER_LEVEL + 1, B, dtype=p.dtype, device=F.device)
-    budget = max_iter
     for _ in range(levels):
-        if budget <= 0:
-            break
-        coarse = (c > 1) & (p.n_valid >= 2)
+        coarse = (c > 1) & (p.n_valid >= 2) & (ran < max_iter)
         build_points(p, p.lam_k * c, cfg)
         write_lanes(p, 0, F)
         write_lanes(p, 1, G)
         gate.zero_()
         gate[0] = torch.where(coarse, float("inf"), 0.0)
-        n = min(SCALING_ITERS_PER_LEVEL, budget)
-        for it in range(n):  # a sample leaves the level once its plain step is small enough
+        for it in range(SCALING_ITERS_PER_LEVEL):  # a sample leaves the level once its plain step is small
             half_step(0, F, gate[it], gate[it + 1])
             half_step(1, G, gate[it], gate[it + 1])
             ran += (gate[it] > 0).to(torch.int64)
-            gate[it + 1] = torch.where(gate[it + 1] > SCALING_LEVEL_TOL, gate[it + 1], 0.0)
-        budget -= n
+            gate[it + 1] = torch.where((gate[it + 1] > SCALING_LEVEL_TOL) & (ran < max_iter), gate[it + 1], 0.0)
         c_next = (c / 2).clamp(min=1)
         F.mul_((c / c_next)[:, None])
         G.mul_((c / c_next)[:, None])
@@ -302,7 +301,7 @@ def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> tor
         build_points(p, p.lam_k, cfg)
         write_lanes(p, 0, F)
         write_lanes(p, 1, G)
-    return ran, max_iter - budget
+    return ran
 
 
 def sorted_student(student_logits: torch.Tensor, p: TritonProblem) -> torch.Tensor:

@@ -169,7 +169,8 @@ def _freeze(active, delta, tol, iterations):
     return active & (delta > tol)
 
 
-def _plain(step, f, g, active, max_iter, tol, ok, iterations, levels):
+def _plain(step, f, g, active, max_iter, tol, ok, iterations, levels, cap=None):
+    """Algorithm 1; ``cap`` [b]: each sample's own budget (at most ``max_iter``)."""
     for _ in range(max_iter):
         if not bool(active.any()):
             break
@@ -179,6 +180,8 @@ def _plain(step, f, g, active, max_iter, tol, ok, iterations, levels):
         keep = active[:, None]
         f, g = torch.where(keep, f_new, f), torch.where(keep, g_new, g)
         active = _freeze(active, delta, tol, iterations)
+        if cap is not None:
+            active &= iterations < cap
     return f, g, iterations
 
 
@@ -228,28 +231,29 @@ def _anderson(step, f, g, active, max_iter, tol, ok, iterations, levels):
 
 def _scaling(step, f, g, active, max_iter, tol, ok, iterations, levels):
     c = levels.clone()  # per sample, >= 1: the current lam / the target lam
-    budget = max_iter
-    while bool((c > 1).any()) and bool(active.any()) and budget > 0:
+    # every sample counts its own iterations against max_iter, coarse levels included, whatever
+    # the other samples of the batch need (the Triton path does the same, sync-free)
+    while bool((active & (c > 1)).any()):
         coarse = active & (c > 1)
         inv_c = torch.where(coarse, 1 / c, torch.ones_like(c))
-        level_active = coarse.clone()
-        n = min(SCALING_ITERS_PER_LEVEL, budget)
-        for _ in range(n):  # solve the level loosely
+        level_active = coarse & (iterations < max_iter)
+        for _ in range(SCALING_ITERS_PER_LEVEL):  # solve the level loosely
+            if not bool(level_active.any()):
+                break
             f_new = step(g, inv_c)
             g_new = step(f_new, inv_c)
             delta = masked_max_abs(g_new - g, ok)
             keep = level_active[:, None]
             f, g = torch.where(keep, f_new, f), torch.where(keep, g_new, g)
             iterations += level_active.to(iterations.dtype)
-            level_active &= delta > SCALING_LEVEL_TOL
-            if not bool(level_active.any()):
-                break
-        budget -= n  # a whole level's budget, whoever finished early (as the Triton path, sync-free)
+            level_active &= (delta > SCALING_LEVEL_TOL) & (iterations < max_iter)
         # next level: lam halves; the potentials in cost units (lam f) are kept
         c_next = torch.where(coarse, (c / 2).clamp(min=1), c)
         f, g = f * (c / c_next)[:, None], g * (c / c_next)[:, None]
         c = c_next
-    f, g, more = _plain(step, f, g, active, budget, tol, ok, torch.zeros_like(iterations), None)
+    cap = max_iter - iterations
+    f, g, more = _plain(step, f, g, active & (cap > 0), int(cap.max()) if cap.numel() else 0, tol, ok,
+                        torch.zeros_like(iterations), None, cap)
     return f, g, iterations + more
 
 
