@@ -178,7 +178,7 @@ setup(
     install_requires=["numpy", "tqdm"],
     extras_require={
         # triton runs the kernel tests on the CPU under TRITON_INTERPRET=1 (Linux wheels only)
-        "test": ["pytest", "pytest-benchmark", "scipy", "numpy", "triton; platform_system == 'Linux'",
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "numpy", "triton; platform_system == 'Linux'",
                  "matplotlib", "pot"],
         "triton": ["triton"],
         "bench": ["pytest-benchmark", "matplotlib", "pot", "geomloss"],
