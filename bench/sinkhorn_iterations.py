@@ -165,6 +165,8 @@ def docs_section(result, gpu=None):
     for c in sorted(result["cases"], key=lambda c: (c["K"], -c["factor"])):
         lines.append(f"| {c['K']} | {c['factor']:g} | " + " | ".join(_cell(c["providers"].get(n), max_iter)
                                                                       for n in cols) + " |")
+    if result.get("notes"):
+        lines += ["", "Notes on this run:", ""] + [f"- {note}" for note in result["notes"]]
     lines += ["", "Targets:", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {name}" for name, ok in result["targets"].items()]
     if gpu:
