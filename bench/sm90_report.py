@@ -141,7 +141,7 @@ def kernel_specs():
         loss(f"test_margin_ranking_ot_{bn}x{bm}", c, 0)
     # the accelerated Sinkhorn schemes' per-sample kernels (kernels/sinkhorn_accel.py)
     from radi_fast.kernels import sinkhorn_accel
-    from radi_fast.ops.sinkhorn_accel_triton import BLOCK
+    from radi_fast.ops.sinkhorn_accel_triton import BLOCK, history_rows
     from radi_fast.ops.sinkhorn_schemes import ANDERSON_MEMORY
 
     relax_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "before_ptr": "*fp32",
@@ -155,7 +155,7 @@ def kernel_specs():
                     "x_ptr": "*fp32", "r_ptr": "*fp32", "count_ptr": "*i64", "best_ptr": "*fp32", "ridge_ptr": "*fp64",
                     "K": "i32", "KP": "i32", "head": "i32", "T": "constexpr", "TP": "constexpr", "SPLIT": "constexpr",
                     "COMPUTE": "constexpr", "M": "constexpr", "MP": "constexpr", "BLOCK": "constexpr"}
-    mp = 1 << ANDERSON_MEMORY.bit_length()
+    mp = history_rows(ANDERSON_MEMORY)
     for fp64 in (False, True):
         suffix, compute = ("_fp64", f64) if fp64 else ("", f32)
         as64 = lambda sig: {k: ("*fp64" if v == "*fp32" else v) for k, v in sig.items()} if fp64 else sig  # noqa: E731

@@ -24,17 +24,11 @@ from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_fac
 from .sinkhorn_accel_triton import AndersonLauncher, RelaxationLauncher
 from .sinkhorn_schemes import LN2
 from .teacher import compute_dtype, kernel_lam, negligible_noise, real_units, teacher_top_k, tie_groups, unit_scale
-from .triton_config import TritonConfig, default_config, padded_answers, point_lanes, resolve_split, triton_cdiv
+from .triton_config import TritonConfig, compute_tl_dtype, default_config, padded_answers, point_lanes, resolve_split, triton_cdiv
 
 OP_NAME = "radi_fast::pairwise_loss_triton"
 PAD_LOGIT = -1e30  # kernels/common.py's padding logit
 MODE_IDS = {"ot": 0, "uniform": 1, "random": 2, "uncertainty": 3}
-
-
-def _tl_dtype(dtype: torch.dtype):
-    import triton.language as tl
-
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def check_device(t: torch.Tensor) -> None:
@@ -150,7 +144,7 @@ def mean_uncertainty(p: TritonProblem, out: torch.Tensor, cfg) -> None:
     """``out`` [B] <- each sample's mean off-diagonal U (1 where it is rounding noise)."""
     B = out.shape[0]
     pairwise_stats.pairwise_lam_kernel[(B,)](*_stats_args(p, out), negligible_noise(p.dtype), p.T,
-                                             TP=p.zb.shape[2], BK=cfg.stats_bk, COMPUTE=_tl_dtype(p.dtype),
+                                             TP=p.zb.shape[2], BK=cfg.stats_bk, COMPUTE=compute_tl_dtype(p.dtype),
                                              num_warps=4)
 
 
@@ -160,7 +154,7 @@ def build_points(p: TritonProblem, lam: torch.Tensor, cfg) -> None:
     KP, TP = p.padded, p.zb.shape[2]
     pairwise_stats.pairwise_points_kernel[(B, KP // cfg.stats_bk)](
         *_stats_args(p, lam), p.zb, p.zs, p.zb if p.yt is None else p.yt, p.hs, K, KP, p.T, TP=TP, BK=cfg.stats_bk,
-        SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype), LANE_MAJOR=p.yt is not None, num_warps=4)
+        SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype), LANE_MAJOR=p.yt is not None, num_warps=4)
 
 
 def write_lanes(p: TritonProblem, side: int, pot: torch.Tensor) -> None:
@@ -201,7 +195,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     split = resolve_split(cfg, B * rb, device)
     part = torch.empty(split, B, K, dtype=p.dtype, device=device)
     KP, TP = p.padded, p.zb.shape[2]
-    common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype),
+    common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
                   num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
     window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
     tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
@@ -334,7 +328,7 @@ def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: st
     margin_ranking.margin_ranking_kernel[(B, NB)](
         p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, lam_u, p.tie_lo, p.tie_hi, student_sorted, ids,
         rowhash, loss_part, cnt, margin_t, K, p.padded, NB, MODE=MODE_IDS[mode], T=p.T, TP=p.zb.shape[2],
-        BM=cfg.loss_bm, BN=cfg.loss_bn, SPLIT=p.split, COMPUTE=_tl_dtype(p.dtype), EPS=UNCERTAINTY_EPS,
+        BM=cfg.loss_bm, BN=cfg.loss_bn, SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype), EPS=UNCERTAINTY_EPS,
         num_warps=cfg.loss_warps if mode == "ot" else cfg.loss_warps_other, num_stages=cfg.loss_stages)
     n_pairs = p.n_pairs.to(p.dtype)
     scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))

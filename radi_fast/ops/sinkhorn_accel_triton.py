@@ -10,20 +10,20 @@ from __future__ import annotations
 import torch
 
 from ..kernels import sinkhorn_accel
-from .sinkhorn_schemes import ANDERSON_MEMORY, OMEGA_MAX, RIDGE
+from .sinkhorn_schemes import ANDERSON_MEMORY, OMEGA_MAX, RIDGE, Anderson, Relaxation
+from .triton_config import compute_tl_dtype
 
 BLOCK = 256  # answers per step of the per-sample loops
 
 
-def _tl(dtype: torch.dtype):
-    import triton.language as tl
-
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def history_rows(memory: int) -> int:
+    """Rows of the Anderson kernel's history tiles: a power of two above the memory."""
+    return 1 << max(memory, 1).bit_length()
 
 
 def _launch_common(p):
     B, K = p.hs.shape
-    return dict(T=p.T, TP=p.zb.shape[2], SPLIT=p.split, COMPUTE=_tl(p.dtype), BLOCK=BLOCK), B, K
+    return dict(T=p.T, TP=p.zb.shape[2], SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype), BLOCK=BLOCK), B, K
 
 
 class RelaxationLauncher:
@@ -32,11 +32,9 @@ class RelaxationLauncher:
     def __init__(self, p, tol_t: torch.Tensor):
         B, device, dtype = p.hs.shape[0], p.hs.device, p.dtype
         self.p, self.tol_t = p, tol_t
-        self.omega = torch.ones(B, dtype=dtype, device=device)
-        self.previous = torch.full((B,), float("inf"), dtype=dtype, device=device)
-        self.last_ratio = torch.full((B,), float("nan"), dtype=dtype, device=device)
-        self.rho = torch.zeros(B, dtype=dtype, device=device)
-        self.rejected = torch.zeros(B, dtype=torch.int32, device=device)
+        start = Relaxation(B, dtype, device)  # one definition of the initial state; updated in place
+        self.omega, self.previous, self.last_ratio, self.rho = start.omega, start.previous, start.last_ratio, start.rho
+        self.rejected = start.rejected.to(torch.int32)
         self.relaxed = torch.zeros(B, dtype=torch.int32, device=device)
         self.omega_max = torch.full((1,), OMEGA_MAX, dtype=dtype, device=device)
         self.before = torch.empty_like(p.hs)
@@ -62,10 +60,8 @@ class AndersonLauncher:
         B, K = p.hs.shape
         device, dtype = p.hs.device, p.dtype
         self.p, self.tol_t, self.m = p, tol_t, memory
-        self.X = torch.zeros(B, memory + 1, K, dtype=dtype, device=device)
-        self.R = torch.zeros(B, memory + 1, K, dtype=dtype, device=device)
-        self.count = torch.zeros(B, dtype=torch.int64, device=device)
-        self.best = torch.full((B,), float("inf"), dtype=dtype, device=device)
+        start = Anderson(B, K, dtype, device, memory)  # the initial state has one definition
+        self.X, self.R, self.count, self.best = start.X, start.R, start.count, start.best
         self.start = torch.empty_like(p.hs)
         self.ridge = torch.full((1,), RIDGE, dtype=torch.float64, device=device)
         self.steps = 0
@@ -78,8 +74,7 @@ class AndersonLauncher:
         p = self.p
         meta, B, K = _launch_common(p)
         head = (self.steps + 1) % (self.m + 1)  # the oldest slot once this step's entry is written
-        mp = 1 << max(self.m, 1).bit_length()  # a power of two > m
         sinkhorn_accel.sinkhorn_anderson_kernel[(B,)](
             p.zb, p.zs, p.hs, p.n_valid, self.start, G, prev, nxt, self.tol_t, self.X, self.R, self.count,
-            self.best, self.ridge, K, p.padded, head, M=self.m, MP=mp, num_warps=4, **meta)
+            self.best, self.ridge, K, p.padded, head, M=self.m, MP=history_rows(self.m), num_warps=4, **meta)
         self.steps += 1

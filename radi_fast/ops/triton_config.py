@@ -7,6 +7,13 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 
+def compute_tl_dtype(dtype: torch.dtype):
+    """The Triton compute dtype of a torch compute dtype (fp64 stays fp64, the rest is fp32)."""
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 @dataclass(frozen=True)
 class TritonConfig:
     """Tile sizes and launch parameters. ``sink_*``: Sinkhorn row-sum kernel (its update kernel
