@@ -108,13 +108,16 @@ def test_auto_is_plain_at_the_auto_lam_and_for_a_fixed_budget():
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_loss_with_each_scheme_matches_the_reference(scheme):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_loss_with_each_scheme_matches_the_reference(scheme, backend):
+    if backend == "triton":
+        pytest.importorskip("triton")
     mc = make_mc(2, 5, 60, seed=11)
     lam = float(sample_mean_u(mc).mean()) * 0.1
     student = torch.randn(2, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     s = student.clone().requires_grad_(True)
     loss, info = radi_fast.radi_pairwise_loss(s, mc, lam=lam, tol=1e-11, max_iter=5000, reduction="none",
-                                              sinkhorn=scheme, return_info=True)
+                                              sinkhorn=scheme, return_info=True, backend=backend)
     (grad,) = torch.autograd.grad(loss.sum(), s)
     s_ref = student.clone().requires_grad_(True)
     ref = R.radi_pairwise_loss_literal(s_ref, mc, lam=lam, tol=1e-11, max_iter=5000, reduction="none")
