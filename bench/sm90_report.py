@@ -150,10 +150,10 @@ def kernel_specs():
                  "rejected_ptr": "*i32", "relaxed_ptr": "*i32", "omega_max_ptr": "*fp32", "K": "i32", "KP": "i32",
                  "T": "constexpr", "TP": "constexpr", "SIDE": "constexpr", "SPLIT": "constexpr",
                  "COMPUTE": "constexpr", "STEP": "constexpr", "OBSERVE": "constexpr", "BLOCK": "constexpr"}
-    anderson_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "start_ptr": "*fp32",
-                    "pot_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol_ptr": "*fp32",
-                    "x_ptr": "*fp32", "r_ptr": "*fp32", "count_ptr": "*i64", "best_ptr": "*fp32", "ridge_ptr": "*fp64",
-                    "K": "i32", "KP": "i32", "head": "i32", "T": "constexpr", "TP": "constexpr", "SPLIT": "constexpr",
+    anderson_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "x_ptr": "*fp32",
+                    "y_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol_ptr": "*fp32",
+                    "hx_ptr": "*fp32", "hr_ptr": "*fp32", "count_ptr": "*i64", "best_ptr": "*fp32", "ridge_ptr": "*fp64",
+                    "K": "i32", "KP": "i32", "head": "i32", "last": "i32", "T": "constexpr", "TP": "constexpr", "SPLIT": "constexpr",
                     "COMPUTE": "constexpr", "M": "constexpr", "MP": "constexpr", "BLOCK": "constexpr"}
     mp = history_rows(ANDERSON_MEMORY)
     for fp64 in (False, True):

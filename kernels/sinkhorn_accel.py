@@ -101,105 +101,123 @@ def _history_rows(hist_ptr, b, slots, head, rows, m, K, newest,
     return lo, hi
 
 
-@triton.jit(do_not_specialize=["head"])  # one compiled variant for every ring position
+@triton.jit(do_not_specialize=["head", "last"])  # one compiled variant for every ring position
 def sinkhorn_anderson_kernel(
-    zb_ptr, zs_ptr, hs_ptr,  # Z [B, KP, TP] (the q lane is rewritten), hs [B, K]
+    zb_ptr, zs_ptr, hs_ptr,  # Z [B, KP, TP] (the p and q lanes are rewritten), hs [B, K]
     nvalid_ptr,  # [B] int64 K_b
-    start_ptr,  # [B, K] g before the iteration
-    pot_ptr,  # [B, K] in: G(F(g)); out: the extrapolated g where the sample moved
-    prev_delta_ptr, next_delta_ptr, tol_ptr,  # [B], [B], [1]
-    x_ptr, r_ptr,  # [B, M + 1, K] ring buffers of iterates and residuals
+    x_ptr,  # [B, K] G: in the iterate x; out: the extrapolated x, or F(x) - c once converged
+    y_ptr,  # [B, K] F: in F(x); out: F(x) - c once converged (else unchanged)
+    prev_delta_ptr, next_delta_ptr, tol_ptr,  # [B], [B] (written: max |r| in nats), [1]
+    hx_ptr, hr_ptr,  # [B, M + 1, K] ring buffers of iterates and residuals
     count_ptr,  # [B] int64 usable history length
     best_ptr,  # [B] smallest residual norm so far
     ridge_ptr,  # [1] float64 Tikhonov weight relative to the trace
     K, KP, head,  # head: physical slot of the oldest entry after this step
+    last,  # 1 on the budget's last half-step: every active sample ends on (F(x) - c, F(x) - c)
     T: tl.constexpr, TP: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr,
     M: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """``Anderson.step`` for sample ``program_id(0)``; the result is kept where the sample ran this
-    iteration and has not converged (``prev > tol``, ``next > tol``), as the PyTorch loop does."""
+    """``Anderson.step`` for sample ``program_id(0)`` when it is active (``prev > tol``, K_b >= 2);
+    a frozen sample is left as it is."""
     b = tl.program_id(0).to(tl.int64)
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
-    kb_ok = tl.where(kb >= 2, kb, 0)  # the entries that take part
     tol = tl.load(tol_ptr)
-    moved = (tl.load(prev_delta_ptr + b) > tol) & (kb >= 2) & (tl.load(next_delta_ptr + b) > tol)
-    newest_phys = (head + M) % (M + 1)
-    # pass 1: the residual r = map(g) - g, its norm, the newest history entries
-    sq = tl.zeros([BLOCK], COMPUTE)
-    for i0 in range(0, K, BLOCK):
-        rows = i0 + tl.arange(0, BLOCK)
-        inside = rows < K
-        m = rows < kb_ok
-        g = tl.load(start_ptr + b * K + rows, mask=inside, other=0.0)
-        r = tl.where(m, tl.load(pot_ptr + b * K + rows, mask=inside, other=0.0) - g, 0.0)
-        sq += r * r
-        tl.store(x_ptr + (b * (M + 1) + newest_phys) * K + rows, g, mask=inside)
-        tl.store(r_ptr + (b * (M + 1) + newest_phys) * K + rows, r, mask=inside)
-    norm = tl.sqrt(tl.sum(sq, axis=0))
-    best = tl.load(best_ptr + b)
-    count = tl.load(count_ptr + b)
-    count = tl.where(norm > 2 * best, 0, count)
-    tl.store(best_ptr + b, tl.minimum(best, norm))
-    count = tl.minimum(count + 1, M + 1)
-    tl.store(count_ptr + b, count)
-    slots = tl.arange(0, MP)
-    usable = (slots >= M + 1 - count) & (slots < M)
-    # pass 2: the normal equations of the residual-difference fit, in float64
-    A = tl.zeros([MP, MP], tl.float64)
-    rhs = tl.zeros([MP], tl.float64)
-    for i0 in range(0, kb_ok, BLOCK):
-        rows = i0 + tl.arange(0, BLOCK)
-        m = rows < kb_ok
-        g = tl.load(start_ptr + b * K + rows, mask=m, other=0.0)
-        r = tl.where(m, tl.load(pot_ptr + b * K + rows, mask=m, other=0.0) - g, 0.0)
-        lo, hi = _history_rows(r_ptr, b, slots, head, rows, m, K, r, M, MP)
-        dR = tl.where(usable[:, None], hi - lo, 0.0).to(tl.float64)
-        rhs += tl.sum(dR * r.to(tl.float64)[None, :], axis=1)
-        for j in tl.static_range(M):
-            dRj = tl.sum(tl.where(slots[:, None] == j, dR, 0.0), axis=0)
-            A += tl.where(slots[None, :] == j, tl.sum(dR * dRj[None, :], axis=1)[:, None], 0.0)
-    diag = slots[:, None] == slots[None, :]
-    trace = tl.sum(tl.sum(tl.where(diag, A, 0.0), axis=1), axis=0)
-    ridge = tl.load(ridge_ptr) * trace + tl.full((), 2.2250738585072014e-308, tl.float64)  # fp64's tiny
-    A = A + tl.where(diag, tl.where(slots[:, None] < M, ridge, 1.0), 0.0)
-    # Gauss-Jordan on the small symmetric positive definite system (no pivoting needed)
-    for k in tl.static_range(M):
-        row_k = tl.sum(tl.where(slots[:, None] == k, A, 0.0), axis=0)
-        col_k = tl.sum(tl.where(slots[None, :] == k, A, 0.0), axis=1)
-        pivot = tl.sum(tl.where(slots == k, row_k, 0.0), axis=0)
-        b_k = tl.sum(tl.where(slots == k, rhs, 0.0), axis=0)
-        factor = tl.where(slots == k, 0.0, col_k / pivot)
-        A = A - factor[:, None] * row_k[None, :]
-        rhs = rhs - factor * b_k
-        A = tl.where(slots[:, None] == k, row_k[None, :] / pivot, A)
-        rhs = tl.where(slots == k, b_k / pivot, rhs)
-    gamma = tl.where(slots < M, rhs, 0.0).to(COMPUTE)
-    if moved:
-        # pass 3: the extrapolated iterate's mean over the valid answers (the gauge); pass 4: store
+    if (tl.load(prev_delta_ptr + b) > tol) & (kb >= 2):
+        newest_phys = (head + M) % (M + 1)
+        # pass 0: the scale fix c, mean_i 2^(x_i + c - (y_i - c)) = 1 (a max, then the sum)
+        run_max = tl.full([BLOCK], float("-inf"), COMPUTE)
+        for i0 in range(0, kb, BLOCK):
+            rows = i0 + tl.arange(0, BLOCK)
+            m = rows < kb
+            d = tl.load(x_ptr + b * K + rows, mask=m, other=0.0) - tl.load(y_ptr + b * K + rows, mask=m, other=0.0)
+            run_max = tl.maximum(run_max, tl.where(m, d, float("-inf")))
+        top = tl.max(run_max, axis=0)
         total = tl.zeros([BLOCK], COMPUTE)
-        for i0 in range(0, kb_ok, BLOCK):
+        for i0 in range(0, kb, BLOCK):
             rows = i0 + tl.arange(0, BLOCK)
-            m = rows < kb_ok
-            nxt = _extrapolated(start_ptr, pot_ptr, x_ptr, r_ptr, b, slots, usable, gamma, newest_phys, head, rows,
-                                m, K, M, MP)
-            total += tl.where(m, nxt, 0.0)
-        centre = tl.sum(total, axis=0) / tl.maximum(kb_ok, 1).to(COMPUTE)
-        for i0 in range(0, kb_ok, BLOCK):
+            m = rows < kb
+            d = tl.load(x_ptr + b * K + rows, mask=m, other=0.0) - tl.load(y_ptr + b * K + rows, mask=m, other=0.0)
+            total += tl.where(m, tl.exp((d - top) * LN2), 0.0)
+        c = -0.5 * (top + tl.log(tl.sum(total, axis=0) / kb.to(COMPUTE)) / LN2)
+        # pass 1: the residual r = (y - c) - (x + c), its norms, the newest history entries
+        sq = tl.zeros([BLOCK], COMPUTE)
+        big = tl.zeros([BLOCK], COMPUTE)
+        for i0 in range(0, kb, BLOCK):
             rows = i0 + tl.arange(0, BLOCK)
-            m = rows < kb_ok
-            nxt = _extrapolated(start_ptr, pot_ptr, x_ptr, r_ptr, b, slots, usable, gamma, newest_phys, head, rows,
-                                m, K, M, MP) - centre
-            tl.store(pot_ptr + b * K + rows, nxt, mask=m)
-            store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, nxt, m, K, KP, T, TP, 1, SPLIT)
+            m = rows < kb
+            x, r = _shifted(x_ptr, y_ptr, b, rows, m, K, c)
+            sq += r * r
+            big = tl.maximum(big, tl.abs(r))
+            tl.store(hx_ptr + (b * (M + 1) + newest_phys) * K + rows, x, mask=m)
+            tl.store(hr_ptr + (b * (M + 1) + newest_phys) * K + rows, r, mask=m)
+        delta = tl.max(big, axis=0) * LN2
+        tl.store(next_delta_ptr + b, delta)
+        norm = tl.sqrt(tl.sum(sq, axis=0))
+        best = tl.load(best_ptr + b)
+        count = tl.load(count_ptr + b)
+        restart = norm > 2 * best
+        count = tl.where(restart, 0, count)
+        tl.store(best_ptr + b, tl.where(restart, norm, tl.minimum(best, norm)))
+        count = tl.minimum(count + 1, M + 1)
+        tl.store(count_ptr + b, count)
+        if (delta <= tol) | (last != 0):  # converged (or out of budget): the pair (y - c, y - c)
+            for i0 in range(0, kb, BLOCK):
+                rows = i0 + tl.arange(0, BLOCK)
+                m = rows < kb
+                y = tl.load(y_ptr + b * K + rows, mask=m, other=0.0) - c
+                tl.store(y_ptr + b * K + rows, y, mask=m)
+                tl.store(x_ptr + b * K + rows, y, mask=m)
+                store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, y, m, K, KP, T, TP, 0, SPLIT)
+                store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, y, m, K, KP, T, TP, 1, SPLIT)
+        else:
+            slots = tl.arange(0, MP)
+            usable = (slots >= M + 1 - count) & (slots < M)
+            # pass 2: the normal equations of the residual-difference fit, in float64
+            A = tl.zeros([MP, MP], tl.float64)
+            rhs = tl.zeros([MP], tl.float64)
+            for i0 in range(0, kb, BLOCK):
+                rows = i0 + tl.arange(0, BLOCK)
+                m = rows < kb
+                x, r = _shifted(x_ptr, y_ptr, b, rows, m, K, c)
+                lo, hi = _history_rows(hr_ptr, b, slots, head, rows, m, K, r, M, MP)
+                dR = tl.where(usable[:, None], hi - lo, 0.0).to(tl.float64)
+                rhs += tl.sum(dR * r.to(tl.float64)[None, :], axis=1)
+                for j in tl.static_range(M):
+                    dRj = tl.sum(tl.where(slots[:, None] == j, dR, 0.0), axis=0)
+                    A += tl.where(slots[None, :] == j, tl.sum(dR * dRj[None, :], axis=1)[:, None], 0.0)
+            diag = slots[:, None] == slots[None, :]
+            trace = tl.sum(tl.sum(tl.where(diag, A, 0.0), axis=1), axis=0)
+            ridge = tl.load(ridge_ptr) * trace + tl.full((), 2.2250738585072014e-308, tl.float64)  # fp64's tiny
+            A = A + tl.where(diag, tl.where(slots[:, None] < M, ridge, 1.0), 0.0)
+            # Gauss-Jordan on the small symmetric positive definite system (no pivoting needed)
+            for k in tl.static_range(M):
+                row_k = tl.sum(tl.where(slots[:, None] == k, A, 0.0), axis=0)
+                col_k = tl.sum(tl.where(slots[None, :] == k, A, 0.0), axis=1)
+                pivot = tl.sum(tl.where(slots == k, row_k, 0.0), axis=0)
+                b_k = tl.sum(tl.where(slots == k, rhs, 0.0), axis=0)
+                factor = tl.where(slots == k, 0.0, col_k / pivot)
+                A = A - factor[:, None] * row_k[None, :]
+                rhs = rhs - factor * b_k
+                A = tl.where(slots[:, None] == k, row_k[None, :] / pivot, A)
+                rhs = tl.where(slots == k, b_k / pivot, rhs)
+            gamma = tl.where(slots < M, rhs, 0.0).to(COMPUTE)
+            # pass 3: x + r - sum_j gamma_j (dX_j + dR_j)
+            for i0 in range(0, kb, BLOCK):
+                rows = i0 + tl.arange(0, BLOCK)
+                m = rows < kb
+                x, r = _shifted(x_ptr, y_ptr, b, rows, m, K, c)
+                xlo, xhi = _history_rows(hx_ptr, b, slots, head, rows, m, K, x, M, MP)
+                rlo, rhi = _history_rows(hr_ptr, b, slots, head, rows, m, K, r, M, MP)
+                d = tl.where(usable[:, None], (xhi - xlo) + (rhi - rlo), 0.0)
+                nxt = x + r - tl.sum(d * gamma[:, None], axis=0)
+                tl.store(x_ptr + b * K + rows, nxt, mask=m)
+                store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, nxt, m, K, KP, T, TP, 1, SPLIT)
 
 
 @triton.jit
-def _extrapolated(start_ptr, pot_ptr, x_ptr, r_ptr, b, slots, usable, gamma, newest_phys, head, rows, m, K,
-                  M: tl.constexpr, MP: tl.constexpr):
-    """``g + r - sum_j gamma_j (dX_j + dR_j)`` on ``rows`` (before centring)."""
-    g = tl.load(start_ptr + b * K + rows, mask=m, other=0.0)
-    r = tl.where(m, tl.load(pot_ptr + b * K + rows, mask=m, other=0.0) - g, 0.0)
-    xlo, xhi = _history_rows(x_ptr, b, slots, head, rows, m, K, g, M, MP)
-    rlo, rhi = _history_rows(r_ptr, b, slots, head, rows, m, K, r, M, MP)
-    d = tl.where(usable[:, None], (xhi - xlo) + (rhi - rlo), 0.0)
-    return g + r - tl.sum(d * gamma[:, None], axis=0)
+def _shifted(x_ptr, y_ptr, b, rows, m, K, c):
+    """``(x + c, (y - c) - (x + c))`` on ``rows`` (0 outside the sample's answers)."""
+    x = tl.load(x_ptr + b * K + rows, mask=m, other=0.0)
+    y = tl.load(y_ptr + b * K + rows, mask=m, other=0.0)
+    x = tl.where(m, x + c, 0.0)
+    return x, tl.where(m, (y - c) - x, 0.0)

@@ -66,10 +66,14 @@ def test_samples_stop_on_their_own(scheme):
         Wb, info_b = radi_fast.sinkhorn_margin_weights(mc[b:b + 1], lam=lam, max_iter=3000, tol=1e-9,
                                                        sinkhorn=scheme, return_info=True)
         # a batch may take the log domain where a sample alone takes the plain one: rounding
-        # differs, and over-relaxation's discrete choices (stability of the rate, the safeguard) with it
-        slack = 3 if scheme == "overrelaxed" else 0
-        assert abs(int(info_b.iterations[0]) - int(info.iterations[b])) <= slack
-        torch.testing.assert_close(W[b:b + 1], Wb, rtol=1e-7, atol=1e-12)
+        # differs, and over-relaxation's discrete choices (stability of the rate, the safeguard)
+        # with it, and Anderson's count where it creeps to the tolerance (sample 1: 743 vs 746)
+        n = int(info.iterations[b])
+        slack = {"overrelaxed": 3, "anderson": n // 100}.get(scheme, 0)
+        assert abs(int(info_b.iterations[0]) - n) <= slack
+        # runs that stop on different iterations agree to the tolerance (1e-9), not to rounding
+        atol = 1e-9 if slack else 1e-12
+        torch.testing.assert_close(W[b:b + 1], Wb, rtol=1e-7, atol=atol)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

@@ -174,8 +174,10 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K], the number of
     iterations launched and each sample's iterations [B] (int64). Leaves ``p = F - hs`` and
     ``q = G - hs`` in the lanes of Z for the loss kernel. ``scheme``: docs/sinkhorn.md; the
-    accelerated ones act between the half-step kernels (one per-sample kernel per half-step or
-    iteration, kernels/sinkhorn_accel.py: no extra exponentials of pairs, no host sync).
+    accelerated ones act between the half-step kernels (one per-sample kernel per half-step,
+    kernels/sinkhorn_accel.py: no extra exponentials of pairs, no host sync). Anderson iterates
+    the symmetric half-step map: F = F(x) from the iterate x in G, then its kernel writes the next
+    x into G (or, once converged, F = G = the last half-step); "iterations" count half-steps / 2.
 
     No host sync per iteration: every ``check_every`` iterations the "any sample still active"
     flag is copied to the host asynchronously and read a few iterations later, once the copy has
@@ -186,7 +188,9 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     device = p.hs.device
     F = torch.zeros(B, K, dtype=p.dtype, device=device)
     G = torch.zeros(B, K, dtype=p.dtype, device=device)
-    delta = torch.zeros(max_iter + 1, B, dtype=p.dtype, device=device)
+    # Anderson runs half-steps of the symmetric map (docs/sinkhorn.md): two per iteration of budget
+    steps = 2 * max_iter if scheme == "anderson" else max_iter
+    delta = torch.zeros(steps + 1, B, dtype=p.dtype, device=device)
     delta[0] = float("inf")
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
     if not (B and K):
@@ -219,22 +223,22 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     poll = tol > 0  # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
     pending = None
     launched = 0
-    for it in range(max_iter):
+    for it in range(steps):
         prev, nxt = delta[it], delta[it + 1]
         if cap is not None:
             prev.masked_fill_(cap <= it, 0.0)  # out of budget: frozen like a converged sample
-        if mixer is not None:
-            mixer.save(G)
-        for side, pot in ((0, F), (1, G)):
-            if relax is not None:
-                relax.save(pot)
-            half_step(side, pot, prev, nxt)
-            if relax is not None:  # the last half-step stays plain
-                relax.after_half_step(side, pot, prev, nxt, step=not (side == 1 and it == max_iter - 1))
-        if mixer is not None and it < max_iter - 1:  # G holds G(F(g_start)); converged samples keep it
-            mixer.step(G, prev, nxt)
+        if mixer is not None:  # F = F(x) from the iterate x in G, then the mixer's step
+            half_step(0, F, prev, nxt)
+            mixer.step(G, F, prev, nxt, last=it == steps - 1)
+        else:
+            for side, pot in ((0, F), (1, G)):
+                if relax is not None:
+                    relax.save(pot)
+                half_step(side, pot, prev, nxt)
+                if relax is not None:  # the last half-step stays plain
+                    relax.after_half_step(side, pot, prev, nxt, step=not (side == 1 and it == max_iter - 1))
         launched = it + 1
-        if launched >= max_iter:
+        if launched >= steps:
             break
         if pending is not None and (not asynchronous or pending[1].query()):
             if not bool(pending[0]):
@@ -251,7 +255,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
             else:
                 if not bool(flag):
                     break
-    iterations += ((delta[:launched] > tol).sum(dim=0) * has_partner).to(torch.int64)
+    ran = ((delta[:launched] > tol).sum(dim=0) * has_partner).to(torch.int64)
+    iterations += (ran + 1) // 2 if mixer is not None else ran  # Anderson: half-steps / 2, rounded up
     if relax is not None:  # one plain iteration after a relaxed stop (the CPU path's polish)
         polish = relax.relaxed.bool() & (iterations < max_iter)
         gate = torch.zeros(2, B, dtype=p.dtype, device=device)
@@ -259,7 +264,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         half_step(0, F, gate[0], gate[1])
         half_step(1, G, gate[0], gate[1])
         iterations += polish.to(torch.int64)
-    return F, G, launched, iterations
+    return F, G, (launched + 1) // 2 if mixer is not None else launched, iterations
 
 
 def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> torch.Tensor:

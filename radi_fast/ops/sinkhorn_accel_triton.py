@@ -1,6 +1,6 @@
 """Launchers of the accelerated Sinkhorn schemes' kernels (``kernels/sinkhorn_accel.py``): the
 state of ``sinkhorn_schemes.Relaxation`` / ``Anderson`` as device tensors, one launch per
-half-step (relaxation) or per iteration (Anderson), no host sync.
+half-step, no host sync.
 
 ``p`` is the Triton path's problem (``pairwise_triton.TritonProblem``: Z, hs, n_valid, dtype);
 potentials are its base-2 ``F``, ``G`` [B, K].
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import sinkhorn_accel
-from .sinkhorn_schemes import ANDERSON_MEMORY, OMEGA_MAX, RIDGE, Anderson, Relaxation
+from .sinkhorn_schemes import ANDERSON_MEMORY, LN2, OMEGA_MAX, RIDGE, Anderson, Relaxation
 from .triton_config import compute_tl_dtype
 
 BLOCK = 256  # answers per step of the per-sample loops
@@ -54,27 +54,26 @@ class RelaxationLauncher:
 
 
 class AndersonLauncher:
-    """Anderson acceleration (memory ``ANDERSON_MEMORY``) of ``g -> G(F(g))`` on the device."""
+    """Anderson acceleration (memory ``ANDERSON_MEMORY``) of the symmetric half-step map
+    ``x -> F(x)`` on the device: the iterate lives in G (the q lane), its half-step in F."""
 
     def __init__(self, p, tol_t: torch.Tensor, memory: int = ANDERSON_MEMORY):
         B, K = p.hs.shape
         device, dtype = p.hs.device, p.dtype
         self.p, self.tol_t, self.m = p, tol_t, memory
-        start = Anderson(B, K, dtype, device, memory)  # the initial state has one definition
+        start = Anderson(B, K, dtype, device, memory, unit=LN2)  # the initial state has one definition
         self.X, self.R, self.count, self.best = start.X, start.R, start.count, start.best
-        self.start = torch.empty_like(p.hs)
         self.ridge = torch.full((1,), RIDGE, dtype=torch.float64, device=device)
         self.steps = 0
 
-    def save(self, g: torch.Tensor) -> None:
-        self.start.copy_(g)
-
-    def step(self, G: torch.Tensor, prev, nxt) -> None:
-        """Replace ``G = G(F(start))`` by the extrapolated iterate where the sample moved."""
+    def step(self, G: torch.Tensor, F: torch.Tensor, prev, nxt, last: bool = False) -> None:
+        """For every active sample (``prev > tol``): ``nxt`` = its residual's max (nats); G = the
+        extrapolated iterate, or, once converged or when ``last``, F = G = F(x) - c."""
         p = self.p
         meta, B, K = _launch_common(p)
         head = (self.steps + 1) % (self.m + 1)  # the oldest slot once this step's entry is written
         sinkhorn_accel.sinkhorn_anderson_kernel[(B,)](
-            p.zb, p.zs, p.hs, p.n_valid, self.start, G, prev, nxt, self.tol_t, self.X, self.R, self.count,
-            self.best, self.ridge, K, p.padded, head, M=self.m, MP=history_rows(self.m), num_warps=4, **meta)
+            p.zb, p.zs, p.hs, p.n_valid, G, F, prev, nxt, self.tol_t, self.X, self.R, self.count,
+            self.best, self.ridge, K, p.padded, head, int(last), M=self.m, MP=history_rows(self.m), num_warps=4,
+            **meta)
         self.steps += 1

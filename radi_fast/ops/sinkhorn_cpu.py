@@ -3,15 +3,18 @@
 The rank-one parts of the cost fold into the potentials (docs/design.md): the chunk's only K x K
 tensor is ``G = 2 <z_i, z_j> / (T lam)``, exponentiated in place when the plain domain is exact to
 rounding, else iterated in the log domain. Schemes (docs/sinkhorn.md), all with the same fixed
-point and the same per-sample stopping test ``max |T(g) - g| <= tol`` (the log column-marginal
-error of the plain step), each sample stopping on its own:
+point, each sample stopping on its own when one plain step moves its potential by at most ``tol``
+(``max |T(g) - g|``, the log column-marginal error of the plain iteration ``T = G o F``; for
+``anderson`` ``max |F(x) - x|``): either test bounds W's marginal error by ``expm1(tol)``.
 
 * ``plain``: Algorithm 1.
 * ``overrelaxed``: ``f <- f + omega (F(g) - f)``, same for g, with a per-sample omega re-derived
   from the observed contraction and a safeguard: a step that does not increase the dual
   objective is replaced by the plain step (which always does) and omega is halved towards 1.
-* ``anderson``: Anderson acceleration (type II, memory ``ANDERSON_MEMORY``) of the map
-  ``g -> G(F(g))``, restarted when the residual grows.
+* ``anderson``: Anderson acceleration (type II, memory ``ANDERSON_MEMORY``) of the symmetric
+  half-step map ``x -> F(x)`` (the fixed point has ``f = g``) after an exact scale fix,
+  restarted when the residual grows; its stopping test is ``max |F(x) - x| <= tol`` and its
+  iterations are half-steps / 2.
 * ``scaling``: epsilon-scaling: Algorithm 1 loosely solved at each level ``lam * c`` (c halving
   from ``mean(U) / lam`` to 1), potentials warm-started in cost units, then plain iterations.
 """
@@ -213,20 +216,24 @@ def _overrelaxed(step, f, g, active, max_iter, tol, ok, iterations, levels):
 
 
 def _anderson(step, f, g, active, max_iter, tol, ok, iterations, levels):
+    """Anderson on the symmetric half-step map ``x -> F(x)`` (``sinkhorn_schemes.Anderson``):
+    one half-step per step, at most ``2 max_iter`` of them; a sample stops when
+    ``max |F(x) - x| <= tol`` (after the scale fix) and ends on the pair ``(F(x), F(x))``.
+    ``iterations`` counts Algorithm 1's iterations of work: half-steps / 2, rounded up."""
     mixer = Anderson(g.shape[0], g.shape[1], g.dtype, g.device)
-    for it in range(max_iter):
+    x = g
+    half_steps = torch.zeros_like(iterations)
+    for it in range(2 * max_iter):
         if not bool(active.any()):
             break
-        f_new = step(g)
-        g_map = step(f_new)
-        delta = masked_max_abs(g_map - g, ok)
-        done = active & ((delta <= tol) | (it == max_iter - 1))
-        g_next = mixer.step(g, g_map, ok)
-        # a converged sample keeps the plain pair (F(g), G(F(g))), like every other scheme
-        f = torch.where(active[:, None], f_new, f)
-        g = torch.where(done[:, None], g_map, torch.where(active[:, None], g_next, g))
-        active = _freeze(active, delta, tol, iterations)
-    return f, g, iterations
+        x_next, y, delta = mixer.step(x, step(x), ok)
+        done = active & ((delta <= tol) | (it == 2 * max_iter - 1))
+        keep = active[:, None]
+        f = torch.where(keep, y, f)
+        x = torch.where(done[:, None], y, torch.where(keep, x_next, x))
+        half_steps += active.to(half_steps.dtype)
+        active = active & ~done
+    return f, x, iterations + (half_steps + 1) // 2
 
 
 def _scaling(step, f, g, active, max_iter, tol, ok, iterations, levels):
