@@ -423,6 +423,13 @@ def run(args):
             ">= 6x FlashSinkhorn per iteration (its 2.93 ms, measured before on an H100)":
                 FLASHSINKHORN_ITERATION_US / it_us >= 6 if it_us > 0 else None,
         }
+        by = {(r["factor"], r["scheme"]): r for r in result.get("sinkhorn_schemes", []) if "error" not in r}
+        for factor, ratio in ((0.1, 0.5), (0.03, 0.25)):  # the Sinkhorn-iterations targets, on the batch's mean
+            a, b = by.get((factor, "anderson")), by.get((factor, "plain"))
+            if a and b:
+                result["targets"][f"anderson mean iterations <= {ratio} x plain's at lam = {factor} x mean U "
+                                  f"({a['iterations_mean']:.1f} vs {b['iterations_mean']:.1f})"] = \
+                    a["iterations_mean"] <= ratio * b["iterations_mean"]
         result["fraction_of_exp_limit"] = frac
         result["best_dense_speedup"] = None if best_dense is None else best_dense / fast
     return result

@@ -1,12 +1,15 @@
 """Sinkhorn iterations and time to a tolerance, per scheme, against POT and geomloss (CPU).
 
     python bench/sinkhorn_iterations.py [--K 1000 2500] [--factors 1 0.3 0.1 0.03 0.01] [--max-iter 3000]
+        [--providers anderson ...] [--resume] [--fp64-factors 0.01] [--from-json]
 
 One sample of the benchmarks' teacher law (``bench/providers.py``: answer means ~ N(0, 2^2),
 dropout-like noise 0.5, T = 10), fp32, ``lam = factor * mean off-diagonal U``, stopping at
 ``max |Δ log v| <= 1e-5`` (``--tol``). For each radi_fast scheme (plain, overrelaxed, anderson,
 scaling; "auto" is plain at lam = auto and anderson otherwise): iterations, wall time (median of
-``--rounds``), the marginal error of W at the end. POT's ``ot.sinkhorn(method="sinkhorn_log")``
+``--rounds``), the marginal error of W at the end; plain and anderson also in float64 at
+``--fp64-factors`` (0.01: below fp32's precision floor). ``--providers`` with ``--resume`` reruns
+some providers in the cases the JSON already has. POT's ``ot.sinkhorn(method="sinkhorn_log")``
 and its batched ``ot.batch.solve_batch(method="log_sinkhorn")`` run on the same cost (diagonal at a
 huge cost) with ``stopThr``/``tol`` = the tolerance, their own stopping rule (the L2 norm of the
 column-marginal error, checked every 10 iterations); geomloss's epsilon-scaling
@@ -32,6 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
 SCHEMES = ("plain", "overrelaxed", "anderson", "scaling")
+FP64_SCHEMES = ("plain", "anderson")  # also run in float64 at --fp64-factors (below fp32's precision floor)
+PROVIDERS = SCHEMES + tuple(s + "_fp64" for s in FP64_SCHEMES) + ("pot", "pot_batch", "geomloss")
 
 
 def timed(fn, rounds):
@@ -49,7 +54,9 @@ def marginal_error_from_kernel(logk, f, g):
     return max(float((W.sum(0) - 1).abs().max()), float((W.sum(1) - 1).abs().max()))
 
 
-def run_case(K, factor, args):
+def run_case(K, factor, args, case=None):
+    """One (K, factor) case: every provider in ``args.providers`` (into ``case`` when given: a
+    rerun replaces those providers' entries and keeps the others)."""
     import providers as P
     from radi_fast.ops.pairwise_cpu import prepare_pairwise, solve_sinkhorn
 
@@ -57,12 +64,19 @@ def run_case(K, factor, args):
     mean_u = float(prepare_pairwise(mc, None, K, None, None).lam[0])
     lam = factor * mean_u
     problem = prepare_pairwise(mc, None, K, lam, None)
-    case = {"K": K, "factor": factor, "lam": lam, "mean_U": mean_u, "providers": {}}
-    for scheme in SCHEMES:
-        (f, g, it, err), sec = timed(lambda: solve_sinkhorn(problem, args.max_iter, args.tol, scheme, True),
-                                     args.rounds)
+    case = case or {"K": K, "factor": factor, "lam": lam, "mean_U": mean_u, "providers": {}}
+    wanted = set(args.providers)
+    fp64 = factor in args.fp64_factors
+    for scheme in SCHEMES + tuple(s + "_fp64" for s in FP64_SCHEMES):
+        if scheme not in wanted or (scheme.endswith("_fp64") and not fp64):
+            continue
+        name, prob = (scheme[:-5], prepare_pairwise(mc.double(), None, K, lam, None)) if scheme.endswith("_fp64") \
+            else (scheme, problem)
+        (f, g, it, err), sec = timed(lambda: solve_sinkhorn(prob, args.max_iter, args.tol, name, True), args.rounds)
         case["providers"][scheme] = {"iterations": int(it[0]), "seconds": sec, "marginal_error": float(err[0]),
                                      "converged": int(it[0]) < args.max_iter}
+    if not wanted & {"pot", "pot_batch", "geomloss"}:
+        return case
     z = problem.points[0].double()
     U = (torch.cdist(z, z) ** 2 / z.shape[1]).float()
     M = U.clone()
@@ -70,6 +84,9 @@ def run_case(K, factor, args):
     ones = torch.ones(K)
     try:
         import ot
+
+        if "pot" not in wanted:
+            raise ImportError("not asked for (--providers)")
 
         def pot():
             return ot.sinkhorn(ones, ones, M, lam, method="sinkhorn_log", numItermax=args.max_iter,
@@ -93,8 +110,11 @@ def run_case(K, factor, args):
         except Exception as exc:  # POT without ot.batch
             case["providers"]["pot_batch"] = {"skipped": repr(exc)[:200]}
     except ImportError as exc:
-        case["providers"]["pot"] = {"skipped": repr(exc)}
+        if "pot" in wanted:
+            case["providers"]["pot"] = {"skipped": repr(exc)}
     try:
+        if "geomloss" not in wanted:
+            raise ImportError("not asked for (--providers)")
         from geomloss import SamplesLoss
         from geomloss._legacy.sinkhorn_divergence import epsilon_schedule
 
@@ -108,7 +128,8 @@ def run_case(K, factor, args):
                                          "note": "another problem (keeps the diagonal, marginals 1/K), no tolerance: "
                                                  "its epsilon levels and time, for scale"}
     except ImportError as exc:
-        case["providers"]["geomloss"] = {"skipped": repr(exc)}
+        if "geomloss" in wanted:
+            case["providers"]["geomloss"] = {"skipped": repr(exc)}
     return case
 
 
@@ -124,9 +145,14 @@ def targets(cases, max_iter):
                 out[f"K={K}, lam={factor} x mean U: anderson <= {ratio} x plain's iterations"] = \
                     p["anderson"]["iterations"] <= ratio * p["plain"]["iterations"] and p["anderson"]["converged"]
         p = by.get((K, 0.01))
-        if p:
-            out[f"K={K}, lam=0.01 x mean U: anderson converged within 1000 iterations "
+        if p and "anderson" in p and "plain" in p:
+            out[f"K={K}, lam=0.01 x mean U, fp32: anderson converged within 1000 iterations "
                 f"(plain: {p['plain']['iterations']} of {max_iter})"] = p["anderson"]["iterations"] <= 1000
+        if p and "anderson_fp64" in p and "plain_fp64" in p:
+            a, b = p["anderson_fp64"], p["plain_fp64"]
+            out[f"K={K}, lam=0.01 x mean U, float64: anderson converged within 1000 iterations ({a['iterations']}) "
+                f"where plain does not within {max_iter} ({b['iterations']})"] = \
+                a["converged"] and a["iterations"] <= 1000 and not b["converged"]
         p = by.get((K, 1.0))
         if p:  # lam = mean U is what lam="auto" gives: the scheme "auto" picks there
             auto = resolve_sinkhorn("auto", None, 1e-5)
@@ -165,6 +191,13 @@ def docs_section(result, gpu=None):
     for c in sorted(result["cases"], key=lambda c: (c["K"], -c["factor"])):
         lines.append(f"| {c['K']} | {c['factor']:g} | " + " | ".join(_cell(c["providers"].get(n), max_iter)
                                                                       for n in cols) + " |")
+    fp64 = [c for c in sorted(result["cases"], key=lambda c: (c["K"], -c["factor"]))
+            if any(n.endswith("_fp64") for n in c["providers"])]
+    if fp64:
+        lines += ["", "The same in float64 (below fp32's precision floor, see above):", "",
+                  "| K | lam / mean U | " + " | ".join(FP64_SCHEMES) + " |", "|---" * (len(FP64_SCHEMES) + 2) + "|"]
+        lines += [f"| {c['K']} | {c['factor']:g} | " + " | ".join(_cell(c["providers"].get(n + "_fp64"), max_iter)
+                                                                   for n in FP64_SCHEMES) + " |" for c in fp64]
     if result.get("notes"):
         lines += ["", "Notes on this run:", ""] + [f"- {note}" for note in result["notes"]]
     lines += ["", "Targets:", ""]
@@ -241,6 +274,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "sinkhorn_iterations_cpu"))
     ap.add_argument("--resume", action="store_true", help="keep the cases OUT.json already has, run the others")
+    ap.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS,
+                    help="what to run; with --resume, a case OUT.json has gets these providers rerun")
+    ap.add_argument("--fp64-factors", type=float, nargs="*", default=[0.01],
+                    help="factors at which plain and anderson also run in float64")
     ap.add_argument("--from-json", action="store_true",
                     help="do not run: recompute the targets, plot and docs section from OUT.json")
     args = ap.parse_args(argv)
@@ -254,7 +291,6 @@ def main(argv=None):
         with open(args.out + ".json") as fh:
             previous = json.load(fh)
         cases, spent, notes = previous["cases"], previous.get("wall_seconds", 0.0), previous.get("notes", [])
-    done = {(c["K"], c["factor"]) for c in cases}
     started = time.time()
 
     def result_so_far():
@@ -263,13 +299,18 @@ def main(argv=None):
                 "torch": torch.__version__, "wall_seconds": spent + time.time() - started, "notes": notes,
                 "cases": cases}
 
+    partial = set(args.providers) != set(PROVIDERS)
     for K in args.K:
         for factor in args.factors:
-            if (K, factor) in done:
+            old = next((c for c in cases if (c["K"], c["factor"]) == (K, factor)), None)
+            if old is not None and not partial:
                 continue
-            case = run_case(K, factor, args)
+            if old is not None and old.get("max_iter", args.max_iter) != args.max_iter:
+                raise SystemExit(f"--max-iter {args.max_iter} differs from the case's {old['max_iter']}")
+            case = run_case(K, factor, args, old)
             case["max_iter"] = args.max_iter
-            cases.append(case)
+            if old is None:
+                cases.append(case)
             print(json.dumps({k: v for k, v in case.items() if k != "providers"}),
                   json.dumps({n: {k: v for k, v in p.items() if k in ("iterations", "seconds", "marginal_error")}
                               for n, p in case["providers"].items()}), flush=True)
