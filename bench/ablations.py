@@ -70,10 +70,10 @@ from typing import Dict, List, Optional, Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)  # bench/ablations_report.py
+sys.path.insert(0, HERE)  # bench/ablations_report.py, ablation_terms.py
 
-METRICS = ("acc1", "hit5", "ndcg5")
-METRIC_NAMES = {"acc1": "Acc@1", "hit5": "Hit@5", "ndcg5": "nDCG@5"}
+from ablation_terms import GROUPS, MAIN_TEACHER_EPOCHS, METRIC_NAMES, METRICS, verdict  # noqa: E402,F401
+
 LEVEL = 0.95
 CELLS_PER_CALL = 4  # cells per trainer call: results.json and ablations.json are refreshed after each call
 
@@ -85,7 +85,6 @@ BASE = ["--n_train", "2500", "--student_epochs", "4"]
 TINY = ["--n_train", "64", "--n_val", "48", "--n_test", "48", "--n_answers", "120", "--d_model", "16",
         "--n_heads", "2", "--batch_size", "32", "--teacher_epochs", "2", "--student_epochs", "1",
         "--mc_samples", "3", "--hot", "10", "--cold", "5", "--top_k", "20"]
-MAIN_TEACHER_EPOCHS = 10  # the teacher (and individual) epochs of BASE: the trainer's default
 
 # RADI-L list losses: weights that put each loss at ListNet's value (4.0) at the student
 # initialisation (seed 0 of BASE, 10 training batches of 64, hot 100 + cold 10, Zipf; ratios
@@ -147,19 +146,6 @@ FIRST_PHASE_CELLS = {"radi_p", "radi_l"}  # in the margin-mode / sampling tables
 
 def phase_of(c) -> int:
     return 0 if c.id in FIRST_PHASE_CELLS else next(i for i, groups in enumerate(PHASES) if c.group in groups)
-
-
-GROUPS = {
-    "reference": "Reference schemes (no ablation)",
-    "margin_modes": "Q1a. RADI-P margin modes (Table 3, upper part)",
-    "margin_grid": "Q1b. RADI-P margin m and Sinkhorn lam (OT margins)",
-    "sampling": "Q2a. RADI-L cold-list sampling (Table 3, lower part)",
-    "hot_cold": "Q2b. RADI-L hot and cold list sizes",
-    "list_loss": "Q2c. RADI-L list losses (Figure 4)",
-    "combined": "Q3. KD + RADI combined objectives",
-    "labels": "Q4a. Label scarcity: labels kept per training question",
-    "teacher": "Q4b. Teacher quality: the teacher's training epochs",
-}
 
 
 def build_grid(tiny: bool = False, full: bool = False):
@@ -295,14 +281,6 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> dict:
     half = t * sd / math.sqrt(n)
     return {"n": n, "mean": mean, "sd": sd, "t": t, "half_width": half, "ci": [mean - half, mean + half],
             "level": level}
-
-
-def verdict(ci: dict, better: str = "better", worse: str = "worse") -> str:
-    """``better`` when the interval lies above 0, ``worse`` below, ``tie`` when it contains 0."""
-    lo, hi = ci["ci"]
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "n/a"
-    return better if lo > 0 else worse if hi < 0 else "tie"
 
 
 def paired(per_seed_a: Dict[int, dict], per_seed_b: Dict[int, dict], split: str = "test") -> dict:

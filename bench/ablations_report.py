@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from ablations import GROUPS, MAIN_TEACHER_EPOCHS, METRIC_NAMES, METRICS, verdict  # noqa: E402
+from ablation_terms import GROUPS, MAIN_TEACHER_EPOCHS, METRIC_NAMES, METRICS, verdict  # noqa: E402
 
 
 def fmt_ci(s: dict, digits: int = 2) -> str:
