@@ -111,7 +111,7 @@ def sinkhorn_anderson_kernel(
     hx_ptr, hr_ptr,  # [B, M + 1, K] ring buffers of iterates and residuals
     count_ptr,  # [B] int64 usable history length
     best_ptr,  # [B] smallest residual norm so far
-    ridge_ptr,  # [1] float64 Tikhonov weight relative to the trace
+    ridge_ptr,  # [2] float64 Tikhonov weights relative to the trace and to |r|^2
     K, KP, head,  # head: physical slot of the oldest entry after this step
     last,  # 1 on the budget's last half-step: every active sample ends on (F(x) - c, F(x) - c)
     T: tl.constexpr, TP: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr,
@@ -187,7 +187,9 @@ def sinkhorn_anderson_kernel(
                     A += tl.where(slots[None, :] == j, tl.sum(dR * dRj[None, :], axis=1)[:, None], 0.0)
             diag = slots[:, None] == slots[None, :]
             trace = tl.sum(tl.sum(tl.where(diag, A, 0.0), axis=1), axis=0)
-            ridge = tl.load(ridge_ptr) * trace + tl.full((), 2.2250738585072014e-308, tl.float64)  # fp64's tiny
+            residual_sq = tl.sum(sq, axis=0).to(tl.float64)
+            ridge = (tl.load(ridge_ptr) * trace + tl.load(ridge_ptr + 1) * residual_sq
+                     + tl.full((), 2.2250738585072014e-308, tl.float64))  # fp64's tiny
             A = A + tl.where(diag, tl.where(slots[:, None] < M, ridge, 1.0), 0.0)
             # Gauss-Jordan on the small symmetric positive definite system (no pivoting needed)
             for k in tl.static_range(M):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import sinkhorn_accel
-from .sinkhorn_schemes import ANDERSON_MEMORY, LN2, OMEGA_MAX, RIDGE, Anderson, Relaxation
+from .sinkhorn_schemes import ANDERSON_MEMORY, LN2, OMEGA_MAX, RIDGE, RIDGE_RESIDUAL, Anderson, Relaxation
 from .triton_config import compute_tl_dtype
 
 BLOCK = 256  # answers per step of the per-sample loops
@@ -63,7 +63,7 @@ class AndersonLauncher:
         self.p, self.tol_t, self.m = p, tol_t, memory
         start = Anderson(B, K, dtype, device, memory, unit=LN2)  # the initial state has one definition
         self.X, self.R, self.count, self.best = start.X, start.R, start.count, start.best
-        self.ridge = torch.full((1,), RIDGE, dtype=torch.float64, device=device)
+        self.ridge = torch.tensor([RIDGE, RIDGE_RESIDUAL], dtype=torch.float64, device=device)
         self.steps = 0
 
     def step(self, G: torch.Tensor, F: torch.Tensor, prev, nxt, last: bool = False) -> None:

@@ -293,8 +293,10 @@ def solve_chunk(points, sq, inv_lam, n_valid, valid, max_iter: int, tol: float, 
     levels = None
     if scheme == "scaling":
         levels = coarse_factors(mean_offdiagonal_uncertainty(points, sq, n_valid) * inv_lam.to(points.dtype))
-    G, plain, shift = build_kernel(points, sq, inv_lam, n_valid, out,
-                                   log_domain=levels is not None and bool((levels > 1).any()))
+    # Anderson's extrapolated iterates may leave the plain domain's range (exp(x) overflows where the
+    # log-sum-exp does not; the Triton path is log-domain throughout): it runs in the log domain
+    log_domain = scheme == "anderson" or (levels is not None and bool((levels > 1).any()))
+    G, plain, shift = build_kernel(points, sq, inv_lam, n_valid, out, log_domain=log_domain)
     has_partner = n_valid >= 2
     pinned = -shift  # rows without a partner keep f = g = 0 (folded: -shift)
     step = HalfStep(G, plain, valid & has_partner[:, None], pinned)

@@ -15,6 +15,7 @@ import torch
 # steps 44; 20 steps 36; bench/sinkhorn_iterations.py)
 ANDERSON_MEMORY = 12
 RIDGE = 1e-10  # Tikhonov weight of Anderson's least squares, relative to the trace
+RIDGE_RESIDUAL = 1e-9  # and relative to the residual's squared norm (see Anderson)
 OMEGA_MAX = 1.95
 LN2 = math.log(2.0)
 
@@ -74,7 +75,10 @@ class Anderson:
     residual's one mode that the half-step map flips rather than contracts. Then, from the last
     m + 1 iterates ``x_k`` and residuals ``r_k = y_k - x_k``, the next iterate is
     ``x + r - (dX + dR) gamma`` with ``gamma`` the least-squares fit of r by the residual
-    differences dR (Tikhonov-regularised, in float64). A sample whose residual norm grows beyond
+    differences dR (in float64, Tikhonov-regularised relative to the fit's trace and to ``|r|^2``:
+    the second keeps gamma small where the residual barely changes from step to step, a drift
+    that the half-step map does not contract, where the fit would otherwise extrapolate by 1e13
+    and the iterate lose every digit). A sample whose residual norm grows beyond
     twice its best since the last restart restarts (its history is dropped: the next step is
     the plain one).
     Potentials are in log units times ``unit`` (ln 2 for the Triton path's base-2 ones).
@@ -120,7 +124,8 @@ class Anderson:
         # a few ulps apart and the fit would be noise
         dR64 = dR.double()
         A = dR64 @ dR64.transpose(1, 2)
-        ridge = RIDGE * A.diagonal(dim1=1, dim2=2).sum(1) + torch.finfo(torch.float64).tiny
+        ridge = (RIDGE * A.diagonal(dim1=1, dim2=2).sum(1) + RIDGE_RESIDUAL * (r.double() ** 2).sum(1)
+                 + torch.finfo(torch.float64).tiny)
         gamma = torch.linalg.solve(A + ridge[:, None, None] * self.eye, dR64 @ r.double()[:, :, None])
         gamma = gamma.squeeze(2).to(x.dtype)
         x_next = x + r - ((dX + dR) * gamma[:, :, None]).sum(1)
