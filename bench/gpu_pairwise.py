@@ -243,6 +243,7 @@ def run(args):
     B, T, K, iters = args.B, args.T, args.K, args.iters
     student, mc = make_inputs(B, T, K, device)
     result = {"benchmark": "RADI-P forward+backward at the benchmark shape", "dry_run": args.dry_run,
+              "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "shape": {"B": B, "T": T, "K": K, "N": K, "top_k": 2500, "sinkhorn_iterations": iters, "tol": 0.0,
                         "dtype": "float32", "margin_mode": "ot", "margin": 1.0, "lam": "auto"},
               "timing": f"{'CUDA events' if device.type == 'cuda' else 'perf_counter'}, {args.warmup} warm-up calls, median of {args.rounds} rounds "

@@ -215,6 +215,8 @@ def docs_section(result, gpu=None):
                 cells.append("-" if r is None or "error" in r else
                              f"{r['ms']:.1f} ms ({r['iterations_max']} / {r['iterations_mean']:.0f})")
             lines.append(f"| {factor:g} | " + " | ".join(cells) + " |")
+        if gpu.get("notes"):
+            lines += [""] + [f"- {note}" for note in gpu["notes"]]
     return "\n".join(lines)
 
 
@@ -233,8 +235,10 @@ def latest_gpu_result():
     for path in glob.glob(os.path.join(ROOT, "bench", "results", "radi_p_bench_*.json")):
         doc = json.load(open(path))
         if doc.get("sinkhorn_schemes") and not doc.get("dry_run"):
-            found.append((os.path.getmtime(path), path, doc))
-    return max(found)[2] if found else None
+            # newest by the time the bench wrote down, then by name (not by mtime: a clone's mtimes
+            # are checkout times); the two files of 2026-11-27 predate "written", "_fused" sorts last
+            found.append((doc.get("written", ""), os.path.basename(path), doc))
+    return max(found, key=lambda f: f[:2])[2] if found else None
 
 
 def plot(cases, path):
