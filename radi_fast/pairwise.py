@@ -116,7 +116,8 @@ def sinkhorn_margin_weights(mc_logits: torch.Tensor, lam="auto", max_iter: int =
 
     ``W = diag(u) exp(-U/lam) diag(v)`` with the diagonal excluded, scaled to ones marginals.
     ``lam``: a positive float or "auto" (per sample, the mean off-diagonal U). Stops when
-    ``max |log v_t - log v_{t-1}| <= tol`` or after ``max_iter`` iterations. ``sinkhorn``: "auto",
+    ``max |log v_t - log v_{t-1}| <= tol`` (Anderson: ``max |F(x) - x| <= tol``, one half-step) or
+    after ``max_iter`` iterations (Anderson: ``2 max_iter`` half-steps). ``sinkhorn``: "auto",
     "plain", "overrelaxed", "anderson" or "scaling" (docs/sinkhorn.md; the same W to the
     tolerance). ``return_info``: return ``(W, SinkhornInfo)``.
     """
