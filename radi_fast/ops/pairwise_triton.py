@@ -22,7 +22,7 @@ from ..kernels import margin_ranking, pairwise_stats, sinkhorn
 from .autograd import fake_outputs, no_autocast, register_precomputed_gradient
 from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_factors
 from .sinkhorn_accel_triton import AndersonLauncher, RelaxationLauncher
-from .sinkhorn_schemes import LN2
+from .sinkhorn_schemes import LN2, iterations_of_half_steps
 from .teacher import compute_dtype, kernel_lam, negligible_noise, real_units, teacher_top_k, tie_groups, unit_scale
 from .triton_config import TritonConfig, compute_tl_dtype, default_config, padded_answers, point_lanes, resolve_split, triton_cdiv
 
@@ -256,7 +256,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
                 if not bool(flag):
                     break
     ran = ((delta[:launched] > tol).sum(dim=0) * has_partner).to(torch.int64)
-    iterations += (ran + 1) // 2 if mixer is not None else ran  # Anderson: half-steps / 2, rounded up
+    iterations += iterations_of_half_steps(ran) if mixer is not None else ran
     if relax is not None:  # one plain iteration after a relaxed stop (the CPU path's polish)
         polish = relax.relaxed.bool() & (iterations < max_iter)
         gate = torch.zeros(2, B, dtype=p.dtype, device=device)
@@ -264,7 +264,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         half_step(0, F, gate[0], gate[1])
         half_step(1, G, gate[0], gate[1])
         iterations += polish.to(torch.int64)
-    return F, G, (launched + 1) // 2 if mixer is not None else launched, iterations
+    return F, G, iterations_of_half_steps(launched) if mixer is not None else launched, iterations
 
 
 def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> torch.Tensor:

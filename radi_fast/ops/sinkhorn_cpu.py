@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .sinkhorn_schemes import Anderson, Relaxation, masked_max_abs
+from .sinkhorn_schemes import Anderson, Relaxation, iterations_of_half_steps, masked_max_abs
 
 # Elements of the row blocks in which the kernel is built and exponentiated (1 MB in fp32).
 CPU_FUSED_BLOCK_ELEMENTS = 1 << 18
@@ -233,7 +233,7 @@ def _anderson(step, f, g, active, max_iter, tol, ok, iterations, levels):
         x = torch.where(done[:, None], y, torch.where(keep, x_next, x))
         half_steps += active.to(half_steps.dtype)
         active = active & ~done
-    return f, x, iterations + (half_steps + 1) // 2
+    return f, x, iterations + iterations_of_half_steps(half_steps)
 
 
 def _scaling(step, f, g, active, max_iter, tol, ok, iterations, levels):

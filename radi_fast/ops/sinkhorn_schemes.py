@@ -109,7 +109,7 @@ class Anderson:
         okf = ok.to(x.dtype)
         x, y = torch.where(ok, x + c, x), torch.where(ok, y - c, y)
         r = (y - x) * okf
-        delta = r.abs().amax(dim=1) * self.unit if r.shape[1] else r.new_zeros(r.shape[0])
+        delta = masked_max_abs(r, ok) * self.unit
         norm = r.norm(dim=1)
         restart = norm > 2 * self.best
         self.count = torch.where(restart, torch.zeros_like(self.count), self.count)
@@ -130,6 +130,11 @@ class Anderson:
         gamma = gamma.squeeze(2).to(x.dtype)
         x_next = x + r - ((dX + dR) * gamma[:, :, None]).sum(1)
         return torch.where(ok, x_next, y), y, delta
+
+
+def iterations_of_half_steps(half_steps):
+    """Anderson's count in Algorithm 1's iterations of work: half-steps / 2, rounded up."""
+    return (half_steps + 1) // 2
 
 
 def masked_max_abs(x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
