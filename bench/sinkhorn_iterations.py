@@ -36,7 +36,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
 SCHEMES = ("plain", "overrelaxed", "anderson", "scaling")
 FP64_SCHEMES = ("plain", "anderson")  # also run in float64 at --fp64-factors (below fp32's precision floor)
-PROVIDERS = SCHEMES + tuple(s + "_fp64" for s in FP64_SCHEMES) + ("pot", "pot_batch", "geomloss")
+SOLVERS = SCHEMES + tuple(s + "_fp64" for s in FP64_SCHEMES)  # radi_fast's own
+PROVIDERS = SOLVERS + ("pot", "pot_batch", "geomloss")
 
 
 def timed(fn, rounds):
@@ -66,28 +67,39 @@ def run_case(K, factor, args, case=None):
     problem = prepare_pairwise(mc, None, K, lam, None)
     case = case or {"K": K, "factor": factor, "lam": lam, "mean_U": mean_u, "providers": {}}
     wanted = set(args.providers)
-    fp64 = factor in args.fp64_factors
-    for scheme in SCHEMES + tuple(s + "_fp64" for s in FP64_SCHEMES):
-        if scheme not in wanted or (scheme.endswith("_fp64") and not fp64):
+    fp64 = None  # the float64 problem, built once if a float64 provider runs
+    for scheme in SOLVERS:
+        if scheme not in wanted or (scheme.endswith("_fp64") and factor not in args.fp64_factors):
             continue
-        name, prob = (scheme[:-5], prepare_pairwise(mc.double(), None, K, lam, None)) if scheme.endswith("_fp64") \
-            else (scheme, problem)
+        if scheme.endswith("_fp64"):
+            fp64 = fp64 or prepare_pairwise(mc.double(), None, K, lam, None)
+            name, prob = scheme[:-len("_fp64")], fp64
+        else:
+            name, prob = scheme, problem
         (f, g, it, err), sec = timed(lambda: solve_sinkhorn(prob, args.max_iter, args.tol, name, True), args.rounds)
         case["providers"][scheme] = {"iterations": int(it[0]), "seconds": sec, "marginal_error": float(err[0]),
                                      "converged": int(it[0]) < args.max_iter}
-    if not wanted & {"pot", "pot_batch", "geomloss"}:
-        return case
     z = problem.points[0].double()
-    U = (torch.cdist(z, z) ** 2 / z.shape[1]).float()
-    M = U.clone()
-    M.fill_diagonal_(1e9)
-    ones = torch.ones(K)
+    if wanted & {"pot", "pot_batch"}:
+        run_pot(case, wanted, z, lam, args)
+    if "geomloss" in wanted:
+        run_geomloss(case, z, lam, args)
+    return case
+
+
+def run_pot(case, wanted, z, lam, args):
+    """POT's log-domain solver and its batched one on the same cost (diagonal at a huge cost)."""
+    K = z.shape[0]
     try:
         import ot
-
-        if "pot" not in wanted:
-            raise ImportError("not asked for (--providers)")
-
+    except ImportError as exc:
+        for name in wanted & {"pot", "pot_batch"}:
+            case["providers"][name] = {"skipped": repr(exc)}
+        return
+    M = (torch.cdist(z, z) ** 2 / z.shape[1]).float()
+    M.fill_diagonal_(1e9)
+    ones = torch.ones(K)
+    if "pot" in wanted:
         def pot():
             return ot.sinkhorn(ones, ones, M, lam, method="sinkhorn_log", numItermax=args.max_iter,
                                stopThr=args.tol, log=True)
@@ -97,6 +109,7 @@ def run_case(K, factor, args, case=None):
         niter = int(log.get("niter", -1))
         case["providers"]["pot"] = {"iterations": niter, "seconds": sec, "marginal_error": err,
                                     "converged": niter < args.max_iter - 1}
+    if "pot_batch" in wanted:
         try:
             from ot.batch import solve_batch
 
@@ -109,28 +122,25 @@ def run_case(K, factor, args, case=None):
                                               "converged": err <= 10 * args.tol}
         except Exception as exc:  # POT without ot.batch
             case["providers"]["pot_batch"] = {"skipped": repr(exc)[:200]}
-    except ImportError as exc:
-        if "pot" in wanted:
-            case["providers"]["pot"] = {"skipped": repr(exc)}
+
+
+def run_geomloss(case, z, lam, args):
+    """geomloss's epsilon-scaling: another problem (diagonal kept), its levels and time for scale."""
     try:
-        if "geomloss" not in wanted:
-            raise ImportError("not asked for (--providers)")
         from geomloss import SamplesLoss
         from geomloss._legacy.sinkhorn_divergence import epsilon_schedule
-
-        x = (z * math.sqrt(2 / z.shape[1])).float()  # geomloss's cost |x - y|^2 / 2 is then U
-        loss = SamplesLoss("sinkhorn", p=2, blur=math.sqrt(lam), scaling=0.5, debias=False, potentials=True,
-                           backend="tensorized")
-        _, sec = timed(lambda: loss(x, x), args.rounds)
-        levels = len(epsilon_schedule(2, float((x.max(0).values - x.min(0).values).norm()), math.sqrt(lam), 0.5))
-        case["providers"]["geomloss"] = {"iterations": levels, "seconds": sec, "marginal_error": None,
-                                         "converged": None,
-                                         "note": "another problem (keeps the diagonal, marginals 1/K), no tolerance: "
-                                                 "its epsilon levels and time, for scale"}
     except ImportError as exc:
-        if "geomloss" in wanted:
-            case["providers"]["geomloss"] = {"skipped": repr(exc)}
-    return case
+        case["providers"]["geomloss"] = {"skipped": repr(exc)}
+        return
+    x = (z * math.sqrt(2 / z.shape[1])).float()  # geomloss's cost |x - y|^2 / 2 is then U
+    loss = SamplesLoss("sinkhorn", p=2, blur=math.sqrt(lam), scaling=0.5, debias=False, potentials=True,
+                       backend="tensorized")
+    _, sec = timed(lambda: loss(x, x), args.rounds)
+    levels = len(epsilon_schedule(2, float((x.max(0).values - x.min(0).values).norm()), math.sqrt(lam), 0.5))
+    case["providers"]["geomloss"] = {"iterations": levels, "seconds": sec, "marginal_error": None,
+                                     "converged": None,
+                                     "note": "another problem (keeps the diagonal, marginals 1/K), no tolerance: "
+                                             "its epsilon levels and time, for scale"}
 
 
 def targets(cases, max_iter):
