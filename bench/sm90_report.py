@@ -30,7 +30,7 @@ REGISTERS_PER_SM = 65536
 SHARED_PER_SM = 233472  # 228 KB; each resident block also reserves 1 KB
 MAX_WARPS_PER_SM = 64
 COUNTED = ("MUFU", "FFMA", "FADD", "FMUL", "FMNMX", "FSEL", "FSETP", "HGMMA", "LDS", "LDSM", "STS", "LDG", "LDGSTS",
-           "SHFL", "BAR", "ATOM", "RED", "IMAD", "LOP3", "ISETP")
+           "SHFL", "BAR", "ATOM", "RED", "IMAD", "LOP3", "ISETP", "LDL", "STL")
 
 
 def _tools():
@@ -46,7 +46,7 @@ def kernel_specs():
 
     from radi_fast._constants import UNCERTAINTY_EPS
     from radi_fast.kernels import margin_ranking, pairwise_stats, sinkhorn
-    from radi_fast.ops.triton_config import TritonConfig, point_lanes
+    from radi_fast.ops.triton_config import TritonConfig, half_step_maxnreg, point_lanes
 
     cfg = TritonConfig()
     TP = point_lanes(T_BENCH)
@@ -73,43 +73,34 @@ def kernel_specs():
                   {"TP": TP, "BK": cfg.stats_bk, "SPLIT": False, "COMPUTE": f64, "LANE_MAJOR": False},
                   {"num_warps": 4}, None))
 
-    sums_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "nvalid_ptr": "*i64", "prev_delta_ptr": "*fp32",
-                "part_ptr": "*fp32", "tol_ptr": "*fp32", "K": "i32", "KP": "i32", "NSPLIT": "i32", "T": "constexpr",
-                "TP": "constexpr", "BM": "constexpr", "BN": "constexpr", "G_SIDE": "constexpr",
-                "SPLIT": "constexpr", "COMPUTE": "constexpr", "ACC": "constexpr"}
-    upd_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "pot_ptr": "*fp32",
-               "part_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol_ptr": "*fp32", "K": "i32",
-               "KP": "i32", "NSPLIT": "i32", "T": "constexpr", "TP": "constexpr", "BM": "constexpr",
-               "BN": "constexpr", "G_SIDE": "constexpr", "SPLIT": "constexpr", "COMPUTE": "constexpr",
-               "WRITE_DELTA": "constexpr", "SHIFT_LO": "constexpr", "SHIFT_HI": "constexpr"}
+    step_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "pot_ptr": "*fp32",
+                "part_ptr": "*fp32", "ticket_ptr": "*i32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32",
+                "tol_ptr": "*fp32", "K": "i32", "KP": "i32", "T": "constexpr", "TP": "constexpr", "BM": "constexpr",
+                "BN": "constexpr", "G_SIDE": "constexpr", "SPLIT": "constexpr", "COMPUTE": "constexpr",
+                "ACC": "constexpr", "WRITE_DELTA": "constexpr", "SHIFT_LO": "constexpr", "SHIFT_HI": "constexpr"}
     f64_ptrs = ("zb_ptr", "zs_ptr", "hs_ptr", "pot_ptr", "part_ptr", "prev_delta_ptr", "next_delta_ptr", "tol_ptr")
 
-    def sums(name, c, side=0, acc=None, fp64=False, sig_extra=None):
+    def half_step(name, c, side=0, acc=None, fp64=False, lo=cfg.shift_lo_log2, hi=cfg.shift_hi_log2):
+        c = c if acc is None else replace(c, sink_acc=acc)
         consts = {"T": T_BENCH, "TP": TP, "BM": c.sink_bm, "BN": c.sink_bn, "G_SIDE": side, "SPLIT": not fp64,
-                  "COMPUTE": f64 if fp64 else f32, "ACC": c.sink_acc if acc is None else acc}
-        sig = dict(sums_sig, **ptrs([k for k in f64_ptrs if k in sums_sig], "*fp64")) if fp64 else sums_sig
-        specs.append((name, sinkhorn.sinkhorn_row_sums_kernel, sig, consts, {"num_warps": c.sink_warps, "num_stages": c.sink_stages},
-                      c.sink_bm * c.sink_bn // (32 * c.sink_warps)))
-
-    def update(name, c, side=0, fp64=False, lo=cfg.shift_lo_log2, hi=cfg.shift_hi_log2):
-        consts = {"T": T_BENCH, "TP": TP, "BM": c.sink_bm, "BN": c.sink_bn, "G_SIDE": side, "SPLIT": not fp64,
-                  "COMPUTE": f64 if fp64 else f32, "WRITE_DELTA": side == 1, "SHIFT_LO": 2.0 ** lo,
-                  "SHIFT_HI": 2.0 ** hi}
-        sig = dict(upd_sig, **ptrs(f64_ptrs, "*fp64")) if fp64 else upd_sig
-        specs.append((name, sinkhorn.sinkhorn_update_kernel, sig, consts, {"num_warps": c.sink_warps, "num_stages": c.sink_stages},
+                  "COMPUTE": f64 if fp64 else f32, "ACC": c.sink_acc, "WRITE_DELTA": side == 1,
+                  "SHIFT_LO": 2.0 ** lo, "SHIFT_HI": 2.0 ** hi}
+        sig = dict(step_sig, **ptrs(f64_ptrs, "*fp64")) if fp64 else step_sig
+        options = {"num_warps": c.sink_warps, "num_stages": c.sink_stages}
+        if half_step_maxnreg(c, not fp64):
+            options["maxnreg"] = half_step_maxnreg(c, not fp64)
+        specs.append((name, sinkhorn.sinkhorn_half_step_kernel, sig, consts, options,
                       c.sink_bm * c.sink_bn // (32 * c.sink_warps)))
 
     fp64_cfg = replace(cfg, sink_bm=64, sink_bn=64, sink_warps=4, loss_bm=64, loss_bn=64, loss_warps=4)
-    sums("sinkhorn_row_sums", cfg)
-    sums("sinkhorn_row_sums_g", cfg, side=1)
-    sums("sinkhorn_row_sums_acc", cfg, acc=True)
+    half_step("sinkhorn_half_step", cfg)
+    half_step("sinkhorn_half_step_g", cfg, side=1)
+    half_step("sinkhorn_half_step_acc", cfg, acc=True)
     for bm, bn, w, st in ((128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)):
-        sums(f"sinkhorn_row_sums_{bm}x{bn}w{w}s{st}", replace(cfg, sink_bm=bm, sink_bn=bn, sink_warps=w, sink_stages=st))
-    sums("sinkhorn_row_sums_64x64w4s3_acc", replace(cfg, sink_bm=64, sink_bn=64, sink_warps=4, sink_stages=3), acc=True)
-    sums("sinkhorn_row_sums_fp64", fp64_cfg, fp64=True)
-    update("sinkhorn_update", cfg)
-    update("sinkhorn_update_g", cfg, side=1)
-    update("sinkhorn_update_fp64", fp64_cfg, side=1, fp64=True)
+        half_step(f"sinkhorn_half_step_{bm}x{bn}w{w}s{st}", replace(cfg, sink_bm=bm, sink_bn=bn, sink_warps=w, sink_stages=st))
+    half_step("sinkhorn_half_step_64x64w4s3_acc", replace(cfg, sink_bm=64, sink_bn=64, sink_warps=4, sink_stages=3),
+              acc=True)
+    half_step("sinkhorn_half_step_fp64", fp64_cfg, side=1, fp64=True)
 
     loss_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "yt_ptr": "*fp32", "nvalid_ptr": "*i64", "lam_ptr": "*fp32",
                 "tie_lo_ptr": "*i32", "tie_hi_ptr": "*i32", "student_ptr": "*fp32", "ids_ptr": "*i64",
@@ -136,8 +127,7 @@ def kernel_specs():
     # the small tiles that the CUDA run of tests/test_triton_pairwise.py selects
     for bm, bn, acc in ((32, 16, False), (16, 64, True), (64, 32, False), (16, 16, False)):
         c = replace(cfg, sink_bm=bm, sink_bn=bn, loss_bm=bn, loss_bn=bm)
-        sums(f"test_row_sums_{bm}x{bn}", c, acc=acc)
-        update(f"test_update_{bm}x{bn}", c, side=1, lo=-1, hi=1)
+        half_step(f"test_half_step_{bm}x{bn}", c, side=1, acc=acc, lo=-1, hi=1)
         loss(f"test_margin_ranking_ot_{bn}x{bm}", c, 0)
     # the accelerated Sinkhorn schemes' per-sample kernels (kernels/sinkhorn_accel.py)
     from radi_fast.kernels import sinkhorn_accel

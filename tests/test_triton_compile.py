@@ -38,15 +38,13 @@ def report(tmp_path_factory):
     return data
 
 
-DEFAULT_KERNELS = ("pairwise_lam", "pairwise_points", "sinkhorn_row_sums", "sinkhorn_row_sums_g", "sinkhorn_update",
-                   "sinkhorn_update_g", "margin_ranking_ot", "margin_ranking_uniform", "margin_ranking_random",
-                   "margin_ranking_uncertainty")
+DEFAULT_KERNELS = ("pairwise_lam", "pairwise_points", "sinkhorn_half_step", "sinkhorn_half_step_g",
+                   "margin_ranking_ot", "margin_ranking_uniform", "margin_ranking_random", "margin_ranking_uncertainty")
 
 
 def test_every_kernel_compiles_for_sm90(report):
     expected = set(DEFAULT_KERNELS) | {"pairwise_lam_bf16", "pairwise_points_lane_major", "pairwise_points_fp64",
-                                       "sinkhorn_row_sums_acc", "sinkhorn_row_sums_fp64", "sinkhorn_update_fp64",
-                                       "margin_ranking_ot_fp64"}
+                                       "sinkhorn_half_step_acc", "sinkhorn_half_step_fp64", "margin_ranking_ot_fp64"}
     assert expected <= set(report["kernels"])
     for name in report["kernels"]:
         cubin = os.path.join(report["dir"], f"{name}.cubin")
@@ -55,14 +53,22 @@ def test_every_kernel_compiles_for_sm90(report):
 
 # the ablation margins without tensor-core products ("uniform", "random", "uncertainty") have
 # their tiles in blocked layouts and may spill a few bytes; they are off the default path
-HOT_PATH = ("pairwise_lam", "pairwise_points", "sinkhorn_row_sums", "sinkhorn_row_sums_g", "sinkhorn_update",
-            "sinkhorn_update_g", "margin_ranking_ot", "sinkhorn_row_sums_acc")
+HOT_PATH = ("pairwise_lam", "pairwise_points", "sinkhorn_half_step", "sinkhorn_half_step_g", "margin_ranking_ot",
+            "sinkhorn_half_step_acc")
+# capped at 128 registers (two programs per SM): Triton 3.9 spills a few words, in the diagonal
+# tiles' loop and the update, never in the loops that stream the other column tiles
+CAPPED = ("sinkhorn_half_step", "sinkhorn_half_step_g")
 
 
 def test_no_spills_at_default_tiles(report):
     for name in HOT_PATH:
         k = report["kernels"][name]
-        assert not k["spills"], f"{name}: {k['registers']} registers, stack {k['stack']}, local {k['local']}"
+        if name in CAPPED:
+            assert k["stack"] <= 128, f"{name}: stack {k['stack']} bytes"
+            for loop in hot_loops(k):
+                assert loop["LDL"] == 0 and loop["STL"] == 0, (name, loop)
+        else:
+            assert not k["spills"], f"{name}: {k['registers']} registers, stack {k['stack']}, local {k['local']}"
         assert k["registers"] <= 255
 
 
@@ -73,7 +79,7 @@ def hot_loops(kernel):
     return loops
 
 
-@pytest.mark.parametrize("name", ["sinkhorn_row_sums", "sinkhorn_row_sums_g"])
+@pytest.mark.parametrize("name", ["sinkhorn_half_step", "sinkhorn_half_step_g"])
 def test_sinkhorn_hot_loop_is_one_exp_per_pair_from_tensor_cores(report, name):
     k = report["kernels"][name]
     loops = hot_loops(k)
@@ -85,7 +91,8 @@ def test_sinkhorn_hot_loop_is_one_exp_per_pair_from_tensor_cores(report, name):
         assert pp["FSEL"] == 0 and loop["STS"] == 0  # no mask, no register pass of the column tile
         assert pp["LDS"] + pp["LDSM"] <= 0.1, pp  # was 0.72 LDS per pair before the redesign
         assert pp["instructions"] <= 3.6, pp  # was 5.8
-    # 2 blocks of 8 warps per SM: one block's exponentials overlap the other's products
+    # 2 blocks of 8 warps per SM: one block's exponentials overlap the other's products (the cap
+    # of triton_config.half_step_maxnreg)
     assert k["registers"] <= 128 and k["occupancy"]["warps_per_sm"] >= 16, (k["registers"], k["occupancy"])
 
 

@@ -24,7 +24,8 @@ from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_fac
 from .sinkhorn_accel_triton import AndersonLauncher, RelaxationLauncher
 from .sinkhorn_schemes import LN2, iterations_of_half_steps
 from .teacher import compute_dtype, kernel_lam, negligible_noise, real_units, teacher_top_k, tie_groups, unit_scale
-from .triton_config import TritonConfig, compute_tl_dtype, default_config, padded_answers, point_lanes, resolve_split, triton_cdiv
+from .triton_config import (TritonConfig, compute_tl_dtype, default_config, half_step_maxnreg, padded_answers, point_lanes,
+                            resolve_split, triton_cdiv)
 
 OP_NAME = "radi_fast::pairwise_loss_triton"
 PAD_LOGIT = -1e30  # kernels/common.py's padding logit
@@ -197,19 +198,18 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         return F, G, 0, iterations
     rb = triton_cdiv(K, cfg.sink_bm)
     split = resolve_split(cfg, B * rb, device)
-    part = torch.empty(split, B, K, dtype=p.dtype, device=device)
+    part = torch.empty(split, B, K, dtype=p.dtype, device=device)  # read only with several shares
+    tickets = torch.zeros(B, rb, dtype=torch.int32, device=device)
     KP, TP = p.padded, p.zb.shape[2]
     common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
-                  num_warps=cfg.sink_warps, num_stages=cfg.sink_stages)
+                  num_warps=cfg.sink_warps, num_stages=cfg.sink_stages, maxnreg=half_step_maxnreg(cfg, p.split))
     window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
     tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
     has_partner = p.n_valid >= 2
 
     def half_step(side, pot, prev, nxt):
-        sinkhorn.sinkhorn_row_sums_kernel[(B, rb, split)](
-            p.zb, p.zs, p.n_valid, prev, part, tol_t, K, KP, split, G_SIDE=side, ACC=cfg.sink_acc, **common)
-        sinkhorn.sinkhorn_update_kernel[(B, rb)](
-            p.zb, p.zs, p.hs, p.n_valid, pot, part, prev, nxt, tol_t, K, KP, split, G_SIDE=side,
+        sinkhorn.sinkhorn_half_step_kernel[(B, rb, split)](
+            p.zb, p.zs, p.hs, p.n_valid, pot, part, tickets, prev, nxt, tol_t, K, KP, G_SIDE=side, ACC=cfg.sink_acc,
             WRITE_DELTA=side == 1, **window, **common)
 
     cap = None  # "scaling": each sample's iterations left after its own coarse phase

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from typing import Optional
 
 import torch
 
@@ -26,7 +27,8 @@ class TritonConfig:
     from the SM count and ``split_ctas_per_sm``, the row-sum programs one SM holds at once, to fill
     the last wave). ``shift_lo_log2``, ``shift_hi_log2``: the window of row sums the shifted pass
     accepts (a narrow one forces the online fallback: tests). ``check_every``: host look at the
-    Sinkhorn stopping flags every this many iterations.
+    Sinkhorn stopping flags every this many iterations. ``sink_maxnreg``: register cap of the
+    Sinkhorn half-step kernel (0: the compiler's choice; -1: :func:`half_step_maxnreg` decides).
     Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=64,sink_warps=4"``.
     """
 
@@ -36,6 +38,7 @@ class TritonConfig:
     sink_stages: int = 2
     sink_acc: bool = False
     sink_split: int = 0
+    sink_maxnreg: int = -1
     split_ctas_per_sm: int = 2
     shift_lo_log2: int = -60
     shift_hi_log2: int = 100
@@ -74,6 +77,17 @@ def default_config(interpret: bool, dtype: torch.dtype) -> TritonConfig:
     if override:
         cfg = parse_config_override(override, cfg)
     return cfg
+
+
+def half_step_maxnreg(cfg: TritonConfig, split_points: bool) -> Optional[int]:
+    """The register cap of the Sinkhorn half-step kernel (None: none). Automatic (``sink_maxnreg``
+    -1): 128 for 8 warps of fp32 row sums reduced per tile, which keeps two programs per SM (the
+    fused update makes ptxas take 160 registers otherwise; under the cap the hot loop is the same
+    and nothing spills, tests/test_triton_compile.py); no cap for the other tiles, where 128 would
+    spill."""
+    if cfg.sink_maxnreg >= 0:
+        return cfg.sink_maxnreg or None
+    return 128 if split_points and cfg.sink_warps == 8 and not cfg.sink_acc else None
 
 
 def triton_cdiv(a: int, b: int) -> int:
