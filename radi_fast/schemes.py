@@ -292,17 +292,19 @@ class RadiP(Scheme):
 
     def __init__(self, cfg: SchemeConfig, spec: Optional[str] = None):
         super().__init__(cfg, spec)
-        self.iterations = [0.0, 0]  # Sinkhorn iterations summed over the epoch's samples, samples
+        # Sinkhorn iterations summed over the epoch's samples (a float, or a float64 tensor on the
+        # loss's device: read once per epoch, never per step, which would sync the GPU), samples
+        self.iterations = [0.0, 0]
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.iterations = [0.0, 0]
 
     def epoch_summary(self) -> Dict[str, float]:
         total, samples = self.iterations
-        return {"sinkhorn_iterations": total / samples} if samples and self.cfg.margin_mode == "ot" else {}
+        return {"sinkhorn_iterations": float(total) / samples} if samples and self.cfg.margin_mode == "ot" else {}
 
     def state_dict(self) -> dict:
-        return {"iterations": list(self.iterations)}
+        return {"iterations": [float(self.iterations[0]), self.iterations[1]]}
 
     def load_state_dict(self, state: dict) -> None:
         self.iterations = list(state.get("iterations", [0.0, 0]))
@@ -318,7 +320,7 @@ class RadiP(Scheme):
                                             max_iter=c.sinkhorn_iters, tol=c.sinkhorn_tol, generator=generator,
                                             sinkhorn=c.sinkhorn, return_info=True)
         iterations = info.iterations.double()
-        self.iterations = [self.iterations[0] + float(iterations.sum()), self.iterations[1] + iterations.numel()]
+        self.iterations = [self.iterations[0] + iterations.sum(), self.iterations[1] + iterations.numel()]
         return c.radi_p_alpha * rank, {"rank": rank.detach(), "sinkhorn_iterations": iterations.mean()}
 
     def _scaled_auto_lam(self, logits, teacher_mc, teacher_logits):

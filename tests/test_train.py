@@ -194,6 +194,27 @@ def test_build_scheme_specs():
                             "kd_radi_p", "kd_radi_l"}
 
 
+def test_radi_p_counts_sinkhorn_iterations_without_reading_them_per_step():
+    # a per-step float() of the iteration count synchronised the GPU in every training step (the
+    # host then waited for the whole forward before queueing the backward); the sum stays a
+    # tensor until the epoch's summary or a checkpoint reads it
+    s, t = _logits(4, 30, seed=3)
+    mc = t[:, None, :] + 0.5 * torch.randn(4, 10, 30, generator=torch.Generator().manual_seed(4))
+    scheme = build_scheme("radi_p")
+    scheme.start_epoch(0, 1)
+    expected = 0.0
+    for _ in range(2):
+        _, parts = scheme.extra(s, None, None, mc, None)
+        expected += float(parts["sinkhorn_iterations"]) * 4
+    assert isinstance(scheme.iterations[0], torch.Tensor) and scheme.iterations[1] == 8
+    assert scheme.epoch_summary() == {"sinkhorn_iterations": expected / 8}
+    state = scheme.state_dict()
+    assert state == {"iterations": [expected, 8]} and isinstance(state["iterations"][0], float)
+    fresh = build_scheme("radi_p")
+    fresh.load_state_dict(state)
+    assert fresh.epoch_summary() == scheme.epoch_summary()
+
+
 def test_label_smoothing_and_pseudo_labels():
     s, t = _logits()
     targets = torch.zeros(4, 30)
