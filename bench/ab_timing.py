@@ -1,0 +1,96 @@
+"""The GPU numbers that the GPU-limit targets name, for whichever radi_fast is importable, so two
+builds can be compared on the same machine in one device call (different H100 hosts differ:
+docs/triton.md):
+
+    python bench/ab_timing.py --label current --out DIR
+    RADI_AB_ROOT=/tmp/base PYTHONPATH=/tmp/base-site python bench/ab_timing.py --label baseline --out DIR
+
+``RADI_AB_ROOT``: the source tree whose ``bench/`` (train-step helper) is used; the package comes
+from the normal import path. B = 32, T = 10, K = 2500, fp32, forward + backward: the Sinkhorn stage
+alone at 20 and 2 iterations (one iteration = the difference / 18), ``tol = 0, max_iter = 20``,
+the package defaults; one training step of KD and RADI-P at B = 64, N = 2500 (the built-in
+model). CUDA events, warm-up calls first, medians. Writes ``ab_<label>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+ROOT = os.environ.get("RADI_AB_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+if BENCH not in sys.path:
+    sys.path.insert(0, BENCH)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny sizes: a test of this script")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+        os.environ["RADI_BENCH_SIZES"] = "tiny"
+    import torch
+
+    import radi_fast
+    from radi_fast.ops import pairwise_triton as PT
+    from radi_fast.ops.triton_config import default_config
+
+    dev = torch.device("cpu" if args.smoke else "cuda")
+
+    def timed(fn, rounds=args.rounds, warmup=3):
+        if args.smoke:
+            fn()
+            return float("nan")
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        ms = []
+        for _ in range(rounds):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            ms.append(a.elapsed_time(b))
+        return statistics.median(ms)
+
+    g = torch.Generator().manual_seed(0)
+    B, T, K = (2, 10, 60) if args.smoke else (32, 10, 2500)
+    mc = (torch.randn(B, 1, K, generator=g) * 2 + 0.5 * torch.randn(B, T, K, generator=g)).to(dev)
+    student = torch.randn(B, K, generator=g).to(dev)
+    cfg = default_config(False, torch.float32)
+    p = PT.prepare_triton(mc, None, K, None, None, cfg)
+    stage = {n: timed(lambda n=n: PT.sinkhorn_potentials_triton(p, n, 0.0, cfg)) for n in (2, 20)}
+
+    def fwd_bwd(**kw):
+        s = student.clone().requires_grad_(True)
+        radi_fast.radi_pairwise_loss(s, mc, backend="triton", top_k=K, **kw).sum().backward()
+
+    result = {"label": args.label, "radi_fast": getattr(radi_fast, "__version__", "?"),
+              "package_file": radi_fast.__file__, "device": "cpu" if args.smoke else torch.cuda.get_device_name(dev),
+              "torch": torch.__version__, "sinkhorn_stage_ms": stage,
+              "per_iteration_us": (stage[20] - stage[2]) / 18 * 1e3,
+              "fixed20_fwd_bwd_ms": timed(lambda: fwd_bwd(max_iter=20, tol=0.0)),
+              "defaults_fwd_bwd_ms": timed(lambda: fwd_bwd())}
+    try:
+        from test_bench_train_step import _Step
+
+        steps = {s: _Step(100 if args.smoke else 2500, s, dev) for s in ("kd", "radi_p")}
+        result["train_step_ms"] = {s: timed(step, rounds=20) for s, step in steps.items()}
+        result["radi_p_over_kd_ms"] = result["train_step_ms"]["radi_p"] - result["train_step_ms"]["kd"]
+    except Exception as exc:  # the numbers above still stand
+        result["train_step_error"] = repr(exc)[-300:]
+    print(json.dumps(result), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"ab_{args.label}.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
