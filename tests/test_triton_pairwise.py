@@ -221,6 +221,20 @@ def test_split_choice_fills_the_last_wave():
     assert choose_split(20, 264) == 4  # one small sample: spread it
 
 
+def test_half_step_register_cap():
+    # the cap that keeps two 8-warp programs per SM applies where it does not spill (fp32 row sums
+    # reduced per tile, 8 warps: tests/test_triton_compile.py), never to fp64 or per-pair sums
+    from radi_fast.ops.triton_config import TritonConfig, half_step_maxnreg, parse_config_override
+
+    cfg = TritonConfig()
+    assert half_step_maxnreg(cfg, True) == 128
+    assert half_step_maxnreg(cfg, False) is None  # fp64 points
+    assert half_step_maxnreg(replace(cfg, sink_acc=True), True) is None
+    assert half_step_maxnreg(replace(cfg, sink_warps=4), True) is None
+    assert half_step_maxnreg(parse_config_override("sink_maxnreg=0", cfg), True) is None
+    assert half_step_maxnreg(parse_config_override("sink_maxnreg=96,sink_warps=4", cfg), False) == 96
+
+
 def test_random_weights_bit_exact_with_cpu_hash():
     g = torch.Generator().manual_seed(0)
     n = 3000
