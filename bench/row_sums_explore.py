@@ -116,14 +116,18 @@ def main(argv=None):
                 maxnreg=half_step_maxnreg(replace(cfg, sink_warps=w), True))
         return fn, part if split > 1 else None
 
-    def pipe(bm, bn, w, st, split):
+    def on_points(kernel, bm, bn, w, st, split, **extra):
+        """A variant that reads the package's Z and writes partial row sums."""
         part = torch.zeros(split, B, K, device=dev)
 
         def fn():
-            V.rowsum_pipe[(B, triton_cdiv(K, bm), split)](
+            kernel[(B, triton_cdiv(K, bm), split)](
                 p.zb, p.zs, p.n_valid, prev, part, tol, K, KP, split, T=T, TP=TP, BM=bm, BN=bn, G_SIDE=0, SPLIT=True,
-                COMPUTE=triton.language.float32, ACC=False, num_warps=w, num_stages=st)
+                COMPUTE=triton.language.float32, num_warps=w, num_stages=st, **extra)
         return fn, part
+
+    def pipe(bm, bn, w, st, split):
+        return on_points(V.rowsum_pipe, bm, bn, w, st, split, ACC=False)
 
     cat_cache = {}
 
@@ -140,13 +144,7 @@ def main(argv=None):
         return fn, part
 
     def expv(bm, bn, w, st, split, EXP=0):
-        part = torch.zeros(split, B, K, device=dev)
-
-        def fn():
-            V.rowsum_exp[(B, triton_cdiv(K, bm), split)](
-                p.zb, p.zs, p.n_valid, prev, part, tol, K, KP, split, T=T, TP=TP, BM=bm, BN=bn, G_SIDE=0, SPLIT=True,
-                COMPUTE=triton.language.float32, EXP=EXP, num_warps=w, num_stages=st)
-        return fn, part
+        return on_points(V.rowsum_exp, bm, bn, w, st, split, EXP=EXP)
 
     def tma(bm, bn, w, st, split, EXP=0):
         part = torch.zeros(split, B, K, device=dev)

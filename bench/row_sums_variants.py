@@ -6,6 +6,12 @@
   3xTF32 terms side by side (``[yb, yb, ys, cb, cs]`` per column, ``[ys, yb, yb, 1, 1]`` per row:
   4 k-steps at T = 10 instead of 6, one wgmma group), the row's own potential added per pair;
   ``PIPE`` pipelines it like ``rowsum_pipe``.
+* ``rowsum_exp``: the package's loops with the exponential of :func:`exp2_variant` (inline PTX, a
+  share on the FMA pipe, or none); ``rowsum_tma``: column tiles by TMA.
+
+The timings in bench/results/row_sums_explore_*_nvidia_h100_80gb_hbm3.json were taken with this
+file as of commit 72e4de1; since then the kernels that read Z share :func:`row_block` (which builds
+the row operand before the activity test; in the bench every program is active).
 """
 import triton
 import triton.language as tl
@@ -29,21 +35,32 @@ def off_diagonal_tile(t, c0, lo_d, hi_d, BN: tl.constexpr):
 
 
 @triton.jit
+def row_block(zb_ptr, zs_ptr, nvalid_ptr, prev_delta_ptr, tol_ptr, KP, T: tl.constexpr, TP: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, G_SIDE: tl.constexpr, SPLIT: tl.constexpr):
+    """The package kernel's preamble: whether this program works, its rows, their operand and
+    its column share (the row operand is built even when it does not work: a bench only)."""
+    b = tl.program_id(0).to(tl.int64)
+    i0 = tl.program_id(1) * BM
+    kb = tl.load(nvalid_ptr + b).to(tl.int32)
+    active = (i0 < kb) & (kb >= 2) & (tl.load(prev_delta_ptr + b) > tl.load(tol_ptr))
+    rows = i0 + tl.arange(0, BM)
+    offs_t = tl.arange(0, TP)
+    zb_b = zb_ptr + b * KP * TP
+    zs_b = zs_ptr + b * KP * TP
+    rb, rs = row_operand(load_points(zb_b, zs_b, rows, offs_t, TP, SPLIT), offs_t, T, G_SIDE, SPLIT)
+    c0, c1, d0, d1 = column_share(kb, i0, BM, BN)
+    return active, b, kb, rows, offs_t, zb_b, zs_b, rb, rs, c0, c1, d0, d1
+
+
+@triton.jit
 def rowsum_pipe(
     zb_ptr, zs_ptr, nvalid_ptr, prev_delta_ptr, part_ptr, tol_ptr, K, KP, NSPLIT,
     T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     G_SIDE: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr, ACC: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    i0 = tl.program_id(1) * BM
-    kb = tl.load(nvalid_ptr + b).to(tl.int32)
-    if (i0 < kb) & (kb >= 2) & (tl.load(prev_delta_ptr + b) > tl.load(tol_ptr)):
-        rows = i0 + tl.arange(0, BM)
-        offs_t = tl.arange(0, TP)
-        zb_b = zb_ptr + b * KP * TP
-        zs_b = zs_ptr + b * KP * TP
-        rb, rs = row_operand(load_points(zb_b, zs_b, rows, offs_t, TP, SPLIT), offs_t, T, G_SIDE, SPLIT)
-        c0, c1, d0, d1 = column_share(kb, i0, BM, BN)
+    active, b, kb, rows, offs_t, zb_b, zs_b, rb, rs, c0, c1, d0, d1 = row_block(
+        zb_ptr, zs_ptr, nvalid_ptr, prev_delta_ptr, tol_ptr, KP, T, TP, BM, BN, G_SIDE, SPLIT)
+    if active:
         lo_d, hi_d, n_off = off_diagonal(c0, c1, d0, d1, BN)
         acc = tl.zeros([BM], COMPUTE)
         # off-diagonal tiles, software-pipelined: the next tile's products are issued before
@@ -185,16 +202,9 @@ def rowsum_exp(
     G_SIDE: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr, EXP: tl.constexpr,
 ):
     """The package's row sums with the exponential of :func:`exp2_variant`."""
-    b = tl.program_id(0).to(tl.int64)
-    i0 = tl.program_id(1) * BM
-    kb = tl.load(nvalid_ptr + b).to(tl.int32)
-    if (i0 < kb) & (kb >= 2) & (tl.load(prev_delta_ptr + b) > tl.load(tol_ptr)):
-        rows = i0 + tl.arange(0, BM)
-        offs_t = tl.arange(0, TP)
-        zb_b = zb_ptr + b * KP * TP
-        zs_b = zs_ptr + b * KP * TP
-        rb, rs = row_operand(load_points(zb_b, zs_b, rows, offs_t, TP, SPLIT), offs_t, T, G_SIDE, SPLIT)
-        c0, c1, d0, d1 = column_share(kb, i0, BM, BN)
+    active, b, kb, rows, offs_t, zb_b, zs_b, rb, rs, c0, c1, d0, d1 = row_block(
+        zb_ptr, zs_ptr, nvalid_ptr, prev_delta_ptr, tol_ptr, KP, T, TP, BM, BN, G_SIDE, SPLIT)
+    if active:
         acc = tl.zeros([BM], COMPUTE)
         for j0 in range(c0, tl.minimum(c1, d0), BN):
             x, cols = column_logits(zb_b, zs_b, rb, rs, j0, offs_t, BN, TP, SPLIT)
