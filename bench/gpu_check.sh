@@ -13,10 +13,11 @@
 #      against the float64 literal reference) and the CUDA sampler tests (the compiled op and its
 #      PyTorch port against the CPU op, bit for bit), the Sinkhorn schemes' kernels against the CPU path;
 #   3. the training-step benchmark at B=64, N=2500 (RADI-P's overhead over KD);
-#   4. Nsight Compute on the Sinkhorn half-step kernel (when ncu is there and time is left);
-#   5. with --baseline=REV: bench/ab_timing.py for REV (git archive, installed into /tmp) and for
+#   4. with --baseline=REV: bench/ab_timing.py for REV (git archive, installed into /tmp) and for
 #      this tree, on the same machine (different H100 hosts differ): per iteration, 20 fixed
-#      iterations, the defaults and the training step, side by side.
+#      iterations, the defaults and the training step, side by side (~100 s);
+#   5. Nsight Compute on the Sinkhorn half-step kernel (when ncu is there and time is left).
+# To fit one 10-minute call with --baseline, skip the CUDA sampler build: RADI_FAST_NO_EXT=1.
 # Prints every target as PASS/FAIL. Results: JSON + logs in $OUT (when set; the logs also packed in
 # $OUT/gpu_check_logs.tgz, since a device call brings back at most 8 files) and bench/results/.
 # Usage: bash bench/gpu_check.sh [--no-sweep] [--baseline=REV]   Without a GPU: bash bench/gpu_check.sh --dry-run
@@ -102,7 +103,33 @@ if "radi_p" in ms and "kd" in ms:
     print(f"TARGET {'PASS' if d <= 3.0 else 'FAIL'}  RADI-P adds <= 3 ms per training step over KD (adds {d:.2f} ms)")
 EOF
 
-echo "== 4. Nsight Compute, Sinkhorn half-step ($(elapsed) s)"
+if [[ -n "$BASELINE" ]]; then
+  echo "== 4. A/B against $BASELINE ($(elapsed) s)"
+  rm -rf /tmp/radi_base /tmp/radi_base_site && mkdir -p /tmp/radi_base
+  if git archive "$BASELINE" | tar -x -C /tmp/radi_base && (cd /tmp/radi_base && RADI_FAST_NO_EXT=1 "$PY" -m pip install \
+       -q --no-index --no-build-isolation --no-deps --use-pep517 --target /tmp/radi_base_site . > /dev/null 2>&1); then
+    RADI_AB_ROOT=/tmp/radi_base PYTHONPATH=/tmp/radi_base_site timeout 150 "$PY" bench/ab_timing.py --label baseline \
+      --out "$LOGS" > "$LOGS/gpu_check_ab.log" 2>&1
+    timeout 150 "$PY" bench/ab_timing.py --label current --out "$LOGS" >> "$LOGS/gpu_check_ab.log" 2>&1
+    "$PY" - "$LOGS" "$BASELINE" <<'EOF' 2>&1 | tee -a "$LOGS/gpu_check_ab.log"
+import json, os, sys
+out, rev = sys.argv[1], sys.argv[2]
+try:
+    a, b = (json.load(open(os.path.join(out, f"ab_{x}.json"))) for x in ("baseline", "current"))
+except Exception as exc:
+    sys.exit(f"A/B: no results ({exc})")
+print("A/B", rev, "| package files:", a["package_file"], "->", b["package_file"])
+for k in ("per_iteration_us", "fixed20_fwd_bwd_ms", "defaults_fwd_bwd_ms", "radi_p_over_kd_ms"):
+    if k in a and k in b:
+        print(f"  {k:22s} {a[k]:9.3f} -> {b[k]:9.3f}  ({b[k] / a[k]:.2f}x)")
+EOF
+  else
+    echo "A/B: could not install $BASELINE"
+  fi
+fi
+
+
+echo "== 5. Nsight Compute, Sinkhorn half-step ($(elapsed) s)"
 if command -v ncu >/dev/null && [[ $(elapsed) -lt 330 ]]; then
   cat > /tmp/radi_ncu_case.py <<'EOF'
 import torch
@@ -125,31 +152,6 @@ EOF
   grep -E "Throughput|Busy|Issue|Eligible|Occupancy|Registers|Warp Cycles|Duration|Pipe" "$LOGS/gpu_check_ncu.log" | head -40
 else
   echo "skipped (no ncu, or too little time left)"
-fi
-
-if [[ -n "$BASELINE" ]]; then
-  echo "== 5. A/B against $BASELINE ($(elapsed) s)"
-  rm -rf /tmp/radi_base /tmp/radi_base_site && mkdir -p /tmp/radi_base
-  if git archive "$BASELINE" | tar -x -C /tmp/radi_base && (cd /tmp/radi_base && RADI_FAST_NO_EXT=1 "$PY" -m pip install \
-       -q --no-index --no-build-isolation --no-deps --use-pep517 --target /tmp/radi_base_site . > /dev/null 2>&1); then
-    RADI_AB_ROOT=/tmp/radi_base PYTHONPATH=/tmp/radi_base_site timeout 150 "$PY" bench/ab_timing.py --label baseline \
-      --out "$LOGS" > "$LOGS/gpu_check_ab.log" 2>&1
-    timeout 150 "$PY" bench/ab_timing.py --label current --out "$LOGS" >> "$LOGS/gpu_check_ab.log" 2>&1
-    "$PY" - "$LOGS" "$BASELINE" <<'EOF' 2>&1 | tee -a "$LOGS/gpu_check_ab.log"
-import json, os, sys
-out, rev = sys.argv[1], sys.argv[2]
-try:
-    a, b = (json.load(open(os.path.join(out, f"ab_{x}.json"))) for x in ("baseline", "current"))
-except Exception as exc:
-    sys.exit(f"A/B: no results ({exc})")
-print("A/B", rev, "| package files:", a["package_file"], "->", b["package_file"])
-for k in ("per_iteration_us", "fixed20_fwd_bwd_ms", "defaults_fwd_bwd_ms", "radi_p_over_kd_ms"):
-    if k in a and k in b:
-        print(f"  {k:22s} {a[k]:9.3f} -> {b[k]:9.3f}  ({b[k] / a[k]:.2f}x)")
-EOF
-  else
-    echo "A/B: could not install $BASELINE"
-  fi
 fi
 
 echo "== summary ($(elapsed) s): bench $bench_rc, integration $integration_rc, tests $tests_rc, sampler tests $sampler_rc, scheme tests $schemes_rc"
