@@ -171,7 +171,11 @@ def test_triton_interpreter_agrees_with_the_cpu_path(scheme):
     logw0 = f0[:, :, None] + g0[:, None, :]
     logw1 = f1[:, :, None] + g1[:, None, :]
     torch.testing.assert_close(logw1, logw0, rtol=0, atol=1e-8)  # W = exp(f_i + g_j - U_ij / lam)
-    assert (it1 - it0).abs().max() <= 2, (it0, it1)
+    # over-relaxation adapts omega to observed ratios, and a different summation order (tiles,
+    # shares; a GPU's) flips some of its decisions: 116 CPU iterations came out as 116-118 under
+    # the interpreter's tilings (the potentials still agree to 7e-11). Its slack is 3%.
+    slack = torch.clamp((0.03 * it0).ceil(), min=2) if scheme == "overrelaxed" else 2
+    assert bool(((it1 - it0).abs() <= slack).all()), (it0, it1)
 
 
 def _order(mc):
