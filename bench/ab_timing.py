@@ -9,14 +9,14 @@ docs/triton.md):
 from the normal import path. B = 32, T = 10, K = 2500, fp32, forward + backward: the Sinkhorn stage
 alone at 20 and 2 iterations (one iteration = the difference / 18), ``tol = 0, max_iter = 20``,
 the package defaults; one training step of KD and RADI-P at B = 64, N = 2500 (the built-in
-model). CUDA events, warm-up calls first, medians. Writes ``ab_<label>.json``.
+model). The inputs, timer (CUDA events, warm-up calls first, medians) and fwd+bwd are
+bench/gpu_pairwise.py's, taken from the same tree as the train step. Writes ``ab_<label>.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import sys
 
 ROOT = os.environ.get("RADI_AB_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,47 +37,35 @@ def main(argv=None):
         os.environ["RADI_BENCH_SIZES"] = "tiny"
     import torch
 
-    import radi_fast
+    import radi_fast  # first: gpu_pairwise puts its tree's root on sys.path, the package must not come from there
+    from gpu_pairwise import Timer, fwd_bwd, make_inputs, sinkhorn_stage
     from radi_fast.ops import pairwise_triton as PT
     from radi_fast.ops.triton_config import default_config
 
     dev = torch.device("cpu" if args.smoke else "cuda")
+    timer = Timer(dev)
+    warmup = 0 if args.smoke else 3
+    rounds = 1 if args.smoke else args.rounds
 
-    def timed(fn, rounds=args.rounds, warmup=3):
-        if args.smoke:
-            fn()
-            return float("nan")
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        ms = []
-        for _ in range(rounds):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            ms.append(a.elapsed_time(b))
-        return statistics.median(ms)
+    def timed(fn, rounds=rounds):
+        return timer.measure(fn, warmup, rounds)["median_ms"]
 
-    g = torch.Generator().manual_seed(0)
+    # the shapes and inputs of bench/gpu_pairwise.py, whose numbers the targets name
     B, T, K = (2, 10, 60) if args.smoke else (32, 10, 2500)
-    mc = (torch.randn(B, 1, K, generator=g) * 2 + 0.5 * torch.randn(B, T, K, generator=g)).to(dev)
-    student = torch.randn(B, K, generator=g).to(dev)
+    student, mc = make_inputs(B, T, K, dev)
     cfg = default_config(False, torch.float32)
-    p = PT.prepare_triton(mc, None, K, None, None, cfg)
-    stage = {n: timed(lambda n=n: PT.sinkhorn_potentials_triton(p, n, 0.0, cfg)) for n in (2, 20)}
+    stage = {n: sinkhorn_stage(PT, student, mc, n, cfg, timer, warmup, rounds)[0]["median_ms"] for n in (2, 20)}
+    s_d, mc_d = make_inputs(B, T, K, dev, seed=1)
 
-    def fwd_bwd(**kw):
-        s = student.clone().requires_grad_(True)
-        radi_fast.radi_pairwise_loss(s, mc, backend="triton", top_k=K, **kw).sum().backward()
+    def loss(mc_, **kw):
+        return lambda s: radi_fast.radi_pairwise_loss(s, mc_, backend="triton", top_k=K, **kw)
 
     result = {"label": args.label, "radi_fast": getattr(radi_fast, "__version__", "?"),
               "package_file": radi_fast.__file__, "device": "cpu" if args.smoke else torch.cuda.get_device_name(dev),
               "torch": torch.__version__, "sinkhorn_stage_ms": stage,
               "per_iteration_us": (stage[20] - stage[2]) / 18 * 1e3,
-              "fixed20_fwd_bwd_ms": timed(lambda: fwd_bwd(max_iter=20, tol=0.0)),
-              "defaults_fwd_bwd_ms": timed(lambda: fwd_bwd())}
+              "fixed20_fwd_bwd_ms": timed(lambda: fwd_bwd(loss(mc, margin_mode="ot", max_iter=20, tol=0.0), student)),
+              "defaults_fwd_bwd_ms": timed(lambda: fwd_bwd(loss(mc_d), s_d))}
     try:
         try:
             from train_step_case import TrainStep
@@ -85,7 +73,7 @@ def main(argv=None):
             from test_bench_train_step import _Step as TrainStep
 
         steps = {s: TrainStep(100 if args.smoke else 2500, s, dev) for s in ("kd", "radi_p")}
-        result["train_step_ms"] = {s: timed(step, rounds=20) for s, step in steps.items()}
+        result["train_step_ms"] = {s: timed(step, rounds=1 if args.smoke else 20) for s, step in steps.items()}
         result["radi_p_over_kd_ms"] = result["train_step_ms"]["radi_p"] - result["train_step_ms"]["kd"]
     except Exception as exc:  # the numbers above still stand
         result["train_step_error"] = repr(exc)[-300:]
