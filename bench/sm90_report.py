@@ -87,8 +87,9 @@ def kernel_specs():
                   "SHIFT_LO": 2.0 ** lo, "SHIFT_HI": 2.0 ** hi}
         sig = dict(step_sig, **ptrs(f64_ptrs, "*fp64")) if fp64 else step_sig
         options = {"num_warps": c.sink_warps, "num_stages": c.sink_stages}
-        if half_step_maxnreg(c, not fp64):
-            options["maxnreg"] = half_step_maxnreg(c, not fp64)
+        cap = half_step_maxnreg(c, not fp64)
+        if cap:
+            options["maxnreg"] = cap
         specs.append((name, sinkhorn.sinkhorn_half_step_kernel, sig, consts, options,
                       c.sink_bm * c.sink_bn // (32 * c.sink_warps)))
 
