@@ -302,14 +302,13 @@ def run(args):
         sink[f"fraction_of_exp_roofline_at_{label}"] = roof_us / per_iter_us if per_iter_us > 0 else None
         sink[f"{label}_mhz"] = float(mhz)
     result["sinkhorn"] = sink
-    stud = PT.sorted_student(student, p)
     PT.sinkhorn_potentials_triton(p, iters, 0.0, cfg)
     result["stages_ms"] = {
         "prepare (sort, gather, stats kernels)": timer.measure(
             lambda: PT.prepare_triton(mc, None, 2500, None, None, cfg), args.warmup, args.rounds)["median_ms"],
         f"sinkhorn ({iters} iterations)": st_full["median_ms"],
-        "loss kernel (eq. 4 + gradient counts)": timer.measure(
-            lambda: PT.margin_loss_triton(stud, p, 1.0, "ot", 0, cfg), args.warmup,
+        "loss kernel (eq. 4 + gradient)": timer.measure(
+            lambda: PT.margin_loss_triton(student, p, 1.0, "ot", 0, cfg), args.warmup,
             args.rounds)["median_ms"],
     }
     print(f"  sinkhorn {json.dumps(sink)}", flush=True)
@@ -336,8 +335,7 @@ def run(args):
         try:
             pc = PT.prepare_triton(mc, None, 2500, None, None, c)
             PT.sinkhorn_potentials_triton(pc, iters, 0.0, c)
-            sc = PT.sorted_student(student, pc)
-            ms = timer.measure(lambda: PT.margin_loss_triton(sc, pc, 1.0, "ot", 0, c), 1, args.rounds)["median_ms"]
+            ms = timer.measure(lambda: PT.margin_loss_triton(student, pc, 1.0, "ot", 0, c), 1, args.rounds)["median_ms"]
             loss_sweep.append({"config": override, "ms": ms})
         except Exception as exc:
             loss_sweep.append({"config": override, "error": repr(exc)[:300]})

@@ -42,10 +42,12 @@ def _tools():
 def kernel_specs():
     """(name, kernel, signature, constexprs, options, pairs per thread per loop iteration) for
     every kernel variant the launchers can select, at the benchmark shape."""
+    import torch
     import triton.language as tl
 
     from radi_fast._constants import UNCERTAINTY_EPS
     from radi_fast.kernels import margin_ranking, pairwise_stats, sinkhorn
+    from radi_fast.ops.teacher import MAX_COST
     from radi_fast.ops.triton_config import TritonConfig, half_step_maxnreg, point_lanes
 
     cfg = TritonConfig()
@@ -56,11 +58,28 @@ def kernel_specs():
     def ptrs(names, dtype):
         return {n: dtype for n in names}
 
-    stats_sig = {"mc_ptr": "*fp32", "stride_mb": "i32", "stride_mt": "i32", "stride_mn": "i32", "order_ptr": "*i64",
-                 "stride_ob": "i32", "nvalid_ptr": "*i64", "lam_ptr": "*fp32"}
+    raw_sig = {"mc_ptr": "*fp32", "stride_mb": "i32", "stride_mt": "i32", "stride_mn": "i32", "order_ptr": "*i64",
+               "stride_ob": "i32", "nvalid_ptr": "*i64", "out_ptr": "*fp32", "factor_ptr": "*fp64", "unit_ptr": "*fp32",
+               "lam_ptr": "*fp32", "lamk_ptr": "*fp32", "fixed_lam_ptr": "*fp64", "teacher_ptr": "*fp32",
+               "stride_tb": "i32", "stride_tn": "i32", "tie_lo_ptr": "*i32", "tie_hi_ptr": "*i32", "npairs_ptr": "*i64",
+               "noise": "fp32", "K": "i32", "KP": "i32", "T": "i32", "TP": "constexpr", "BK": "constexpr", "COMPUTE": "constexpr", "FIXED_LAM": "constexpr",
+               "INV_MAX_COST": "constexpr", "BIG": "constexpr", "TINY": "constexpr"}
+    for name, sig, fixed, fp64 in (("teacher_prepare", raw_sig, False, False),
+                                   ("teacher_prepare_bf16_fixed_lam", dict(raw_sig, mc_ptr="*bf16"), True, False),
+                                   ("teacher_prepare_fp64", dict(raw_sig, **ptrs(("mc_ptr", "out_ptr", "unit_ptr",
+                                                                                  "lam_ptr", "lamk_ptr", "teacher_ptr"),
+                                                                                 "*fp64")),
+                                    False, True)):
+        dt = torch.float64 if fp64 else torch.float32
+        specs.append((name, pairwise_stats.teacher_prepare_kernel, sig,
+                      {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": f64 if fp64 else f32, "FIXED_LAM": fixed,
+                       "INV_MAX_COST": 1.0 / MAX_COST[dt], "BIG": torch.finfo(dt).max, "TINY": torch.finfo(dt).tiny},
+                      {"num_warps": 4}, None))
+    stats_sig = {"mc_ptr": "*fp32", "stride_mb": "i32", "stride_mt": "i32", "stride_mn": "i32", "nvalid_ptr": "*i64",
+                 "lam_ptr": "*fp32"}
     lam_sig = dict(stats_sig, noise="fp32", T="i32", TP="constexpr", BK="constexpr", COMPUTE="constexpr")
-    for name, sig in (("pairwise_lam", lam_sig), ("pairwise_lam_bf16", dict(lam_sig, mc_ptr="*bf16"))):
-        specs.append((name, pairwise_stats.pairwise_lam_kernel, sig, {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": f32}, {"num_warps": 4}, None))
+    specs.append(("pairwise_lam", pairwise_stats.pairwise_lam_kernel, lam_sig,
+                  {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": f32}, {"num_warps": 4}, None))
     pts_sig = dict(stats_sig, zb_ptr="*fp32", zs_ptr="*fp32", yt_ptr="*fp32", hs_ptr="*fp32", K="i32", KP="i32",
                    T="i32", TP="constexpr", BK="constexpr", SPLIT="constexpr", COMPUTE="constexpr",
                    LANE_MAJOR="constexpr")
@@ -105,8 +124,9 @@ def kernel_specs():
 
     loss_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "yt_ptr": "*fp32", "nvalid_ptr": "*i64", "lam_ptr": "*fp32",
                 "tie_lo_ptr": "*i32", "tie_hi_ptr": "*i32", "student_ptr": "*fp32", "ids_ptr": "*i64",
-                "rowhash_ptr": "*i64",
-                "loss_part_ptr": "*fp32", "cnt_ptr": "*i32", "margin_ptr": "*fp32", "K": "i32", "KP": "i32", "NB": "i32",
+                "rowhash_ptr": "*i64", "order_ptr": "*i64", "npairs_ptr": "*i64", "loss_part_ptr": "*fp32",
+                "scale_ptr": "*fp32", "grad_ptr": "*fp32", "margin_ptr": "*fp32", "K": "i32", "KP": "i32", "NB": "i32",
+                "N": "i32",
                 "MODE": "constexpr", "T": "constexpr", "TP": "constexpr", "BM": "constexpr", "BN": "constexpr",
                 "SPLIT": "constexpr", "COMPUTE": "constexpr", "EPS": "constexpr"}
 
@@ -114,7 +134,7 @@ def kernel_specs():
         consts = {"MODE": mode, "T": T_BENCH, "TP": TP, "BM": c.loss_bm, "BN": c.loss_bn, "SPLIT": not fp64,
                   "COMPUTE": f64 if fp64 else f32, "EPS": UNCERTAINTY_EPS}
         sig = dict(loss_sig, **ptrs(("zb_ptr", "zs_ptr", "yt_ptr", "lam_ptr", "student_ptr", "loss_part_ptr",
-                                     "margin_ptr"), "*fp64")) if fp64 else loss_sig
+                                     "scale_ptr", "grad_ptr", "margin_ptr"), "*fp64")) if fp64 else loss_sig
         warps = c.loss_warps if mode == 0 else c.loss_warps_other
         specs.append((name, margin_ranking.margin_ranking_kernel, sig, consts, {"num_warps": warps, "num_stages": c.loss_stages},
                       c.loss_bm * c.loss_bn // (32 * warps)))

@@ -3,7 +3,9 @@
 A program owns ``BM`` rows of one sample (answers in teacher order) and visits every column tile:
 upper pairs (``j >= tie_hi_i``) add ``max(0, m W_ij - (s_i - s_j))`` to the loss and count -1 when
 active; lower pairs (``j < tie_lo_i``) count +1 when ``m W_ji - (s_j - s_i) > 0``. Outputs per
-(sample, row block) hinge sums and per-row int32 counts: no atomics. W by ``MODE``: 0 "ot"
+(sample, row block) hinge sums and, per row, the gradient: its count times ``1 / |R_p|``
+written at the answer's column of the student's [B, N] (no atomics: each answer is one row of
+one program). W by ``MODE``: 0 "ot"
 ``2^(<y_i, y_j> + p_i + q_j)`` from Z, 1 "uniform", 2 "random" (the hash of radi_fast._random),
 3 "uncertainty" ``1 / (U + EPS)`` from the direct difference of lane-major points.
 """
@@ -53,10 +55,13 @@ def margin_ranking_kernel(
     student_ptr,  # [B, KP] student scores in teacher order, -inf past K_b
     ids_ptr,  # [B, KP] int64 answer ids (MODE 2)
     rowhash_ptr,  # [B] int64 holding uint32 lowbias32(lowbias32(seed) ^ b) (MODE 2)
+    order_ptr,  # [B, K] int64 answer ids in teacher order: where each row's gradient goes
+    npairs_ptr,  # [B] int64 |R_p|
     loss_part_ptr,  # out [B, NB] partial hinge sums
-    cnt_ptr,  # out [B, K] int32 gradient counts
+    scale_ptr,  # out [B] 1 / |R_p| in the compute dtype (0 without ordered pairs)
+    grad_ptr,  # out [B, N] compute dtype, zero-filled by the caller: rows' gradients at their answers
     margin_ptr,  # [1] the margin m in the compute dtype (a float argument would be fp32)
-    K, KP, NB,
+    K, KP, NB, N,
     MODE: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     SPLIT: tl.constexpr, COMPUTE: tl.constexpr, EPS: tl.constexpr,  # EPS: the "uncertainty" mode's 1e-6
 ):
@@ -67,6 +72,13 @@ def margin_ranking_kernel(
     rows = i0 + tl.arange(0, BM)
     loss_rows = tl.zeros([BM], COMPUTE)
     cnt_rows = tl.zeros([BM], tl.int32)
+    n_pairs = tl.load(npairs_ptr + b).to(COMPUTE)
+    # rounded to nearest, as PyTorch's 1 / n (an fp32 "/" in Triton is div.full: 2 ulp)
+    if COMPUTE == tl.float32:
+        inv = tl.math.div_rn(tl.full((), 1.0, COMPUTE), tl.maximum(n_pairs, 1.0))
+    else:
+        inv = 1.0 / tl.maximum(n_pairs, 1.0)
+    scale = tl.where(n_pairs > 0, inv, 0.0)
     if i0 < kb:
         kvec = b * KP
         row_ok = rows < kb
@@ -129,7 +141,10 @@ def margin_ranking_kernel(
             h = margin * w + (sj[None, :] - si[:, None])
             loss_rows += tl.sum(tl.maximum(h, 0.0), axis=1)
             cnt_rows -= tl.sum((h > 0.0).to(tl.int32), axis=1)
-        tl.store(cnt_ptr + b * K + rows, cnt_rows, mask=row_ok)
+        ids = tl.load(order_ptr + b * K + rows, mask=row_ok, other=0)
+        tl.store(grad_ptr + b * N + ids, cnt_rows.to(COMPUTE) * scale, mask=row_ok)
+    if ib == 0:
+        tl.store(scale_ptr + b, scale)
     tl.store(loss_part_ptr + b * NB + ib, tl.sum(loss_rows, axis=0))
 
 

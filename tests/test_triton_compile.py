@@ -38,12 +38,13 @@ def report(tmp_path_factory):
     return data
 
 
-DEFAULT_KERNELS = ("pairwise_lam", "pairwise_points", "sinkhorn_half_step", "sinkhorn_half_step_g",
+DEFAULT_KERNELS = ("teacher_prepare", "pairwise_points", "sinkhorn_half_step", "sinkhorn_half_step_g",
                    "margin_ranking_ot", "margin_ranking_uniform", "margin_ranking_random", "margin_ranking_uncertainty")
 
 
 def test_every_kernel_compiles_for_sm90(report):
-    expected = set(DEFAULT_KERNELS) | {"pairwise_lam_bf16", "pairwise_points_lane_major", "pairwise_points_fp64",
+    expected = set(DEFAULT_KERNELS) | {"teacher_prepare_bf16_fixed_lam", "teacher_prepare_fp64", "pairwise_lam",
+                                       "pairwise_points_lane_major", "pairwise_points_fp64",
                                        "sinkhorn_half_step_acc", "sinkhorn_half_step_fp64", "margin_ranking_ot_fp64"}
     assert expected <= set(report["kernels"])
     for name in report["kernels"]:
@@ -53,7 +54,7 @@ def test_every_kernel_compiles_for_sm90(report):
 
 # the ablation margins without tensor-core products ("uniform", "random", "uncertainty") have
 # their tiles in blocked layouts and may spill a few bytes; they are off the default path
-HOT_PATH = ("pairwise_lam", "pairwise_points", "sinkhorn_half_step", "sinkhorn_half_step_g", "margin_ranking_ot",
+HOT_PATH = ("teacher_prepare", "pairwise_points", "sinkhorn_half_step", "sinkhorn_half_step_g", "margin_ranking_ot",
             "sinkhorn_half_step_acc")
 # capped at 128 registers (two programs per SM): Triton 3.9 spills a few words, in the diagonal
 # tiles' loop and the update, never in the loops that stream the other column tiles
@@ -112,7 +113,7 @@ def test_fp64_kernels_take_no_float_scalars(report):
     # tolerance would silently lose precision (it did: 2.5e-10 off the fp64 reference on an
     # H100). Such values travel as one-element tensors of the compute dtype.
     for name, k in report["kernels"].items():
-        if name.startswith("pairwise_lam"):
+        if name.startswith(("pairwise_lam", "teacher_prepare")):
             continue  # eps only scales a noise threshold
         floats = [a for a, t in k["signature"].items() if t in ("fp32", "fp64", "fp16", "bf16")]
         assert not floats, (name, floats)

@@ -149,6 +149,70 @@ def test_all_tied_teacher_gives_zero():
     assert (loss == 0).all() and (grad == 0).all() and (ref == 0).all()
 
 
+# per sample: an ordinary scale, logits near fp32's largest squares, tiny logits, all zero
+PREPARE_SCALES = {torch.float32: [1.0, 3e18, 2e-30, 0.0], torch.float64: [1.0, 1e300, 3e-310, 0.0]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("lam", [None, 0.7, 1e-30, 1e300])
+def test_preparation_kernel_matches_the_cpu_preparation(dtype, lam):
+    # teacher_prepare_kernel does in one launch what prepare_pairwise does in PyTorch: the
+    # power-of-two scale (exact: frexp), lam in the caller's and the kernel's units (floored at
+    # the largest cost / MAX_COST, capped at the dtype's max), the gathered logits
+    _, mc, _ = make_inputs(4, 5, 70, dtype=torch.float64, seed=31)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    scales = PREPARE_SCALES[compute]
+    mc = (mc * torch.tensor(scales, dtype=torch.float64, device=DEVICE)[:, None, None]).to(dtype)
+    lengths = torch.tensor([70, 41, 70, 1])
+    mc[1, :, 41:] = float("nan")  # padding is never read
+    mc[2, 3, 11] = float("inf") if lam is not None else mc[2, 3, 11]  # a non-finite sample: scale 1
+    cfg = replace(PT.default_config(DEVICE == "cpu", compute), stats_bk=16)
+    p = PT.prepare_triton(mc, None, 60, lam, lengths.to(DEVICE), cfg)
+    ref = prepare_pairwise(mc, None, 60, lam, lengths.to(DEVICE))
+    K = p.order.shape[1]
+    assert K == 60 and p.mc.shape == (4, 5, 60)
+    torch.testing.assert_close(p.order[p.valid].cpu(), ref.answer_ids[ref.valid].cpu(), rtol=0, atol=0)
+    assert torch.equal(p.unit.cpu(), ref.unit.cpu())  # the same power of two
+    rtol = 1e-13 if compute == torch.float64 else 2e-6
+    # lam in the caller's units: the CPU path does not saturate a fixed lam (inf in fp32 for 1e300)
+    big = torch.finfo(compute).max
+    torch.testing.assert_close(p.lam.double().cpu(), ref.lam.double().cpu().clamp(max=big), rtol=rtol, atol=0)
+    finite = [0, 1, 3] if lam is not None else [0, 1, 2, 3]  # past an inf logit the costs are NaN either way
+    torch.testing.assert_close(1.0 / p.lam_k.double().cpu()[finite], ref.inv_scale.double().cpu()[finite],
+                               rtol=rtol, atol=0)
+    centred = (p.mc - p.mc.mean(dim=1, keepdim=True)) * p.valid[:, None, :]
+    points = ref.points.transpose(1, 2)
+    torch.testing.assert_close(centred.double().cpu()[finite, :, :points.shape[2]], points.double().cpu()[finite],
+                               rtol=rtol, atol=1e-14 if compute == torch.float64 else 2e-7)
+    assert (p.mc[~p.valid[:, None, :].expand_as(p.mc)] == 0).all()  # padding: 0, never NaN
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tie_groups_kernel_matches_searchsorted(dtype):
+    # the preparation kernel's running max / min scans (carried across answer blocks of 16)
+    # against ops/teacher.py tie_groups (searchsorted): groups longer than a block, groups across
+    # block boundaries, -0.0 beside 0.0, ragged lengths, a sample of one answer, padding
+    from radi_fast.ops.teacher import teacher_top_k, tie_groups
+    _, mc, teacher = make_inputs(4, 3, 90, dtype=dtype, seed=5, explicit_teacher=True)
+    teacher = torch.round(teacher * 1.5) / 1.5
+    teacher[0, :40] = 0.0
+    teacher[0, 40:50] = -0.0
+    teacher[2] = 1.0  # one group of every answer
+    lengths = torch.tensor([90, 63, 90, 1], device=DEVICE)
+    cfg = replace(PT.default_config(DEVICE == "cpu", dtype), stats_bk=16)
+    for top_k in (90, 37):
+        p = PT.prepare_triton(mc, teacher, top_k, 0.5, lengths, cfg)
+        order, valid, n_valid = teacher_top_k(teacher, top_k, lengths, pad_to_top_k=True)
+        lo, hi, n_pairs = tie_groups(teacher.gather(1, order), valid, n_valid)
+        K = order.shape[1]
+        assert torch.equal(p.order[valid], order[valid])
+        assert torch.equal(p.tie_lo[:, :K][valid].long(), lo[valid])
+        assert torch.equal(p.tie_hi[:, :K][valid].long(), hi[valid])
+        assert torch.equal(p.n_pairs, n_pairs)
+        assert (p.tie_lo[:, :K][~valid] == n_valid[:, None].expand(-1, K)[~valid]).all()  # padding: K_b
+        assert n_pairs[2] == 0 and n_pairs[3] == 0 and n_pairs[0] > 0
+
+
 def test_small_lam_log_domain():
     # lam at 1/10 of the mean uncertainty: costs U / lam up to ~100, far into the log domain
     student, mc, _ = make_inputs(2, 5, 37, dtype=torch.float64, seed=8)
@@ -241,6 +305,66 @@ def test_plain_sinkhorn_is_one_launch_per_half_step(monkeypatch):
         monkeypatch.undo()
         assert launches == ["sinkhorn_half_step_kernel"] * 6, launches
         launches.clear()
+
+
+class HostWork(TorchDispatchMode):
+    """Counts the PyTorch ops a call dispatches outside Triton launches (views apart: they launch
+    nothing on a GPU) and the Triton launches: what the host pays per call on a GPU."""
+
+    def __init__(self, launcher_cls):
+        super().__init__()
+        self.ops, self.views, self.launches = [], 0, []
+        self.launcher_cls, self.inside = launcher_cls, 0
+
+    def __enter__(self):
+        launch, host = self.launcher_cls.__getitem__, self
+
+        def counting(kernel, grid):
+            run = launch(kernel, grid)
+
+            def wrapped(*args, **kwargs):
+                host.launches.append(getattr(getattr(kernel, "fn", None), "__name__", repr(kernel)))
+                host.inside += 1
+                try:
+                    return run(*args, **kwargs)
+                finally:
+                    host.inside -= 1
+            return wrapped
+        self._launch = launch
+        self.launcher_cls.__getitem__ = counting
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.launcher_cls.__getitem__ = self._launch
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside:
+            if func.is_view:
+                self.views += 1
+            else:
+                self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("lam", [None, 0.5])
+def test_host_work_of_one_call(lam):
+    # a call with the defaults is host-bound on a GPU (docs/triton.md): the preparation is one
+    # statistics kernel and one points kernel, the loss one kernel that writes the gradient in
+    # place; PyTorch ops outside the Sinkhorn loop stay few (the previous design dispatched 117
+    # non-view ops per call here: gather, scaling, tie groups, lam conversions, scatter)
+    student, mc, _ = make_inputs(3, 5, 70, seed=2)
+    cfg = replace(PT.default_config(DEVICE == "cpu", torch.float32), sink_bm=32, sink_bn=32, stats_bk=32, loss_bm=32,
+                  loss_bn=32)
+    with HostWork(type(PT.sinkhorn.sinkhorn_half_step_kernel)) as work:
+        loss, grad, iterations = PT.pairwise_forward_triton(student, mc, None, None, 1.0, "ot", lam, 2500, 100, 1e-5, 0,
+                                                            "plain", cfg)
+    assert torch.isfinite(loss).all() and (iterations > 0).all()
+    half_steps = work.launches.count("sinkhorn_half_step_kernel")
+    assert work.launches == ["teacher_prepare_kernel", "pairwise_points_kernel"] + \
+        ["sinkhorn_half_step_kernel"] * half_steps + ["margin_ranking_kernel"], work.launches
+    polls = half_steps // 2 // cfg.check_every  # a flag read (on CUDA: a pinned copy and an event)
+    assert len(work.ops) <= 44 + 5 * polls, (len(work.ops), work.ops)  # 40 here, 2 polls
 
 
 def test_half_step_register_cap():

@@ -87,7 +87,7 @@ def prepare_pairwise(teacher_mc_logits: torch.Tensor, teacher_logits: Optional[t
     unit = real_units(factor, dtype)
     if lam is None:
         lam_k = auto_lam_from_points(points, sq, n_valid, (amax * factor).to(dtype))
-        lam_b = (lam_k.double() / (factor * factor)).clamp(max=torch.finfo(dtype).max).to(dtype)
+        lam_b = (lam_k.double() / factor / factor).clamp(max=torch.finfo(dtype).max).to(dtype)  # factor^2 may underflow
         factor = torch.ones_like(factor)
     else:
         lam_k = lam_b = torch.full((B,), lam, dtype=torch.float64, device=mc.device)

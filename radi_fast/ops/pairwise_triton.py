@@ -23,7 +23,7 @@ from .autograd import fake_outputs, no_autocast, register_precomputed_gradient
 from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_factors
 from .sinkhorn_accel_triton import AndersonLauncher, RelaxationLauncher
 from .sinkhorn_schemes import LN2, iterations_of_half_steps
-from .teacher import compute_dtype, kernel_lam, negligible_noise, real_units, teacher_top_k, tie_groups, unit_scale
+from .teacher import MAX_COST, compute_dtype, negligible_noise, teacher_top_k
 from .triton_config import (TritonConfig, compute_tl_dtype, default_config, half_step_maxnreg, padded_answers, point_lanes,
                             resolve_split, triton_cdiv)
 
@@ -54,7 +54,7 @@ class TritonProblem:
     [B, KP] int32, answer i's teacher tie group ``[tie_lo_i, tie_hi_i)``; n_pairs: [B] |R_p|; mc:
     [B, T, K] the MC logits of the top-k answers in teacher order, scaled per sample by a power
     of two so the largest |logit| is in [0.5, 1) (exact; 0 on padding), read by the statistics
-    kernels through ``mc_order`` (the identity) to rebuild Z at another lam; yt: [B, TP, KP] the
+    kernels to rebuild Z at another lam; yt: [B, TP, KP] the
     points y lane-major (only for the "uncertainty" margins, else None).
     """
 
@@ -73,7 +73,6 @@ class TritonProblem:
     T: int
     dtype: torch.dtype
     mc: torch.Tensor
-    mc_order: torch.Tensor
     yt: Optional[torch.Tensor] = None
 
     @property
@@ -98,39 +97,30 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     order, valid, n_valid = teacher_top_k(teacher, top_k, valid, pad_to_top_k=True)
     K = order.shape[1]
     KP, TP = padded_answers(K, cfg), point_lanes(T)
+    n_valid = n_valid.to(torch.int64).contiguous()
+    order = order.contiguous()
     zb = torch.empty(B, KP, TP, dtype=dtype, device=device)
     zs = torch.empty_like(zb) if dtype != torch.float64 else zb
     yt = torch.empty(B, TP, KP, dtype=dtype, device=device) if lane_major else None
     hs = torch.empty(B, K, dtype=dtype, device=device)
-    lam_k = torch.empty(B, dtype=dtype, device=device)
-    n_valid = n_valid.to(torch.int64).contiguous()
-    order = order.contiguous()
-    # the top-k MC logits scaled by a power of two per sample (exact; padding 0, it may be NaN):
-    # squares of logits near 1e19 would overflow fp32
-    gathered = mc.gather(2, order[:, None, :].expand(B, T, K)).to(dtype).masked_fill_(~valid[:, None, :], 0)
-    factor = unit_scale(gathered.abs().amax(dim=(1, 2)) if gathered.numel() else gathered.new_zeros(B))
-    gathered = (gathered * factor.to(dtype)[:, None, None]).contiguous()
-    centred = (gathered - gathered.mean(dim=1, keepdim=True)) * valid[:, None, :]
-    max_cost = 4 * (centred * centred).sum(1).amax(dim=1) / T if centred.numel() else gathered.new_zeros(B)
-    mc_order = torch.arange(K, device=device).expand(B, K).contiguous()
-    tie = torch.zeros(2, B, KP, dtype=torch.int32, device=device)
-    tie_lo, tie_hi, n_pairs = tie_groups(teacher.gather(1, order), valid, n_valid)
-    tie[0, :, :K] = tie_lo
-    tie[1, :, :K] = tie_hi
-    unit = real_units(factor, dtype)
-    p = TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=lam_k, lam_k=lam_k,
-                      unit=unit, tie_lo=tie[0], tie_hi=tie[1], n_pairs=n_pairs, T=T, dtype=dtype, mc=gathered,
-                      mc_order=mc_order, yt=yt)
-    if lam is None:
-        if B and K:
-            mean_uncertainty(p, lam_k, cfg)
-        else:
-            lam_k.fill_(1.0)
-        p.lam = (lam_k.double() * unit).clamp(max=torch.finfo(dtype).max).to(dtype)
-        p.lam_k = kernel_lam(lam_k, torch.ones_like(factor), max_cost, dtype)
-    else:
-        p.lam = torch.full((B,), lam, dtype=torch.float64, device=device).clamp(max=torch.finfo(dtype).max).to(dtype)
-        p.lam_k = kernel_lam(torch.full((B,), lam, dtype=torch.float64, device=device), factor, max_cost, dtype)
+    # one kernel: the teacher's tie groups; the top-k MC logits gathered and scaled by a power of
+    # two per sample (exact; squares of logits near 1e19 would overflow fp32); lam in both units
+    gathered = torch.empty(B, T, K, dtype=dtype, device=device)  # (every output written by the kernel)
+    factor = torch.empty(B, dtype=torch.float64, device=device)
+    scalars = torch.empty(3, B, dtype=dtype, device=device)  # unit, lam, lam_k
+    ties = torch.empty(2, B, KP, dtype=torch.int32, device=device)  # tie_lo, tie_hi
+    n_pairs = torch.empty(B, dtype=torch.int64, device=device)
+    fixed = torch.full((1,), lam, dtype=torch.float64, device=device) if lam is not None else factor
+    if B:
+        pairwise_stats.teacher_prepare_kernel[(B,)](
+            mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, gathered, factor,
+            scalars[0], scalars[1], scalars[2], fixed, teacher, teacher.stride(0), teacher.stride(1), ties[0], ties[1],
+            n_pairs, negligible_noise(dtype), K, KP, T, TP=TP, BK=cfg.stats_bk, COMPUTE=compute_tl_dtype(dtype),
+            FIXED_LAM=lam is not None, INV_MAX_COST=1.0 / MAX_COST[dtype], BIG=torch.finfo(dtype).max,
+            TINY=torch.finfo(dtype).tiny, num_warps=4)
+    p = TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=scalars[1],
+                      lam_k=scalars[2], unit=scalars[0], tie_lo=ties[0], tie_hi=ties[1], n_pairs=n_pairs, T=T,
+                      dtype=dtype, mc=gathered, yt=yt)
     if B and K:
         build_points(p, p.lam_k, cfg)
     return p
@@ -138,7 +128,7 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
 
 def _stats_args(p: TritonProblem, lam: torch.Tensor):
     mc = p.mc
-    return (mc, mc.stride(0), mc.stride(1), mc.stride(2), p.mc_order, p.mc_order.stride(0), p.n_valid, lam)
+    return (mc, mc.stride(0), mc.stride(1), mc.stride(2), p.n_valid, lam)
 
 
 def mean_uncertainty(p: TritonProblem, out: torch.Tensor, cfg) -> None:
@@ -187,18 +177,16 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     """
     B, K = p.hs.shape
     device = p.hs.device
-    F = torch.zeros(B, K, dtype=p.dtype, device=device)
-    G = torch.zeros(B, K, dtype=p.dtype, device=device)
+    F, G = torch.zeros(2, B, K, dtype=p.dtype, device=device).unbind(0)
     # Anderson runs half-steps of the symmetric map (docs/sinkhorn.md): two per iteration of budget
     steps = 2 * max_iter if scheme == "anderson" else max_iter
-    delta = torch.zeros(steps + 1, B, dtype=p.dtype, device=device)
-    delta[0] = float("inf")
-    iterations = torch.zeros(B, dtype=torch.int64, device=device)
     if not (B and K):
-        return F, G, 0, iterations
+        return F, G, 0, torch.zeros(B, dtype=torch.int64, device=device)
+    delta = torch.zeros(steps + 1, B, dtype=p.dtype, device=device)  # next rows: atomic max from 0
+    delta[0].fill_(float("inf"))
     rb = triton_cdiv(K, cfg.sink_bm)
     split = resolve_split(cfg, B * rb, device)
-    part = torch.empty(split, B, K, dtype=p.dtype, device=device)  # read only with several shares
+    part = torch.empty(split, B, K, dtype=p.dtype, device=device) if split > 1 else F  # read only with several shares
     tickets = torch.zeros(B, rb, dtype=torch.int32, device=device)
     KP, TP = p.padded, p.zb.shape[2]
     common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
@@ -212,10 +200,9 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
             p.zb, p.zs, p.hs, p.n_valid, pot, part, tickets, prev, nxt, tol_t, K, KP, G_SIDE=side, ACC=cfg.sink_acc,
             WRITE_DELTA=side == 1, **window, **common)
 
-    cap = None  # "scaling": each sample's iterations left after its own coarse phase
+    cap = coarse = None  # "scaling": each sample's iterations left after its own coarse phase
     if scheme == "scaling":
         coarse = _coarse_levels(p, F, G, half_step, cfg, max_iter)
-        iterations += coarse
         cap = max_iter - coarse
     relax = RelaxationLauncher(p, tol_t) if scheme == "overrelaxed" else None
     mixer = AndersonLauncher(p, tol_t) if scheme == "anderson" else None
@@ -256,7 +243,9 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
                 if not bool(flag):
                     break
     ran = ((delta[:launched] > tol).sum(dim=0) * has_partner).to(torch.int64)
-    iterations += iterations_of_half_steps(ran) if mixer is not None else ran
+    iterations = iterations_of_half_steps(ran) if mixer is not None else ran
+    if coarse is not None:
+        iterations = iterations + coarse
     if relax is not None:  # one plain iteration after a relaxed stop (the CPU path's polish)
         polish = relax.relaxed.bool() & (iterations < max_iter)
         gate = torch.zeros(2, B, dtype=p.dtype, device=device)
@@ -304,40 +293,41 @@ def _coarse_levels(p: TritonProblem, F, G, half_step, cfg, max_iter: int) -> tor
 
 
 def sorted_student(student_logits: torch.Tensor, p: TritonProblem) -> torch.Tensor:
-    """The student's scores in teacher order, [B, KP] in the compute dtype, -inf past each K_b."""
+    """The student's scores in teacher order, [B, KP] in the compute dtype, -inf past each K_b
+    (the loss kernel's column loads are unmasked: a mask costs ~2.5 instructions per pair)."""
     B, K = p.order.shape
     student = torch.full((B, p.padded), float("-inf"), dtype=p.dtype, device=p.order.device)
-    student[:, :K] = student_logits.detach().to(p.dtype).gather(1, p.order).masked_fill_(~p.valid, float("-inf"))
+    student[:, :K] = student_logits.detach().gather(1, p.order).masked_fill_(~p.valid, float("-inf"))
     return student
 
 
-def margin_loss_triton(student_sorted, p: TritonProblem, margin: float, mode: str, seed: int, cfg):
-    """Per-sample eq. 4 losses [B] and the gradient w.r.t. the sorted student scores [B, K].
-
-    ``student_sorted`` is [B, KP] (-inf past each K_b); mode "ot" reads the potentials that
+def margin_loss_triton(student_logits, p: TritonProblem, margin: float, mode: str, seed: int, cfg):
+    """Per-sample eq. 4 losses [B] and their gradient w.r.t. ``student_logits`` [B, N] (compute
+    dtype; zero outside the top-k). Mode "ot" reads the potentials that
     :func:`sinkhorn_potentials_triton` left in the lanes of Z."""
     B, K = p.hs.shape
+    N = student_logits.shape[1]
     NB = triton_cdiv(K, cfg.loss_bm)
     device = p.hs.device
     loss_part = torch.empty(B, NB, dtype=p.dtype, device=device)
-    cnt = torch.zeros(B, K, dtype=torch.int32, device=device)
-    rowhash = torch.zeros(B, dtype=torch.int64, device=device)
-    ids = torch.zeros(B, p.padded, dtype=torch.int64, device=device)
-    ids[:, :K] = p.order
+    scale = torch.empty(B, dtype=p.dtype, device=device)
+    grad = torch.zeros(B, N, dtype=p.dtype, device=device)
+    ids = rowhash = p.order  # placeholders: only "random" reads them
     if mode == "random":  # computed on the device: a host-to-device copy would synchronise
+        ids = torch.zeros(B, p.padded, dtype=torch.int64, device=device)
+        ids[:, :K] = p.order
         rowhash = row_hashes(seed, torch.arange(B, dtype=torch.int64, device=device))
     margin_t = torch.full((1,), margin, dtype=p.dtype, device=device)
     # MODE 3 turns ||y_i - y_j||^2 back into U with this lam: the caller's units (saturated)
     lam_u = (p.lam_k.double() * p.unit).clamp(max=torch.finfo(p.dtype).max).to(p.dtype) if mode == "uncertainty" \
         else p.lam_k
     margin_ranking.margin_ranking_kernel[(B, NB)](
-        p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, lam_u, p.tie_lo, p.tie_hi, student_sorted, ids,
-        rowhash, loss_part, cnt, margin_t, K, p.padded, NB, MODE=MODE_IDS[mode], T=p.T, TP=p.zb.shape[2],
-        BM=cfg.loss_bm, BN=cfg.loss_bn, SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype), EPS=UNCERTAINTY_EPS,
-        num_warps=cfg.loss_warps if mode == "ot" else cfg.loss_warps_other, num_stages=cfg.loss_stages)
-    n_pairs = p.n_pairs.to(p.dtype)
-    scale = torch.where(n_pairs > 0, 1.0 / n_pairs.clamp(min=1), torch.zeros_like(n_pairs))
-    return loss_part.sum(dim=1) * scale, cnt.to(p.dtype) * scale[:, None]
+        p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, lam_u, p.tie_lo, p.tie_hi, sorted_student(student_logits, p),
+        ids, rowhash, p.order, p.n_pairs, loss_part, scale, grad, margin_t, K, p.padded, NB, N, MODE=MODE_IDS[mode],
+        T=p.T, TP=p.zb.shape[2], BM=cfg.loss_bm, BN=cfg.loss_bn, SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
+        EPS=UNCERTAINTY_EPS, num_warps=cfg.loss_warps if mode == "ot" else cfg.loss_warps_other,
+        num_stages=cfg.loss_stages)
+    return loss_part.sum(dim=1) * scale, grad
 
 
 def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, valid, margin: float, mode: str,
@@ -358,9 +348,7 @@ def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, v
         return student_logits.new_zeros(B, dtype=dtype), student_logits.new_zeros(B, N, dtype=dtype), iterations
     if mode == "ot":
         _, _, _, iterations = sinkhorn_potentials_triton(p, max_iter, tol, cfg, scheme)
-    loss, grad_k = margin_loss_triton(sorted_student(student_logits, p), p, margin, mode, seed, cfg)
-    grad = torch.zeros(B, N, dtype=dtype, device=student_logits.device)
-    grad.scatter_add_(1, p.order, grad_k * p.valid)
+    loss, grad = margin_loss_triton(student_logits, p, margin, mode, seed, cfg)
     return loss, grad, iterations
 
 

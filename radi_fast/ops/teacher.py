@@ -74,10 +74,11 @@ MAX_COST = {torch.float32: 2.0 ** 14, torch.float64: 2.0 ** 32}
 def unit_scale(logit_scale: torch.Tensor) -> torch.Tensor:
     """Per sample the power of two ``2^-e`` that brings the largest |logit| into [0.5, 1) (1 for
     0 or non-finite): multiplying by it is exact, so the scaled problem has the same bits, but
-    squares and sums of squares can no longer overflow (logits near 1e19 in fp32)."""
+    squares and sums of squares can no longer overflow (logits near 1e19 in fp32). At most
+    2^1023 (fp64 logits below 2^-1023, subnormal, stay below 0.5: 2^-e would be inf)."""
     ok = torch.isfinite(logit_scale) & (logit_scale > 0)
     _, e = torch.frexp(torch.where(ok, logit_scale, torch.ones_like(logit_scale)).double())
-    return torch.where(ok, torch.pow(2.0, -e.double()), torch.ones_like(logit_scale, dtype=torch.float64))
+    return torch.where(ok, torch.pow(2.0, (-e).clamp(max=1023).double()), torch.ones_like(logit_scale, dtype=torch.float64))
 
 
 def kernel_lam(lam: torch.Tensor, factor: torch.Tensor, max_cost_bound: torch.Tensor, dtype: torch.dtype):
