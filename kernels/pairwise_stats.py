@@ -1,16 +1,17 @@
 """Teacher statistics in O(B K T) (docs/triton.md, "Notation").
 
-``teacher_prepare_kernel``: one program per sample does what the solver needs before its first
-product: the teacher's tie groups, gathers the MC logits of the top-k answers in teacher order, scales them by the power of
+``teacher_prepare_kernel``: one program per sample does everything the solver needs before its
+first product: the teacher's tie groups, gathers the MC logits of the top-k answers in teacher order, scales them by the power of
 two that brings the largest |logit| into [0.5, 1) (exact), and computes lam: the "auto" lam (the
 mean off-diagonal U, or 1 when that is rounding noise) or the fixed one, in the caller's units and
 in the scaled, floored and capped units the kernels use (ops/teacher.py ``kernel_lam``; the floor
-needs the largest U, bounded by ``4 max_i ||z_i||^2 / T``). ``pairwise_lam_kernel``: the mean
-off-diagonal U alone (epsilon scaling's levels). ``pairwise_points_kernel``: ``y = sqrt(2 c) z``
+needs the largest U, bounded by ``4 max_i ||z_i||^2 / T``), and the points below at that lam.
+``pairwise_lam_kernel``: the mean off-diagonal U alone, and ``pairwise_points_kernel``: the points
+at another lam (both for epsilon scaling's levels). Points: ``y = sqrt(2 c) z``
 with ``c = log2(e) / (T lam)`` and ``hs = ||y||^2 / 2``, written as the augmented points
 ``Z = [y, p, q, 1, 0...]`` with ``p = q = -hs`` (fp32: split ``Zb + Zs`` for 3xTF32); answers
-past ``K_b`` get ``y = 0`` and ``p = q = PAD_LOGIT``. The last two read the scaled logits that
-the first wrote ([B, T, K], contiguous).
+past ``K_b`` get ``y = 0`` and ``p = q = PAD_LOGIT``. The last two kernels read the scaled
+logits that the first wrote ([B, T, K], contiguous).
 """
 import triton
 import triton.language as tl
@@ -84,36 +85,29 @@ def _teacher_at(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, b, offs
 
 
 @triton.jit
-def _tie_groups(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, lo_ptr, hi_ptr, npairs_ptr, b, kb, KP,
-                BK: tl.constexpr):
-    """Teacher tie groups of sample b's answers in teacher order (scores sorted descending, equal
-    ones adjacent): answer i's group is ``[lo_i, hi_i)``, lo the first index of its value (a running
-    max of group starts), hi one past the last (a running min of group ends, from the back); both
-    ``K_b`` past K_b. ``|R_p| = sum_i (K_b - hi_i)`` (ops/teacher.py ``tie_groups``)."""
-    carry = tl.zeros([], tl.int32)
-    for k0 in range(0, KP, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        t = _teacher_at(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, b, offs_k, offs_k < kb)
-        t_prev = _teacher_at(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, b, offs_k - 1,
-                             (offs_k >= 1) & (offs_k < kb))
-        start = tl.where((offs_k == 0) | (t != t_prev), offs_k, 0)
-        lo = tl.maximum(tl.associative_scan(start, 0, _max_combine), carry)
-        carry = tl.max(lo, axis=0)
-        tl.store(lo_ptr + b * KP + offs_k, tl.where(offs_k < kb, lo, kb))
-    carry = kb
-    n_pairs = tl.zeros([], tl.int64)
-    n_blocks = tl.cdiv(KP, BK)
-    for i in range(0, n_blocks):  # from the back
-        offs_k = (n_blocks - 1 - i) * BK + tl.arange(0, BK)
-        ok = offs_k < kb
-        t = _teacher_at(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, b, offs_k, ok)
-        t_next = _teacher_at(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, b, offs_k + 1, offs_k + 1 < kb)
-        end = tl.where((offs_k + 1 >= kb) | (t != t_next), offs_k + 1, kb)
-        hi = tl.minimum(tl.associative_scan(end, 0, _min_combine, reverse=True), carry)
-        carry = tl.min(hi, axis=0)
-        tl.store(hi_ptr + b * KP + offs_k, tl.where(ok, hi, kb))
-        n_pairs += tl.sum(tl.where(ok, kb - hi, 0).to(tl.int64), axis=0)
-    tl.store(npairs_ptr + b, n_pairs)
+def _tie_starts(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, lo_ptr, b, offs_k, kb, carry, KP):
+    """Forward step of the tie groups (:func:`teacher_prepare_kernel`): each answer's ``lo`` as a
+    running max of group starts, carried across blocks; returns the carry."""
+    t = _teacher_at(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, b, offs_k, offs_k < kb)
+    t_prev = _teacher_at(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, b, offs_k - 1,
+                         (offs_k >= 1) & (offs_k < kb))
+    start = tl.where((offs_k == 0) | (t != t_prev), offs_k, 0)
+    lo = tl.maximum(tl.associative_scan(start, 0, _max_combine), carry)
+    tl.store(lo_ptr + b * KP + offs_k, tl.where(offs_k < kb, lo, kb))
+    return tl.max(lo, axis=0)
+
+
+@triton.jit
+def _tie_ends(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, hi_ptr, b, offs_k, kb, carry, KP):
+    """Backward step (blocks from the last): each answer's ``hi`` as a running min of group ends;
+    returns the carry and the block's share of ``|R_p| = sum_i (K_b - hi_i)``."""
+    ok = offs_k < kb
+    t = _teacher_at(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, b, offs_k, ok)
+    t_next = _teacher_at(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, b, offs_k + 1, offs_k + 1 < kb)
+    end = tl.where((offs_k + 1 >= kb) | (t != t_next), offs_k + 1, kb)
+    hi = tl.minimum(tl.associative_scan(end, 0, _min_combine, reverse=True), carry)
+    tl.store(hi_ptr + b * KP + offs_k, tl.where(ok, hi, kb))
+    return tl.min(hi, axis=0), tl.sum(tl.where(ok, kb - hi, 0).to(tl.int64), axis=0)
 
 
 @triton.jit
@@ -128,22 +122,30 @@ def teacher_prepare_kernel(
     lamk_ptr,  # out [B] compute dtype: lam in the scaled units, floored and capped (kernel_lam)
     fixed_lam_ptr,  # [1] fp64: the caller's lam (FIXED_LAM only)
     teacher_ptr, stride_tb, stride_tn,  # [B, N] teacher scores in the compute dtype (the sort's keys)
-    tie_lo_ptr, tie_hi_ptr,  # out [B, KP] int32 teacher tie groups (:func:`_tie_groups`)
+    tie_lo_ptr, tie_hi_ptr,  # out [B, KP] int32 teacher tie groups: [lo_i, hi_i), K_b past K_b
     npairs_ptr,  # out [B] int64 |R_p|
+    zb_ptr, zs_ptr, yt_ptr, hs_ptr,  # out: the points at lam_k (pairwise_points_kernel's outputs)
     noise,  # NEGLIGIBLE_FACTOR eps^2 of the compute dtype (ops/teacher.py negligible_noise)
     K, KP, T,
     TP: tl.constexpr, BK: tl.constexpr, COMPUTE: tl.constexpr, FIXED_LAM: tl.constexpr,
+    SPLIT: tl.constexpr, LANE_MAJOR: tl.constexpr,
     INV_MAX_COST: tl.constexpr,  # 1 / MAX_COST of the compute dtype (ops/teacher.py; a power of two)
     BIG: tl.constexpr, TINY: tl.constexpr,  # the compute dtype's largest and smallest normal numbers
 ):
     b = tl.program_id(0).to(tl.int64)
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
-    _tie_groups(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, tie_lo_ptr, tie_hi_ptr, npairs_ptr, b, kb, KP,
-                BK)
-    # pass 1: the largest |logit| (and whether any valid one is NaN, which max() would skip)
+    # Three loops over the sample's answers (each iteration waits on its gathers, so few, wide
+    # blocks): tie starts and the largest |logit|; the scaled logits and their sums; tie ends
+    # (from the back) and the points. The teacher's tie groups (ops/teacher.py tie_groups):
+    # answer i's group is [lo_i, hi_i) in teacher order, K_b past K_b.
+    # loop 1: tie starts; the largest |logit| (and whether a valid one is NaN: max() skips it)
+    carry = tl.zeros([], tl.int32)
     amax = tl.zeros([], dtype=COMPUTE)
     bad = tl.zeros([], dtype=tl.int32)
-    for k0 in range(0, kb, BK):
+    for k0 in range(0, KP, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        carry = _tie_starts(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, tie_lo_ptr, b, offs_k, kb, carry,
+                            KP)
         x, _ = _logits(mc_ptr, stride_mb, stride_mt, stride_mn, order_ptr, stride_ob, b, k0, kb, T, TP, BK, COMPUTE,
                        True)
         amax = tl.maximum(amax, tl.max(tl.max(tl.abs(x), axis=1), axis=0))
@@ -158,7 +160,7 @@ def teacher_prepare_kernel(
     factor = tl.where(ok, _power_of_two(tl.minimum(-e, 1023)), 1.0)  # at most 2^1023: subnormal fp64 logits
     tl.store(factor_ptr + b, factor)
     scale = factor.to(COMPUTE)
-    # pass 2: write the scaled logits; sums for the auto lam and the largest ||z_i||^2
+    # loop 2: write the scaled logits; sums for the auto lam and the largest ||z_i||^2
     sum_s = tl.zeros([BK], dtype=COMPUTE)
     sum_z = tl.zeros([TP], dtype=COMPUTE)
     norm_max = tl.zeros([], dtype=COMPUTE)
@@ -186,8 +188,24 @@ def teacher_prepare_kernel(
     tl.store(unit_ptr + b, unit)
     tl.store(lam_ptr + b, tl.minimum(lam, big).to(COMPUTE))
     floor = (4.0 * norm_max / T.to(COMPUTE)).to(tl.float64) * tl.full((), INV_MAX_COST, tl.float64)
-    lam_k = tl.minimum(tl.maximum(tl.maximum(scaled, floor), tl.full((), TINY, tl.float64)), big)
-    tl.store(lamk_ptr + b, lam_k.to(COMPUTE))
+    lam_k = tl.minimum(tl.maximum(tl.maximum(scaled, floor), tl.full((), TINY, tl.float64)), big).to(COMPUTE)
+    tl.store(lamk_ptr + b, lam_k)
+    # loop 3: tie ends, |R_p|; the augmented points at lam_k (the same bits as
+    # pairwise_points_kernel's: x is recomputed exactly; no thread reads another's stores)
+    carry = kb
+    n_pairs = tl.zeros([], tl.int64)
+    n_blocks = tl.cdiv(KP, BK)
+    for i in range(0, n_blocks):
+        k0 = (n_blocks - 1 - i) * BK
+        offs_k = k0 + tl.arange(0, BK)
+        carry, pairs = _tie_ends(teacher_ptr, stride_tb, stride_tn, order_ptr, stride_ob, tie_hi_ptr, b, offs_k, kb,
+                                 carry, KP)
+        n_pairs += pairs
+        x, mask = _logits(mc_ptr, stride_mb, stride_mt, stride_mn, order_ptr, stride_ob, b, k0, kb, T, TP, BK,
+                          COMPUTE, True)
+        _write_points(x * scale, mask, lam_k, b, k0, kb, K, KP, T, zb_ptr, zs_ptr, yt_ptr, hs_ptr, TP, BK, SPLIT,
+                      COMPUTE, LANE_MAJOR)
+    tl.store(npairs_ptr + b, n_pairs)
 
 
 @triton.jit
@@ -214,21 +232,9 @@ def pairwise_lam_kernel(
 
 
 @triton.jit
-def pairwise_points_kernel(
-    mc_ptr, stride_mb, stride_mt, stride_mn,  # [B, T, K] scaled teacher MC logits (teacher_prepare_kernel)
-    nvalid_ptr,  # [B] int64 K_b
-    lam_ptr,  # [B] compute dtype
-    zb_ptr, zs_ptr,  # out [B, KP, TP] augmented points (zs only when SPLIT)
-    yt_ptr,  # out [B, TP, KP] the points y, lane-major (only when LANE_MAJOR)
-    hs_ptr,  # out [B, K] ||y||^2 / 2
-    K, KP, T,
-    TP: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr, LANE_MAJOR: tl.constexpr,
-):
-    b = tl.program_id(0).to(tl.int64)
-    k0 = tl.program_id(1) * BK
-    kb = tl.load(nvalid_ptr + b).to(tl.int32)
-    lam = tl.load(lam_ptr + b).to(COMPUTE)
-    x, mask = _logits(mc_ptr, stride_mb, stride_mt, stride_mn, mc_ptr, 0, b, k0, kb, T, TP, BK, COMPUTE, False)
+def _write_points(x, mask, lam, b, k0, kb, K, KP, T, zb_ptr, zs_ptr, yt_ptr, hs_ptr, TP: tl.constexpr,
+                  BK: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr, LANE_MAJOR: tl.constexpr):
+    """Z, hs (and the lane-major y) of answers ``k0 .. k0 + BK`` from their scaled logits ``x``."""
     z = _centre(x, mask, T)
     c = tl.full((), LOG2E, COMPUTE) / T.to(COMPUTE) / lam  # not a constexpr float: that is fp32
     y = z * tl.sqrt(2.0 * c)  # [TP, BK]
@@ -248,3 +254,22 @@ def pairwise_points_kernel(
     if LANE_MAJOR:
         tl.store(yt_ptr + b * TP * KP + lane * KP + offs_k[None, :], y)
     tl.store(hs_ptr + b * K + offs_k, hs, mask=offs_k < K)
+
+
+@triton.jit
+def pairwise_points_kernel(
+    mc_ptr, stride_mb, stride_mt, stride_mn,  # [B, T, K] scaled teacher MC logits (teacher_prepare_kernel)
+    nvalid_ptr,  # [B] int64 K_b
+    lam_ptr,  # [B] compute dtype
+    zb_ptr, zs_ptr,  # out [B, KP, TP] augmented points (zs only when SPLIT)
+    yt_ptr,  # out [B, TP, KP] the points y, lane-major (only when LANE_MAJOR)
+    hs_ptr,  # out [B, K] ||y||^2 / 2
+    K, KP, T,
+    TP: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr, LANE_MAJOR: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    k0 = tl.program_id(1) * BK
+    kb = tl.load(nvalid_ptr + b).to(tl.int32)
+    lam = tl.load(lam_ptr + b).to(COMPUTE)
+    x, mask = _logits(mc_ptr, stride_mb, stride_mt, stride_mn, mc_ptr, 0, b, k0, kb, T, TP, BK, COMPUTE, False)
+    _write_points(x, mask, lam, b, k0, kb, K, KP, T, zb_ptr, zs_ptr, yt_ptr, hs_ptr, TP, BK, SPLIT, COMPUTE, LANE_MAJOR)

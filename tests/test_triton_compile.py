@@ -38,12 +38,13 @@ def report(tmp_path_factory):
     return data
 
 
-DEFAULT_KERNELS = ("teacher_prepare", "pairwise_points", "sinkhorn_half_step", "sinkhorn_half_step_g",
+DEFAULT_KERNELS = ("teacher_prepare", "sinkhorn_half_step", "sinkhorn_half_step_g",
                    "margin_ranking_ot", "margin_ranking_uniform", "margin_ranking_random", "margin_ranking_uncertainty")
 
 
 def test_every_kernel_compiles_for_sm90(report):
-    expected = set(DEFAULT_KERNELS) | {"teacher_prepare_bf16_fixed_lam", "teacher_prepare_fp64", "pairwise_lam",
+    expected = set(DEFAULT_KERNELS) | {"teacher_prepare_bf16_fixed_lam", "teacher_prepare_fp64",
+                                       "teacher_prepare_lane_major", "pairwise_lam", "pairwise_points",
                                        "pairwise_points_lane_major", "pairwise_points_fp64",
                                        "sinkhorn_half_step_acc", "sinkhorn_half_step_fp64", "margin_ranking_ot_fp64"}
     assert expected <= set(report["kernels"])

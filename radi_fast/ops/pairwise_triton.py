@@ -104,7 +104,8 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     yt = torch.empty(B, TP, KP, dtype=dtype, device=device) if lane_major else None
     hs = torch.empty(B, K, dtype=dtype, device=device)
     # one kernel: the teacher's tie groups; the top-k MC logits gathered and scaled by a power of
-    # two per sample (exact; squares of logits near 1e19 would overflow fp32); lam in both units
+    # two per sample (exact; squares of logits near 1e19 would overflow fp32); lam in both units;
+    # the augmented points at that lam
     gathered = torch.empty(B, T, K, dtype=dtype, device=device)  # (every output written by the kernel)
     factor = torch.empty(B, dtype=torch.float64, device=device)
     scalars = torch.empty(3, B, dtype=dtype, device=device)  # unit, lam, lam_k
@@ -115,14 +116,13 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
         pairwise_stats.teacher_prepare_kernel[(B,)](
             mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, gathered, factor,
             scalars[0], scalars[1], scalars[2], fixed, teacher, teacher.stride(0), teacher.stride(1), ties[0], ties[1],
-            n_pairs, negligible_noise(dtype), K, KP, T, TP=TP, BK=cfg.stats_bk, COMPUTE=compute_tl_dtype(dtype),
-            FIXED_LAM=lam is not None, INV_MAX_COST=1.0 / MAX_COST[dtype], BIG=torch.finfo(dtype).max,
-            TINY=torch.finfo(dtype).tiny, num_warps=4)
+            n_pairs, zb, zs, zb if yt is None else yt, hs, negligible_noise(dtype), K, KP, T, TP=TP, BK=cfg.stats_bk,
+            COMPUTE=compute_tl_dtype(dtype), FIXED_LAM=lam is not None, SPLIT=dtype != torch.float64,
+            LANE_MAJOR=yt is not None, INV_MAX_COST=1.0 / MAX_COST[dtype], BIG=torch.finfo(dtype).max,
+            TINY=torch.finfo(dtype).tiny, num_warps=8)
     p = TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=scalars[1],
                       lam_k=scalars[2], unit=scalars[0], tie_lo=ties[0], tie_hi=ties[1], n_pairs=n_pairs, T=T,
                       dtype=dtype, mc=gathered, yt=yt)
-    if B and K:
-        build_points(p, p.lam_k, cfg)
     return p
 
 

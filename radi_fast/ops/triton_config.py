@@ -20,7 +20,8 @@ class TritonConfig:
     """Tile sizes and launch parameters. ``sink_*``: Sinkhorn row-sum kernel (its update kernel
     uses the same tiles); ``loss_*``: eq. 4 kernel (``loss_warps`` for "ot", whose tiles come from
     tensor-core products, ``loss_warps_other`` for the other margin modes); ``stats_bk``: answers
-    per statistics program.
+    per statistics program, or per loop iteration of the preparation kernel (one program per
+    sample, each iteration waiting on its gathers: wide blocks keep more loads in flight).
 
     ``sink_acc``: accumulate ``2^x`` per pair and reduce once per program (more registers) rather
     than reducing each tile. ``sink_split``: column shares per row block (0: :func:`choose_split`
@@ -47,7 +48,7 @@ class TritonConfig:
     loss_warps: int = 4
     loss_warps_other: int = 8
     loss_stages: int = 2
-    stats_bk: int = 64
+    stats_bk: int = 256
     check_every: int = 4
 
 
