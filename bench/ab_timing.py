@@ -8,7 +8,7 @@ docs/triton.md):
 ``RADI_AB_ROOT``: the source tree whose ``bench/`` (train-step helper) is used; the package comes
 from the normal import path. B = 32, T = 10, K = 2500, fp32, forward + backward: the Sinkhorn stage
 alone at 20 and 2 iterations (one iteration = the difference / 18), ``tol = 0, max_iter = 20``,
-the package defaults; one training step of KD and RADI-P at B = 64, N = 2500 (the built-in
+the package defaults (also the host's time to issue that call); one training step of KD and RADI-P at B = 64, N = 2500 (the built-in
 model). The inputs, timer (CUDA events, warm-up calls first, medians) and fwd+bwd are
 bench/gpu_pairwise.py's, taken from the same tree as the train step. Writes ``ab_<label>.json``.
 """
@@ -23,6 +23,18 @@ ROOT = os.environ.get("RADI_AB_ROOT") or os.path.dirname(os.path.dirname(os.path
 BENCH = os.path.join(ROOT, "bench")
 if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
+
+
+def this_trees_host_ms():
+    """bench/gpu_pairwise.py's ``host_ms`` of the tree this script is in (a baseline tree may
+    predate it; it only times the host's part of a call, the same way for both builds)."""
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_pairwise.py")
+    spec = importlib.util.spec_from_file_location("gpu_pairwise_here", here)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.host_ms
 
 
 def main(argv=None):
@@ -65,7 +77,8 @@ def main(argv=None):
               "torch": torch.__version__, "sinkhorn_stage_ms": stage,
               "per_iteration_us": (stage[20] - stage[2]) / 18 * 1e3,
               "fixed20_fwd_bwd_ms": timed(lambda: fwd_bwd(loss(mc, margin_mode="ot", max_iter=20, tol=0.0), student)),
-              "defaults_fwd_bwd_ms": timed(lambda: fwd_bwd(loss(mc_d), s_d))}
+              "defaults_fwd_bwd_ms": timed(lambda: fwd_bwd(loss(mc_d), s_d)),
+              "defaults_host_ms": this_trees_host_ms()(loss(mc_d), s_d, timer, rounds)}
     try:
         try:
             from train_step_case import TrainStep

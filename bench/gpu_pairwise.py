@@ -183,6 +183,20 @@ def fwd_bwd(loss_fn, student):
     return float(loss.detach()), s.grad
 
 
+def host_ms(loss_fn, student, timer, rounds):
+    """Median time the host spends issuing one forward + backward (from an idle device, without
+    reading the loss back): when it is close to the synchronised time, the call is host-bound."""
+    times = []
+    for _ in range(rounds):
+        timer.sync()
+        t0 = time.perf_counter()
+        s = student.detach().requires_grad_(True)
+        loss_fn(s).backward()
+        times.append((time.perf_counter() - t0) * 1e3)
+        timer.sync()
+    return statistics.median(times)
+
+
 # ----------------------------------------------------------------------------- device facts
 def nvidia_smi(query):
     try:
@@ -390,6 +404,7 @@ def run(args):
             fwd_bwd(fn, s_d)
             entry = timer.measure(lambda: fwd_bwd(fn, s_d), args.warmup, args.rounds)
             entry.update(B=b, N=n, top_k=top, dtype=str(dt).replace("torch.", ""),
+                         host_median_ms=host_ms(fn, s_d, timer, args.rounds),
                          peak_extra_mb=timer.peak_extra_mb(lambda: fwd_bwd(fn, s_d)))
         except Exception as exc:
             entry = {"B": b, "N": n, "error": repr(exc)[:300]}
