@@ -81,8 +81,10 @@ def kernel_specs():
     stats_sig = {"mc_ptr": "*fp32", "stride_mb": "i32", "stride_mt": "i32", "stride_mn": "i32", "nvalid_ptr": "*i64",
                  "lam_ptr": "*fp32"}
     lam_sig = dict(stats_sig, noise="fp32", T="i32", TP="constexpr", BK="constexpr", COMPUTE="constexpr")
-    specs.append(("pairwise_lam", pairwise_stats.pairwise_lam_kernel, lam_sig,
-                  {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": f32}, {"num_warps": 4}, None))
+    for name, sig, dtype in (("pairwise_lam", lam_sig, f32),
+                             ("pairwise_lam_fp64", dict(lam_sig, mc_ptr="*fp64", lam_ptr="*fp64"), f64)):
+        specs.append((name, pairwise_stats.pairwise_lam_kernel, sig, {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": dtype},
+                      {"num_warps": 4}, None))
     pts_sig = dict(stats_sig, zb_ptr="*fp32", zs_ptr="*fp32", yt_ptr="*fp32", hs_ptr="*fp32", K="i32", KP="i32",
                    T="i32", TP="constexpr", BK="constexpr", SPLIT="constexpr", COMPUTE="constexpr",
                    LANE_MAJOR="constexpr")

@@ -44,7 +44,8 @@ DEFAULT_KERNELS = ("teacher_prepare", "sinkhorn_half_step", "sinkhorn_half_step_
 
 def test_every_kernel_compiles_for_sm90(report):
     expected = set(DEFAULT_KERNELS) | {"teacher_prepare_bf16_fixed_lam", "teacher_prepare_fp64",
-                                       "teacher_prepare_lane_major", "pairwise_lam", "pairwise_points",
+                                       "teacher_prepare_lane_major", "pairwise_lam", "pairwise_lam_fp64",
+                                       "pairwise_points",
                                        "pairwise_points_lane_major", "pairwise_points_fp64",
                                        "sinkhorn_half_step_acc", "sinkhorn_half_step_fp64", "margin_ranking_ot_fp64"}
     assert expected <= set(report["kernels"])
