@@ -12,8 +12,9 @@ Forward + backward of ``radi_pairwise_loss`` at B = 32, T = 10, K = 2500 (N = K,
 Timing: CUDA events around each call, ``--warmup`` untimed calls first (compilation included
 there), median of ``--rounds``. Peak extra memory: ``torch.cuda.max_memory_allocated`` minus the
 memory allocated before the call (inputs excluded, outputs and gradients included).
-With the package defaults (lam auto, tol 1e-5) the same forward + backward is also timed at
-B = 32 and 128 (K = 2500, fp32) and B = 256, N = 4096 (bf16, top 2500).
+The host's cost of one Triton launch and of one small PyTorch op is measured
+(``host_us_per_launch``); with the package defaults (lam auto, tol 1e-5) the same forward +
+backward is also timed at B = 32 and 128 (K = 2500, fp32) and B = 256, N = 4096 (bf16, top 2500).
 
 Sinkhorn: the time of one iteration (two half-step kernels) is ``(t(20 it) - t(2 it)) / 18`` of
 the Sinkhorn stage alone; one iteration evaluates ``2 sum_b K_b (K_b - 1)`` exponentials (4e8 at
@@ -183,6 +184,29 @@ def fwd_bwd(loss_fn, student):
     return float(loss.detach()), s.grad
 
 
+def launch_host_us(PT, p, cfg, timer, n=200):
+    """Host microseconds to issue one Sinkhorn half-step launch (every sample frozen, so the
+    device exits at once and never holds the host back) and one small PyTorch op (an in-place
+    add on [B, K]): what a host-bound call pays per launch."""
+    import torch
+
+    B, K = p.hs.shape
+    pot = torch.zeros(B, K, dtype=p.dtype, device=p.hs.device)
+    frozen = torch.zeros(2, B, dtype=p.dtype, device=p.hs.device)  # prev_delta 0 <= tol 0: exit
+    step = PT.HalfStep(p, cfg, torch.zeros(1, dtype=p.dtype, device=p.hs.device), pot)
+    out = {}
+    for name, fn in (("triton_half_step", lambda: step(0, pot, frozen[0], frozen[1])),
+                     ("torch_add_", lambda: pot.add_(0.0))):
+        fn()
+        timer.sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        out[name] = (time.perf_counter() - t0) / n * 1e6
+        timer.sync()
+    return out
+
+
 def host_ms(loss_fn, student, timer, rounds):
     """Median time the host spends issuing one forward + backward (from an idle device, without
     reading the loss back): when it is close to the synchronised time, the call is host-bound."""
@@ -327,6 +351,8 @@ def run(args):
     }
     print(f"  sinkhorn {json.dumps(sink)}", flush=True)
     print(f"  stages {json.dumps(result['stages_ms'])}", flush=True)
+    result["host_us_per_launch"] = launch_host_us(PT, PT.prepare_triton(mc, None, 2500, None, None, cfg), cfg, timer)
+    print(f"  host us per launch {json.dumps(result['host_us_per_launch'])}", flush=True)
 
     # Sinkhorn tile sweep (per-iteration time of each configuration)
     sweep = []

@@ -161,6 +161,32 @@ def write_lanes(p: TritonProblem, side: int, pot: torch.Tensor) -> None:
         p.zb[:, :K, lane] = value
 
 
+class HalfStep:
+    """``half_step(side, pot, prev_delta, next_delta)``: one launch of the Sinkhorn half-step
+    kernel (side 0 updates F from G, side 1 G from F; samples with ``prev_delta <= tol`` exit at
+    once), with its workspace: the partial row sums of several column shares and the tickets.
+    ``spare`` [B, K] stands in for the partial sums with one share (never read then)."""
+
+    def __init__(self, p: TritonProblem, cfg, tol_t: torch.Tensor, spare: torch.Tensor):
+        B, K = p.hs.shape
+        device = p.hs.device
+        rb = triton_cdiv(K, cfg.sink_bm)
+        split = resolve_split(cfg, B * rb, device)
+        self.p, self.tol_t, self.grid = p, tol_t, (B, rb, split)
+        self.part = torch.empty(split, B, K, dtype=p.dtype, device=device) if split > 1 else spare
+        self.tickets = torch.zeros(B, rb, dtype=torch.int32, device=device)  # the last share resets its counter
+        self.options = dict(T=p.T, TP=p.zb.shape[2], BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split,
+                            COMPUTE=compute_tl_dtype(p.dtype), num_warps=cfg.sink_warps, num_stages=cfg.sink_stages,
+                            maxnreg=half_step_maxnreg(cfg, p.split), ACC=cfg.sink_acc,
+                            SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
+
+    def __call__(self, side: int, pot, prev, nxt) -> None:
+        p = self.p
+        sinkhorn.sinkhorn_half_step_kernel[self.grid](
+            p.zb, p.zs, p.hs, p.n_valid, pot, self.part, self.tickets, prev, nxt, self.tol_t, p.hs.shape[1], p.padded,
+            G_SIDE=side, WRITE_DELTA=side == 1, **self.options)
+
+
 def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg, scheme: str = "plain"):
     """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K], the number of
     iterations launched and each sample's iterations [B] (int64). Leaves ``p = F - hs`` and
@@ -184,21 +210,9 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         return F, G, 0, torch.zeros(B, dtype=torch.int64, device=device)
     delta = torch.zeros(steps + 1, B, dtype=p.dtype, device=device)  # next rows: atomic max from 0
     delta[0].fill_(float("inf"))
-    rb = triton_cdiv(K, cfg.sink_bm)
-    split = resolve_split(cfg, B * rb, device)
-    part = torch.empty(split, B, K, dtype=p.dtype, device=device) if split > 1 else F  # read only with several shares
-    tickets = torch.zeros(B, rb, dtype=torch.int32, device=device)
-    KP, TP = p.padded, p.zb.shape[2]
-    common = dict(T=p.T, TP=TP, BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
-                  num_warps=cfg.sink_warps, num_stages=cfg.sink_stages, maxnreg=half_step_maxnreg(cfg, p.split))
-    window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
     tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
     has_partner = p.n_valid >= 2
-
-    def half_step(side, pot, prev, nxt):
-        sinkhorn.sinkhorn_half_step_kernel[(B, rb, split)](
-            p.zb, p.zs, p.hs, p.n_valid, pot, part, tickets, prev, nxt, tol_t, K, KP, G_SIDE=side, ACC=cfg.sink_acc,
-            WRITE_DELTA=side == 1, **window, **common)
+    half_step = HalfStep(p, cfg, tol_t, F)
 
     cap = coarse = None  # "scaling": each sample's iterations left after its own coarse phase
     if scheme == "scaling":
