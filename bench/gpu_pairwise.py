@@ -14,7 +14,8 @@ there), median of ``--rounds``. Peak extra memory: ``torch.cuda.max_memory_alloc
 memory allocated before the call (inputs excluded, outputs and gradients included).
 The host's cost of one Triton launch and of one small PyTorch op is measured
 (``host_us_per_launch``); with the package defaults (lam auto, tol 1e-5) the same forward +
-backward is also timed at B = 32 and 128 (K = 2500, fp32) and B = 256, N = 4096 (bf16, top 2500).
+backward is also timed at B = 32 and 128 (K = 2500, fp32) and B = 256, N = 4096 (bf16, top 2500),
+and at the benchmark shape with the stopping flag looked at every 1, 2, 4 (the default), 8 iterations.
 
 Sinkhorn: the time of one iteration (two half-step kernels) is ``(t(20 it) - t(2 it)) / 18`` of
 the Sinkhorn stage alone; one iteration evaluates ``2 sum_b K_b (K_b - 1)`` exponentials (4e8 at
@@ -437,6 +438,30 @@ def run(args):
         defaults.append(entry)
         print(f"  defaults {json.dumps({k: v for k, v in entry.items() if k != 'rounds_ms'})}", flush=True)
     result["defaults"] = defaults
+
+    # how often the host looks at the stopping flag: it keeps launching half-steps (for frozen
+    # samples: they exit at once, but each costs a launch on the host) until a look lands
+    polls = []
+    s_d, mc_d = make_inputs(B, T, K, device, seed=1)
+    fn = lambda s: radi_fast.radi_pairwise_loss(s, mc_d, backend="triton", top_k=K)  # noqa: E731
+    saved = os.environ.get("RADI_FAST_TRITON_CONFIG")
+    for every in (1, 2, 4, 8):
+        os.environ["RADI_FAST_TRITON_CONFIG"] = ",".join(filter(None, [saved, f"check_every={every}"]))
+        try:
+            fwd_bwd(fn, s_d)
+            entry = timer.measure(lambda: fwd_bwd(fn, s_d), args.warmup, args.rounds)
+            entry.update(check_every=every, host_median_ms=host_ms(fn, s_d, timer, args.rounds))
+        except Exception as exc:
+            entry = {"check_every": every, "error": repr(exc)[:300]}
+        finally:
+            if saved is None:
+                os.environ.pop("RADI_FAST_TRITON_CONFIG", None)
+            else:
+                os.environ["RADI_FAST_TRITON_CONFIG"] = saved
+        polls.append(entry)
+        print(f"  defaults by check_every {json.dumps({k: v for k, v in entry.items() if k != 'rounds_ms'})}",
+              flush=True)
+    result["defaults_by_check_every"] = polls
 
     prov = result["providers"]
     fast = prov.get("radi_fast", {}).get("median_ms")
