@@ -59,7 +59,7 @@ def kernel_specs():
         return {n: dtype for n in names}
 
     raw_sig = {"mc_ptr": "*fp32", "stride_mb": "i32", "stride_mt": "i32", "stride_mn": "i32", "order_ptr": "*i64",
-               "stride_ob": "i32", "nvalid_ptr": "*i64", "out_ptr": "*fp32", "factor_ptr": "*fp64", "unit_ptr": "*fp32",
+               "stride_ob": "i32", "nvalid_ptr": "*i64", "out_ptr": "*fp32", "unit_ptr": "*fp32",
                "lam_ptr": "*fp32", "lamk_ptr": "*fp32", "fixed_lam_ptr": "*fp64", "teacher_ptr": "*fp32",
                "stride_tb": "i32", "stride_tn": "i32", "tie_lo_ptr": "*i32", "tie_hi_ptr": "*i32", "npairs_ptr": "*i64",
                "zb_ptr": "*fp32", "zs_ptr": "*fp32", "yt_ptr": "*fp32", "hs_ptr": "*fp32", "noise": "fp32", "K": "i32",

@@ -115,8 +115,7 @@ def teacher_prepare_kernel(
     mc_ptr, stride_mb, stride_mt, stride_mn,  # [B, T, N] teacher MC logits, any float dtype
     order_ptr, stride_ob,  # [B, K] int64 answer ids in teacher order
     nvalid_ptr,  # [B] int64 K_b
-    out_ptr,  # out [B, T, K] compute dtype: the gathered logits x factor, 0 past K_b
-    factor_ptr,  # out [B] fp64: the power of two (1 for an all-zero or non-finite sample)
+    out_ptr,  # out [B, T, K] compute dtype: the gathered logits x the sample's power of two, 0 past K_b
     unit_ptr,  # out [B] compute dtype: 1 / factor^2, saturated (U = scaled U x unit)
     lam_ptr,  # out [B] compute dtype: lam in the caller's units, saturated
     lamk_ptr,  # out [B] compute dtype: lam in the scaled units, floored and capped (kernel_lam)
@@ -157,8 +156,8 @@ def teacher_prepare_kernel(
     subnormal = a < tl.full((), 2.2250738585072014e-308, tl.float64)
     bits = tl.where(subnormal, a * tl.full((), 2.0 ** 64, tl.float64), a).to(tl.int64, bitcast=True)  # normal
     e = ((bits >> 52) & 0x7FF) - 1022 - tl.where(subnormal, 64, 0)
-    factor = tl.where(ok, _power_of_two(tl.minimum(-e, 1023)), 1.0)  # at most 2^1023: subnormal fp64 logits
-    tl.store(factor_ptr + b, factor)
+    # 1 for an all-zero or non-finite sample; at most 2^1023 (subnormal fp64 logits)
+    factor = tl.where(ok, _power_of_two(tl.minimum(-e, 1023)), 1.0)
     scale = factor.to(COMPUTE)
     # loop 2: write the scaled logits; sums for the auto lam and the largest ||z_i||^2
     sum_s = tl.zeros([BK], dtype=COMPUTE)

@@ -107,15 +107,14 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     # two per sample (exact; squares of logits near 1e19 would overflow fp32); lam in both units;
     # the augmented points at that lam
     gathered = torch.empty(B, T, K, dtype=dtype, device=device)  # (every output written by the kernel)
-    factor = torch.empty(B, dtype=torch.float64, device=device)
     scalars = torch.empty(3, B, dtype=dtype, device=device)  # unit, lam, lam_k
     ties = torch.empty(2, B, KP, dtype=torch.int32, device=device)  # tie_lo, tie_hi
     n_pairs = torch.empty(B, dtype=torch.int64, device=device)
-    fixed = torch.full((1,), lam, dtype=torch.float64, device=device) if lam is not None else factor
+    fixed = torch.full((1,), 0.0 if lam is None else lam, dtype=torch.float64, device=device)  # read if lam is set
     if B:
         pairwise_stats.teacher_prepare_kernel[(B,)](
-            mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, gathered, factor,
-            scalars[0], scalars[1], scalars[2], fixed, teacher, teacher.stride(0), teacher.stride(1), ties[0], ties[1],
+            mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, gathered, scalars[0],
+            scalars[1], scalars[2], fixed, teacher, teacher.stride(0), teacher.stride(1), ties[0], ties[1],
             n_pairs, zb, zs, zb if yt is None else yt, hs, negligible_noise(dtype), K, KP, T, TP=TP, BK=cfg.stats_bk,
             COMPUTE=compute_tl_dtype(dtype), FIXED_LAM=lam is not None, SPLIT=dtype != torch.float64,
             LANE_MAJOR=yt is not None, INV_MAX_COST=1.0 / MAX_COST[dtype], BIG=torch.finfo(dtype).max,
