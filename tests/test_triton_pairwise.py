@@ -285,28 +285,6 @@ def test_split_choice_fills_the_last_wave():
     assert choose_split(20, 264) == 4  # one small sample: spread it
 
 
-def test_plain_sinkhorn_is_one_launch_per_half_step(monkeypatch):
-    # launches are what the host-bound defaults path pays on a GPU: the update is part of the
-    # half-step's launch (with one column share and with several)
-    launches = []
-    cls = type(PT.sinkhorn.sinkhorn_half_step_kernel)
-    launch = cls.__getitem__
-
-    def counting(self, grid):
-        launches.append(getattr(getattr(self, "fn", None), "__name__", repr(self)))
-        return launch(self, grid)
-
-    _, mc, _ = make_inputs(2, 4, 40, seed=3)
-    for split in (1, 2):
-        cfg = replace(PT.default_config(DEVICE == "cpu", torch.float32), sink_bm=16, sink_bn=16, sink_split=split)
-        p = PT.prepare_triton(mc, None, 40, 0.5, None, cfg)
-        monkeypatch.setattr(cls, "__getitem__", counting)
-        PT.sinkhorn_potentials_triton(p, 3, 0.0, cfg)
-        monkeypatch.undo()
-        assert launches == ["sinkhorn_half_step_kernel"] * 6, launches
-        launches.clear()
-
-
 class HostWork(TorchDispatchMode):
     """Counts the PyTorch ops a call dispatches outside Triton launches (views apart: they launch
     nothing on a GPU) and the Triton launches: what the host pays per call on a GPU."""
@@ -345,6 +323,18 @@ class HostWork(TorchDispatchMode):
             else:
                 self.ops.append(str(func))
         return func(*args, **(kwargs or {}))
+
+
+def test_plain_sinkhorn_is_one_launch_per_half_step():
+    # launches are what the host-bound defaults path pays on a GPU: the update is part of the
+    # half-step's launch (with one column share and with several)
+    _, mc, _ = make_inputs(2, 4, 40, seed=3)
+    for split in (1, 2):
+        cfg = replace(PT.default_config(DEVICE == "cpu", torch.float32), sink_bm=16, sink_bn=16, sink_split=split)
+        p = PT.prepare_triton(mc, None, 40, 0.5, None, cfg)
+        with HostWork(type(PT.sinkhorn.sinkhorn_half_step_kernel)) as work:
+            PT.sinkhorn_potentials_triton(p, 3, 0.0, cfg)
+        assert work.launches == ["sinkhorn_half_step_kernel"] * 6, work.launches
 
 
 @pytest.mark.parametrize("lam", [None, 0.5])
