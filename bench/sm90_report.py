@@ -48,7 +48,7 @@ def kernel_specs():
     from radi_fast._constants import UNCERTAINTY_EPS
     from radi_fast.kernels import margin_ranking, pairwise_stats, sinkhorn
     from radi_fast.ops.teacher import MAX_COST
-    from radi_fast.ops.triton_config import TritonConfig, half_step_maxnreg, point_lanes
+    from radi_fast.ops.triton_config import TritonConfig, half_step_maxnreg, point_lanes, symmetric_maxnreg
 
     cfg = TritonConfig()
     TP = point_lanes(T_BENCH)
@@ -126,6 +126,31 @@ def kernel_specs():
     half_step("sinkhorn_half_step_64x64w4s3_acc", replace(cfg, sink_bm=64, sink_bn=64, sink_warps=4, sink_stages=3),
               acc=True)
     half_step("sinkhorn_half_step_fp64", fp64_cfg, side=1, fp64=True)
+
+    sym_sig = dict(step_sig, other_ptr="*fp32", prev_rng_ptr="*fp32", next_rng_ptr="*fp32", NSLOT="i32",
+                   BS="constexpr", BMV="constexpr", SYM_SPREAD="constexpr")
+    sym_sig = {k: v for k, v in sym_sig.items() if k not in ("BM", "BN", "ACC")}
+    sym_order = ("zb_ptr", "zs_ptr", "hs_ptr", "nvalid_ptr", "pot_ptr", "other_ptr", "part_ptr", "ticket_ptr",
+                 "prev_delta_ptr", "next_delta_ptr", "prev_rng_ptr", "next_rng_ptr", "tol_ptr", "K", "KP", "NSLOT",
+                 "T", "TP", "BS", "BMV", "G_SIDE", "SPLIT", "COMPUTE", "WRITE_DELTA", "SHIFT_LO", "SHIFT_HI", "SYM_SPREAD")
+    sym_sig = {k: sym_sig[k] for k in sym_order}
+
+    def symmetric_step(name, c, side=0, fp64=False):
+        consts = {"T": T_BENCH, "TP": TP, "BS": c.sym_block, "BMV": c.sym_rows, "G_SIDE": side, "SPLIT": not fp64,
+                  "COMPUTE": f64 if fp64 else f32, "WRITE_DELTA": side == 1, "SHIFT_LO": 2.0 ** c.shift_lo_log2,
+                  "SHIFT_HI": 2.0 ** c.shift_hi_log2, "SYM_SPREAD": float(c.sym_spread)}
+        sig = dict(sym_sig, **ptrs(f64_ptrs + ("other_ptr", "prev_rng_ptr", "next_rng_ptr"), "*fp64")) if fp64 else sym_sig
+        options = {"num_warps": c.sym_warps, "num_stages": c.sym_stages}
+        cap = symmetric_maxnreg(c, not fp64)
+        if cap:
+            options["maxnreg"] = cap
+        specs.append((name, sinkhorn.sinkhorn_symmetric_half_step_kernel, sig, consts, options,
+                      c.sym_rows * c.sym_block // (32 * c.sym_warps)))
+
+    symmetric_step("sinkhorn_symmetric", cfg)
+    symmetric_step("sinkhorn_symmetric_64x128w4", replace(cfg, sym_block=128, sym_rows=64))
+    symmetric_step("sinkhorn_symmetric_g", cfg, side=1)
+    symmetric_step("sinkhorn_symmetric_fp64", cfg, side=1, fp64=True)
 
     loss_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "yt_ptr": "*fp32", "nvalid_ptr": "*i64", "lam_ptr": "*fp32",
                 "tie_lo_ptr": "*i32", "tie_hi_ptr": "*i32", "student_ptr": "*fp32", "ids_ptr": "*i64",

@@ -72,6 +72,40 @@ def row_operand(z, offs_t, T: tl.constexpr, G_SIDE: tl.constexpr, SPLIT: tl.cons
 
 
 @triton.jit
+def symmetric_operand(z, offs_t, shift, T: tl.constexpr, G_SIDE: tl.constexpr, SPLIT: tl.constexpr):
+    """The symmetric half-step's stationary points from a [BS, TP] tile of Z: ``[y, 0, 1, q + shift]``
+    (F side: times ``Z_i`` gives ``<y_i, y_j> + q_i + q_j + shift``) or ``[y, 1, 0, p + shift]`` (G
+    side), split for the 3xTF32 product like :func:`row_operand`."""
+    lane = offs_t[None, :]
+    other = tl.sum(tl.where(lane == T + 1 - G_SIDE, z, 0.0), axis=1) + shift  # q (F side) or p (G side)
+    r = tl.where(lane < T, z, tl.where(lane == T + 1 - G_SIDE, 1.0, tl.where(lane == T + 2, other[:, None], 0.0)))
+    if SPLIT:
+        rb, rs = split_tf32(r)
+    else:
+        rb = r
+        rs = r
+    return rb, rs
+
+
+@triton.jit
+def moving_logits(zb_ptr, zs_ptr, rbt, rst, i0, offs_t, BS: tl.constexpr, TP: tl.constexpr, SPLIT: tl.constexpr):
+    """Logits of one [BS, BS] tile of the symmetric half-step: the points ``Z_i`` of rows
+    ``i0 .. i0 + BS`` (straight from memory: the tensor cores' A operand) times the transposed
+    stationary operand ``(rbt, rst)`` from :func:`symmetric_operand`; 3xTF32 as :func:`column_logits`."""
+    rows = i0 + tl.arange(0, BS)
+    ptrs = rows[:, None] * TP + offs_t[None, :]
+    zib = tl.load(zb_ptr + ptrs)
+    if SPLIT:
+        zis = tl.load(zs_ptr + ptrs)
+        x = tl.dot(zis, rbt, input_precision="tf32")
+        x = tl.dot(zib, rst, x, input_precision="tf32")
+        x = tl.dot(zib, rbt, x, input_precision="tf32")
+    else:
+        x = tl.dot(zib, rbt, input_precision="ieee")
+    return x, rows
+
+
+@triton.jit
 def column_logits(zb_ptr, zs_ptr, rb, rs, j0, offs_t, BN: tl.constexpr, TP: tl.constexpr, SPLIT: tl.constexpr):
     """Logits of one [BM, BN] tile, columns ``j0 .. j0 + BN``: rows ``(rb, rs)`` from
     :func:`row_operand` times the column points. fp32: 3xTF32 (small*big + big*small + big*big; the

@@ -38,7 +38,8 @@ def report(tmp_path_factory):
     return data
 
 
-DEFAULT_KERNELS = ("teacher_prepare", "sinkhorn_half_step", "sinkhorn_half_step_g",
+DEFAULT_KERNELS = ("teacher_prepare", "sinkhorn_symmetric", "sinkhorn_symmetric_g", "sinkhorn_half_step",
+                   "sinkhorn_half_step_g",
                    "margin_ranking_ot", "margin_ranking_uniform", "margin_ranking_random", "margin_ranking_uncertainty")
 
 
@@ -47,7 +48,8 @@ def test_every_kernel_compiles_for_sm90(report):
                                        "teacher_prepare_lane_major", "pairwise_lam", "pairwise_lam_fp64",
                                        "pairwise_points",
                                        "pairwise_points_lane_major", "pairwise_points_fp64",
-                                       "sinkhorn_half_step_acc", "sinkhorn_half_step_fp64", "margin_ranking_ot_fp64"}
+                                       "sinkhorn_half_step_acc", "sinkhorn_half_step_fp64", "margin_ranking_ot_fp64",
+                                       "sinkhorn_symmetric_fp64", "sinkhorn_symmetric_64x128w4"}
     assert expected <= set(report["kernels"])
     for name in report["kernels"]:
         cubin = os.path.join(report["dir"], f"{name}.cubin")
@@ -57,7 +59,7 @@ def test_every_kernel_compiles_for_sm90(report):
 # the ablation margins without tensor-core products ("uniform", "random", "uncertainty") have
 # their tiles in blocked layouts and may spill a few bytes; they are off the default path
 HOT_PATH = ("teacher_prepare", "pairwise_points", "sinkhorn_half_step", "sinkhorn_half_step_g", "margin_ranking_ot",
-            "sinkhorn_half_step_acc")
+            "sinkhorn_half_step_acc", "sinkhorn_symmetric", "sinkhorn_symmetric_g")
 # capped at 128 registers (two programs per SM): Triton 3.9 spills a few words, in the diagonal
 # tiles' loop and the update, never in the loops that stream the other column tiles
 CAPPED = ("sinkhorn_half_step", "sinkhorn_half_step_g")
@@ -97,6 +99,28 @@ def test_sinkhorn_hot_loop_is_one_exp_per_pair_from_tensor_cores(report, name):
     # 2 blocks of 8 warps per SM: one block's exponentials overlap the other's products (the cap
     # of triton_config.half_step_maxnreg)
     assert k["registers"] <= 128 and k["occupancy"]["warps_per_sm"] >= 16, (k["registers"], k["occupancy"])
+
+
+def symmetric_loop(kernel):
+    """The symmetric half-step's loop over moving tiles: two adds per exponential (the moving
+    rows' sums and the per-pair accumulator of the stationary block's). The kernel also holds
+    the shifted pass's loops (its fallback for samples whose potentials are far apart)."""
+    loops = [loop for loop in hot_loops(kernel) if loop["FADD"] >= 2 * loop["MUFU"]]
+    assert len(loops) == 1, kernel["loops"]
+    return loops[0]
+
+
+@pytest.mark.parametrize("name", ["sinkhorn_symmetric", "sinkhorn_symmetric_g"])
+def test_symmetric_hot_loop_is_one_exp_per_unordered_pair(report, name):
+    k = report["kernels"][name]
+    pp = symmetric_loop(k)["per_pair"]  # per pair of the tile, i.e. per unordered pair of answers
+    assert pp["MUFU"] == 1.0 and pp["HGMMA"] > 0, pp  # so half an exponential per ordered pair
+    assert pp["FMNMX"] == 0 and pp["FFMA"] == 0 and pp["FSEL"] == 0, pp
+    assert pp["LDS"] + pp["LDSM"] <= 0.05, pp  # the moving tile goes to the tensor cores from shared memory
+    # per ordered pair <= 3.0, below the shifted pass's 3.2-3.3, for half its exponentials and tiles
+    assert pp["instructions"] <= 6.0, pp
+    assert k["registers"] <= 128 and k["occupancy"]["warps_per_sm"] >= 16, (k["registers"], k["occupancy"])
+    assert not k["spills"], k
 
 
 def test_loss_hot_loop(report):

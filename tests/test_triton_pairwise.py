@@ -222,24 +222,31 @@ def test_small_lam_log_domain():
     check(*run_both(student.float(), mc.float(), lam=lam, tol=0, max_iter=25), torch.float32)
 
 
-def test_online_fallback_of_the_shifted_pass(monkeypatch):
-    # a narrow window makes the shifted pass reject most row blocks: the online fallback of the
-    # update kernel runs (with one or two column shares of row sums to reject) and the result is
-    # still exact (fp64)
+@pytest.mark.parametrize("symmetric", [0, 1])
+def test_online_fallback_of_the_shifted_pass(monkeypatch, symmetric):
+    # a narrow window makes the shifted pass (or the symmetric one) reject most row blocks: the
+    # online fallback of the update runs (with one or two column shares of row sums to reject)
+    # and the result is still exact (fp64)
     for split in (1, 2):
         monkeypatch.setenv("RADI_FAST_TRITON_CONFIG",
-                           f"shift_lo_log2=-1,shift_hi_log2=1,sink_bm=16,sink_bn=16,sink_split={split}")
+                           f"shift_lo_log2=-1,shift_hi_log2=1,sink_bm=16,sink_bn=16,sink_split={split},"
+                           f"sink_sym={symmetric},sym_block=16")
         student, mc, _ = make_inputs(2, 5, 37, dtype=torch.float64, seed=8)
         check(*run_both(student, mc, lam=0.3, tol=0, max_iter=5), torch.float64)
 
 
-@pytest.mark.parametrize("override", ["sink_bm=32,sink_bn=16,loss_bm=16,loss_bn=32",
-                                      "sink_bm=16,sink_bn=64,sink_acc=1,loss_bm=32,loss_bn=16,check_every=1",
-                                      "sink_split=3,sink_bm=64,sink_bn=32,stats_bk=16"])
+@pytest.mark.parametrize("override", ["sink_sym=0,sink_bm=32,sink_bn=16,loss_bm=16,loss_bn=32",
+                                      "sink_sym=0,sink_bm=16,sink_bn=64,sink_acc=1,loss_bm=32,loss_bn=16,check_every=1",
+                                      "sink_sym=0,sink_split=3,sink_bm=64,sink_bn=32,stats_bk=16",
+                                      "sym_block=32,sym_rows=16,loss_bm=16,loss_bn=32",
+                                      "sym_block=16,sink_split=3,check_every=1",
+                                      "sym_block=32,sym_rows=32,sink_split=2,stats_bk=16"])
 def test_tile_shapes_and_kernel_variants(override, monkeypatch):
-    # mismatched row/column tiles (several diagonal tiles per row block, or one straddling
-    # several row blocks), per-pair accumulation, the column split (shares of 5 column tiles:
-    # 2+2+1; of 4: 2+2+0; of 1: 1+0+0)
+    # the shifted pass (sink_sym=0): mismatched row/column tiles (several diagonal tiles per row
+    # block, or one straddling several row blocks), per-pair accumulation, the column split
+    # (shares of 5 column tiles: 2+2+1; of 4: 2+2+0; of 1: 1+0+0); the symmetric pass: moving
+    # tiles smaller than a block, blocks shared by three programs (some with no tile), an even
+    # and an odd number of blocks per sample (130 / 101 / 2 answers in blocks of 16 and 32)
     monkeypatch.setenv("RADI_FAST_TRITON_CONFIG", override)
     student, mc, _ = make_inputs(3, 5, 130, seed=13)
     check(*run_both(student, mc, lengths=torch.tensor([130, 101, 2])), torch.float32)
@@ -265,6 +272,32 @@ def test_sinkhorn_potentials_and_per_sample_freezing_match_cpu():
         torch.testing.assert_close(f[valid], f_cpu[valid], rtol=0, atol=1e-10)
         torch.testing.assert_close(g[valid], g_cpu[valid], rtol=0, atol=1e-10)
         assert launched < 100
+
+
+@pytest.mark.parametrize("override", [dict(sym_block=16), dict(sym_block=32, sym_rows=16, sink_split=2),
+                                      dict(sym_block=16, sink_split=3, check_every=1), dict(sym_block=16, sym_spread=0)])
+@pytest.mark.parametrize("lam", [None, 0.002])
+def test_symmetric_half_step_matches_cpu(override, lam):
+    # each unordered pair exponentiated once, its sum added to both answers' rows: the potentials
+    # are Algorithm 1's (fp64, 1e-10) for every schedule: 9, 6, 4 and 1 blocks of 16 answers (odd,
+    # even, one), blocks shared by two or three programs, moving tiles of half a block. lam =
+    # 0.002 spreads F - G wider than sym_spread at first, so those half-steps take the shifted
+    # pass; sym_spread = 0 takes it in every half-step after the first
+    _, mc, _ = make_inputs(4, 16, 130, dtype=torch.float64, seed=2)
+    mc = mc * torch.tensor([1.0, 5.0, 0.2, 1.0], dtype=torch.float64, device=mc.device)[:, None, None]
+    lengths = torch.tensor([130, 90, 3, 64])
+    p = prepare_pairwise(mc.cpu(), None, 2500, lam, lengths)
+    sol = sinkhorn_log_potentials_cpu(p, 60, 1e-5, slice(None))
+    f_cpu, g_cpu = sol.f, sol.g
+    cfg = replace(PT.default_config(DEVICE == "cpu", torch.float64), **override)
+    assert cfg.sink_sym
+    f, g, order, launched, iterations = PT.sinkhorn_log_potentials_triton(mc, None, lam, 2500, 60, 1e-5, lengths, cfg)
+    f, g, order = f.cpu(), g.cpu(), order.cpu()
+    assert torch.equal(order, p.answer_ids)
+    valid = p.valid
+    torch.testing.assert_close(f[valid], f_cpu[valid], rtol=0, atol=1e-10)
+    torch.testing.assert_close(g[valid], g_cpu[valid], rtol=0, atol=1e-10)
+    assert torch.equal(iterations.cpu(), sol.iterations.cpu())
 
 
 def test_sinkhorn_weights_doubly_stochastic_fp32():
@@ -325,16 +358,19 @@ class HostWork(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_plain_sinkhorn_is_one_launch_per_half_step():
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_plain_sinkhorn_is_one_launch_per_half_step(symmetric):
     # launches are what the host-bound defaults path pays on a GPU: the update is part of the
     # half-step's launch (with one column share and with several)
     _, mc, _ = make_inputs(2, 4, 40, seed=3)
+    kernel = "sinkhorn_symmetric_half_step_kernel" if symmetric else "sinkhorn_half_step_kernel"
     for split in (1, 2):
-        cfg = replace(PT.default_config(DEVICE == "cpu", torch.float32), sink_bm=16, sink_bn=16, sink_split=split)
+        cfg = replace(PT.default_config(DEVICE == "cpu", torch.float32), sink_bm=16, sink_bn=16, sink_split=split,
+                      sink_sym=symmetric, sym_block=16)
         p = PT.prepare_triton(mc, None, 40, 0.5, None, cfg)
         with HostWork(type(PT.sinkhorn.sinkhorn_half_step_kernel)) as work:
             PT.sinkhorn_potentials_triton(p, 3, 0.0, cfg)
-        assert work.launches == ["sinkhorn_half_step_kernel"] * 6, work.launches
+        assert work.launches == [kernel] * 6, work.launches
 
 
 @pytest.mark.parametrize("lam", [None, 0.5])
@@ -350,8 +386,8 @@ def test_host_work_of_one_call(lam):
         loss, grad, iterations = PT.pairwise_forward_triton(student, mc, None, None, 1.0, "ot", lam, 2500, 100, 1e-5, 0,
                                                             "plain", cfg)
     assert torch.isfinite(loss).all() and (iterations > 0).all()
-    half_steps = work.launches.count("sinkhorn_half_step_kernel")
-    assert work.launches == ["teacher_prepare_kernel"] + ["sinkhorn_half_step_kernel"] * half_steps + \
+    half_steps = work.launches.count("sinkhorn_symmetric_half_step_kernel")
+    assert work.launches == ["teacher_prepare_kernel"] + ["sinkhorn_symmetric_half_step_kernel"] * half_steps + \
         ["margin_ranking_kernel"], work.launches
     polls = half_steps // 2 // cfg.check_every  # a flag read (on CUDA: a pinned copy and an event)
     assert len(work.ops) <= 44 + 5 * polls, (len(work.ops), work.ops)  # 40 here, 2 polls

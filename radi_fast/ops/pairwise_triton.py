@@ -25,7 +25,7 @@ from .sinkhorn_accel_triton import AndersonLauncher, RelaxationLauncher
 from .sinkhorn_schemes import LN2, iterations_of_half_steps
 from .teacher import MAX_COST, compute_dtype, negligible_noise, teacher_top_k
 from .triton_config import (TritonConfig, compute_tl_dtype, default_config, half_step_maxnreg, padded_answers, point_lanes,
-                            resolve_split, triton_cdiv)
+                            resolve_split, symmetric_maxnreg, triton_cdiv)
 
 OP_NAME = "radi_fast::pairwise_loss_triton"
 PAD_LOGIT = -1e30  # kernels/common.py's padding logit
@@ -164,26 +164,53 @@ class HalfStep:
     """``half_step(side, pot, prev_delta, next_delta)``: one launch of the Sinkhorn half-step
     kernel (side 0 updates F from G, side 1 G from F; samples with ``prev_delta <= tol`` exit at
     once), with its workspace: the partial row sums of several column shares and the tickets.
-    ``spare`` [B, K] stands in for the partial sums with one share (never read then)."""
+    ``spare`` [B, K] stands in for the partial sums with one share (never read then).
 
-    def __init__(self, p: TritonProblem, cfg, tol_t: torch.Tensor, spare: torch.Tensor):
+    ``symmetric`` (the plain scheme with ``cfg.sink_sym``): :meth:`symmetric` launches
+    ``sinkhorn_symmetric_half_step_kernel`` instead, half-step ``h`` of at most ``half_steps``
+    reading the range of ``F - G`` the previous one left in ``rng[h]``."""
+
+    def __init__(self, p: TritonProblem, cfg, tol_t: torch.Tensor, spare: torch.Tensor, symmetric: bool = False,
+                 half_steps: int = 0):
         B, K = p.hs.shape
         device = p.hs.device
-        rb = triton_cdiv(K, cfg.sink_bm)
-        split = resolve_split(cfg, B * rb, device)
-        self.p, self.tol_t, self.grid = p, tol_t, (B, rb, split)
-        self.part = torch.empty(split, B, K, dtype=p.dtype, device=device) if split > 1 else spare
-        self.tickets = torch.zeros(B, rb, dtype=torch.int32, device=device)  # the last share resets its counter
-        self.options = dict(T=p.T, TP=p.zb.shape[2], BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split,
-                            COMPUTE=compute_tl_dtype(p.dtype), num_warps=cfg.sink_warps, num_stages=cfg.sink_stages,
-                            maxnreg=half_step_maxnreg(cfg, p.split), ACC=cfg.sink_acc,
-                            SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
+        self.p, self.tol_t = p, tol_t
+        shift_window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
+        if symmetric:
+            bs = cfg.sym_block
+            rb = triton_cdiv(K, bs)
+            split = resolve_split(cfg, B * rb, device, cfg.sym_ctas_per_sm)
+            self.grid = (B, rb, split)
+            self.n_slots = split + rb // 2  # own shares, then the blocks at distance 1 .. rb // 2
+            self.part = torch.empty(B, rb, self.n_slots, bs, dtype=p.dtype, device=device)
+            self.rng = torch.full((half_steps + 1, B, 2), float("-inf"), dtype=p.dtype, device=device)
+            self.rng[0] = 0.0  # F = G = 0 before the first half-step
+            self.options = dict(T=p.T, TP=p.zb.shape[2], BS=bs, BMV=min(cfg.sym_rows, bs), SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
+                                num_warps=cfg.sym_warps, num_stages=cfg.sym_stages, SYM_SPREAD=float(cfg.sym_spread),
+                                maxnreg=symmetric_maxnreg(cfg, p.split),
+                                **shift_window)
+        else:
+            rb = triton_cdiv(K, cfg.sink_bm)
+            split = resolve_split(cfg, B * rb, device)
+            self.grid = (B, rb, split)
+            self.part = torch.empty(split, B, K, dtype=p.dtype, device=device) if split > 1 else spare
+            self.options = dict(T=p.T, TP=p.zb.shape[2], BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split,
+                                COMPUTE=compute_tl_dtype(p.dtype), num_warps=cfg.sink_warps,
+                                num_stages=cfg.sink_stages, maxnreg=half_step_maxnreg(cfg, p.split), ACC=cfg.sink_acc,
+                                **shift_window)
+        self.tickets = torch.zeros(B, rb, dtype=torch.int32, device=device)  # the last one resets its counter
 
     def __call__(self, side: int, pot, prev, nxt) -> None:
         p = self.p
         sinkhorn.sinkhorn_half_step_kernel[self.grid](
             p.zb, p.zs, p.hs, p.n_valid, pot, self.part, self.tickets, prev, nxt, self.tol_t, p.hs.shape[1], p.padded,
             G_SIDE=side, WRITE_DELTA=side == 1, **self.options)
+
+    def symmetric(self, h: int, side: int, pot, other, prev, nxt) -> None:
+        p = self.p
+        sinkhorn.sinkhorn_symmetric_half_step_kernel[self.grid](
+            p.zb, p.zs, p.hs, p.n_valid, pot, other, self.part, self.tickets, prev, nxt, self.rng[h], self.rng[h + 1],
+            self.tol_t, p.hs.shape[1], p.padded, self.n_slots, G_SIDE=side, WRITE_DELTA=side == 1, **self.options)
 
 
 def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg, scheme: str = "plain"):
@@ -211,7 +238,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     delta[0].fill_(float("inf"))
     tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
     has_partner = p.n_valid >= 2
-    half_step = HalfStep(p, cfg, tol_t, F)
+    symmetric = scheme == "plain" and cfg.sink_sym
+    half_step = HalfStep(p, cfg, tol_t, F, symmetric=symmetric, half_steps=2 * steps)
 
     cap = coarse = None  # "scaling": each sample's iterations left after its own coarse phase
     if scheme == "scaling":
@@ -230,6 +258,9 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         if mixer is not None:  # F = F(x) from the iterate x in G, then the mixer's step
             half_step(0, F, prev, nxt)
             mixer.step(G, F, prev, nxt, last=it == steps - 1)
+        elif symmetric:
+            half_step.symmetric(2 * it, 0, F, G, prev, nxt)
+            half_step.symmetric(2 * it + 1, 1, G, F, prev, nxt)
         else:
             for side, pot in ((0, F), (1, G)):
                 if relax is not None:

@@ -30,6 +30,12 @@ class TritonConfig:
     accepts (a narrow one forces the online fallback: tests). ``check_every``: host look at the
     Sinkhorn stopping flags every this many iterations. ``sink_maxnreg``: register cap of the
     Sinkhorn half-step kernel (0: the compiler's choice; -1: :func:`half_step_maxnreg` decides).
+    ``sink_sym``: the plain scheme's half-steps exponentiate each unordered pair once
+    (``sinkhorn_symmetric_half_step_kernel``, docs/triton.md "The symmetric half-step"; 0: every
+    ordered pair, ``sinkhorn_half_step_kernel``) on blocks of ``sym_block`` answers, in tiles of
+    ``sym_rows`` x ``sym_block`` pairs with ``sym_warps`` warps, ``sym_ctas_per_sm`` programs per SM for the choice of shares; a sample
+    whose ``F - G`` (base 2) spans more than ``sym_spread`` (its sums would scale by up to
+    ``2^(sym_spread / 2)`` around 1) runs the shifted pass in that half-step.
     Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=64,sink_warps=4"``.
     """
 
@@ -50,6 +56,13 @@ class TritonConfig:
     loss_stages: int = 2
     stats_bk: int = 256
     check_every: int = 4
+    sink_sym: bool = True
+    sym_block: int = 64
+    sym_rows: int = 64
+    sym_warps: int = 4
+    sym_stages: int = 2
+    sym_ctas_per_sm: int = 4
+    sym_spread: int = 64
 
 
 # the interpreter's cost is per tile op, not per element: large tiles (the tests cover small ones)
@@ -91,6 +104,17 @@ def half_step_maxnreg(cfg: TritonConfig, split_points: bool) -> Optional[int]:
     return 128 if split_points and cfg.sink_warps == 8 and not cfg.sink_acc else None
 
 
+def symmetric_maxnreg(cfg: TritonConfig, split_points: bool) -> Optional[int]:
+    """The register cap of the symmetric half-step kernel (None: none). Automatic
+    (``sink_maxnreg`` -1): 128 for fp32 tiles of 64 x 64 pairs on 4 warps (ptxas takes 129-130,
+    which leaves three programs per SM instead of four; under the cap nothing spills,
+    tests/test_triton_compile.py); none otherwise."""
+    if cfg.sink_maxnreg >= 0:
+        return cfg.sink_maxnreg or None
+    small = cfg.sym_block == 64 and cfg.sym_rows == 64 and cfg.sym_warps == 4
+    return 128 if split_points and small else None
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -103,7 +127,7 @@ def point_lanes(T: int) -> int:
 
 def padded_answers(K: int, cfg: TritonConfig) -> int:
     """KP: K rounded up to a whole number of every kernel's tiles (all powers of two)."""
-    q = max(cfg.sink_bm, cfg.sink_bn, cfg.loss_bm, cfg.loss_bn, cfg.stats_bk)
+    q = max(cfg.sink_bm, cfg.sink_bn, cfg.loss_bm, cfg.loss_bn, cfg.stats_bk, cfg.sym_block)
     return triton_cdiv(K, q) * q
 
 
@@ -120,11 +144,12 @@ def choose_split(n_programs: int, slots: int, max_split: int = 4) -> int:
     return best
 
 
-def resolve_split(cfg: TritonConfig, n_programs: int, device: torch.device) -> int:
-    """Column shares of the Sinkhorn row sums for this launch."""
+def resolve_split(cfg: TritonConfig, n_programs: int, device: torch.device, ctas_per_sm: Optional[int] = None) -> int:
+    """Column shares of the Sinkhorn row sums for this launch (``ctas_per_sm``: programs one SM
+    holds at once, ``split_ctas_per_sm`` unless given)."""
     if cfg.sink_split > 0:
         return cfg.sink_split
     if device.type != "cuda":
         return 1
-    slots = torch.cuda.get_device_properties(device).multi_processor_count * cfg.split_ctas_per_sm
+    slots = torch.cuda.get_device_properties(device).multi_processor_count * (ctas_per_sm or cfg.split_ctas_per_sm)
     return choose_split(n_programs, slots)
