@@ -300,9 +300,12 @@ def sinkhorn_symmetric_half_step_kernel(
                 target = nsplit + symmetric_received(blk, n)
                 landed = tl.atomic_add(tickets_b + blk, 1, mask=k < n_items, sem="acq_rel") + 1
                 is_last = (k < n_items) & (landed == target)
+                # one reduction for the chunk: bit k-c0 set where this program completed the block
+                bits = tl.sum(tl.where(is_last, (1 << (k - c0)).to(tl.int64), 0), axis=0)
                 for kk in range(c0, tl.minimum(c0 + 32, n_items)):
-                    if tl.sum(tl.where(k == kk, is_last.to(tl.int32), 0), axis=0) > 0:
-                        R = tl.sum(tl.where(k == kk, blk, 0), axis=0)
+                    if ((bits >> (kk - c0)) & 1) != 0:
+                        R = tl.where(kk == 0, J, J + t_lo + kk - 1)
+                        R = tl.where(R >= n, R - n, R)
                         tl.store(tickets_b + R, 0)
                         symmetric_update(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, part_ptr, next_delta_ptr,
                                          next_rng_ptr, b, R, n, nsplit, kb, shift, K, KP, NSLOT, T, TP, BS, G_SIDE,

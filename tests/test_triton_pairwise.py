@@ -274,30 +274,45 @@ def test_sinkhorn_potentials_and_per_sample_freezing_match_cpu():
         assert launched < 100
 
 
-@pytest.mark.parametrize("override", [dict(sym_block=16), dict(sym_block=32, sym_rows=16, sink_split=2),
-                                      dict(sym_block=16, sink_split=3, check_every=1), dict(sym_block=16, sym_spread=0)])
-@pytest.mark.parametrize("lam", [None, 0.002])
-def test_symmetric_half_step_matches_cpu(override, lam):
+@pytest.mark.parametrize("override,lam,max_iter", [
+    (dict(sym_block=16), None, 60), (dict(sym_block=32, sym_rows=16, sink_split=2), None, 60),
+    (dict(sym_block=16, sink_split=3, check_every=1), None, 60), (dict(sym_block=16, sym_spread=0), None, 60),
+    (dict(sym_block=16), 0.002, 12), (dict(sym_block=32, sym_rows=16, sink_split=3), 0.002, 12)])
+def test_symmetric_half_step_matches_cpu(override, lam, max_iter):
     # each unordered pair exponentiated once, its sum added to both answers' rows: the potentials
-    # are Algorithm 1's (fp64, 1e-10) for every schedule: 9, 6, 4 and 1 blocks of 16 answers (odd,
-    # even, one), blocks shared by two or three programs, moving tiles of half a block. lam =
-    # 0.002 spreads F - G wider than sym_spread at first, so those half-steps take the shifted
-    # pass; sym_spread = 0 takes it in every half-step after the first
+    # are Algorithm 1's (fp64, 1e-10) for every schedule: 9, 6, 1 and 4 blocks of 16 answers (odd,
+    # even, one), blocks shared by two or three programs (some with no tile), moving tiles of half
+    # a block. lam = 0.002 spreads F - G wider than sym_spread on some samples for many
+    # iterations (they take the shifted pass) and not on others; sym_spread = 0 takes the shifted
+    # pass in every half-step after the first
     _, mc, _ = make_inputs(4, 16, 130, dtype=torch.float64, seed=2)
     mc = mc * torch.tensor([1.0, 5.0, 0.2, 1.0], dtype=torch.float64, device=mc.device)[:, None, None]
     lengths = torch.tensor([130, 90, 3, 64])
     p = prepare_pairwise(mc.cpu(), None, 2500, lam, lengths)
-    sol = sinkhorn_log_potentials_cpu(p, 60, 1e-5, slice(None))
+    sol = sinkhorn_log_potentials_cpu(p, max_iter, 1e-5, slice(None))
     f_cpu, g_cpu = sol.f, sol.g
     cfg = replace(PT.default_config(DEVICE == "cpu", torch.float64), **override)
     assert cfg.sink_sym
-    f, g, order, launched, iterations = PT.sinkhorn_log_potentials_triton(mc, None, lam, 2500, 60, 1e-5, lengths, cfg)
+    f, g, order, launched, iterations = PT.sinkhorn_log_potentials_triton(mc, None, lam, 2500, max_iter, 1e-5, lengths,
+                                                                          cfg)
     f, g, order = f.cpu(), g.cpu(), order.cpu()
     assert torch.equal(order, p.answer_ids)
     valid = p.valid
     torch.testing.assert_close(f[valid], f_cpu[valid], rtol=0, atol=1e-10)
     torch.testing.assert_close(g[valid], g_cpu[valid], rtol=0, atol=1e-10)
     assert torch.equal(iterations.cpu(), sol.iterations.cpu())
+
+
+def test_symmetric_half_step_with_more_than_32_tickets():
+    # 69 blocks of 16 answers: a program covers 34 blocks plus its own, so its tickets take two
+    # vector atomics (32 + 3) and it may complete blocks in either
+    _, mc, _ = make_inputs(1, 4, 1100, dtype=torch.float64, seed=5)
+    p = prepare_pairwise(mc.cpu(), None, 2500, None, None)
+    sol = sinkhorn_log_potentials_cpu(p, 1, 0.0, slice(None))
+    cfg = replace(PT.default_config(DEVICE == "cpu", torch.float64), sym_block=16, sink_split=1)
+    f, g, _, _, _ = PT.sinkhorn_log_potentials_triton(mc, None, None, 2500, 1, 0.0, None, cfg)
+    torch.testing.assert_close(f.cpu(), sol.f, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g.cpu(), sol.g, rtol=0, atol=1e-10)
 
 
 def test_sinkhorn_weights_doubly_stochastic_fp32():
@@ -391,6 +406,19 @@ def test_host_work_of_one_call(lam):
         ["margin_ranking_kernel"], work.launches
     polls = half_steps // 2 // cfg.check_every  # a flag read (on CUDA: a pinned copy and an event)
     assert len(work.ops) <= 44 + 5 * polls, (len(work.ops), work.ops)  # 40 here, 2 polls
+
+
+def test_symmetric_register_cap():
+    # 128 only where ptxas would take 129-130 and leave 3 programs of 4 warps per SM (fp32, 64 x 64)
+    from radi_fast.ops.triton_config import TritonConfig, parse_config_override, symmetric_maxnreg
+
+    cfg = TritonConfig()
+    assert symmetric_maxnreg(cfg, True) == 128
+    assert symmetric_maxnreg(cfg, False) is None  # fp64 points
+    assert symmetric_maxnreg(replace(cfg, sym_block=128), True) is None
+    assert symmetric_maxnreg(replace(cfg, sym_warps=8), True) is None
+    assert symmetric_maxnreg(parse_config_override("sink_maxnreg=0", cfg), True) is None
+    assert symmetric_maxnreg(parse_config_override("sink_maxnreg=96", cfg), False) == 96
 
 
 def test_half_step_register_cap():
