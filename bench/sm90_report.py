@@ -55,6 +55,9 @@ def kernel_specs():
     f32, f64 = tl.float32, tl.float64
     specs = []
 
+    def launch_options(warps, stages, maxnreg):
+        return dict(num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
+
     def ptrs(names, dtype):
         return {n: dtype for n in names}
 
@@ -110,10 +113,7 @@ def kernel_specs():
                   "COMPUTE": f64 if fp64 else f32, "ACC": c.sink_acc, "WRITE_DELTA": side == 1,
                   "SHIFT_LO": 2.0 ** lo, "SHIFT_HI": 2.0 ** hi}
         sig = dict(step_sig, **ptrs(f64_ptrs, "*fp64")) if fp64 else step_sig
-        options = {"num_warps": c.sink_warps, "num_stages": c.sink_stages}
-        cap = half_step_maxnreg(c, not fp64)
-        if cap:
-            options["maxnreg"] = cap
+        options = launch_options(c.sink_warps, c.sink_stages, half_step_maxnreg(c, not fp64))
         specs.append((name, sinkhorn.sinkhorn_half_step_kernel, sig, consts, options,
                       c.sink_bm * c.sink_bn // (32 * c.sink_warps)))
 
@@ -140,10 +140,7 @@ def kernel_specs():
                   "COMPUTE": f64 if fp64 else f32, "WRITE_DELTA": side == 1, "SHIFT_LO": 2.0 ** c.shift_lo_log2,
                   "SHIFT_HI": 2.0 ** c.shift_hi_log2, "SYM_SPREAD": float(c.sym_spread)}
         sig = dict(sym_sig, **ptrs(f64_ptrs + ("other_ptr", "prev_rng_ptr", "next_rng_ptr"), "*fp64")) if fp64 else sym_sig
-        options = {"num_warps": c.sym_warps, "num_stages": c.sym_stages}
-        cap = symmetric_maxnreg(c, not fp64)
-        if cap:
-            options["maxnreg"] = cap
+        options = launch_options(c.sym_warps, c.sym_stages, symmetric_maxnreg(c, not fp64))
         specs.append((name, sinkhorn.sinkhorn_symmetric_half_step_kernel, sig, consts, options,
                       c.sym_rows * c.sym_block // (32 * c.sym_warps)))
 

@@ -56,13 +56,15 @@ def load_points(zb_ptr, zs_ptr, idx, offs_t, TP: tl.constexpr, SPLIT: tl.constex
 
 
 @triton.jit
-def row_operand(z, offs_t, T: tl.constexpr, G_SIDE: tl.constexpr, SPLIT: tl.constexpr):
-    """Rows ``[y, 0, 1, p]`` (F side) or ``[y, 1, 0, q]`` (G side) from a [BM, TP] tile of Z,
-    split for the 3xTF32 product (fp64: ``(r, r)``, the second unused)."""
+def _operand(z, offs_t, shift, OWN: tl.constexpr, ONE: tl.constexpr, SHIFTED: tl.constexpr, T: tl.constexpr,
+             SPLIT: tl.constexpr):
+    """``[y, lanes T and T + 1 with a 1 at ONE, z[OWN] (+ shift)]`` from a tile of Z, split for the
+    3xTF32 product (fp64: ``(r, r)``, the second unused)."""
     lane = offs_t[None, :]
-    own = tl.sum(tl.where(lane == T + G_SIDE, z, 0.0), axis=1)  # p (F side) or q (G side)
-    one_lane = T + 1 - G_SIDE
-    r = tl.where(lane < T, z, tl.where(lane == one_lane, 1.0, tl.where(lane == T + 2, own[:, None], 0.0)))
+    own = tl.sum(tl.where(lane == OWN, z, 0.0), axis=1)
+    if SHIFTED:
+        own += shift
+    r = tl.where(lane < T, z, tl.where(lane == ONE, 1.0, tl.where(lane == T + 2, own[:, None], 0.0)))
     if SPLIT:
         rb, rs = split_tf32(r)
     else:
@@ -72,19 +74,31 @@ def row_operand(z, offs_t, T: tl.constexpr, G_SIDE: tl.constexpr, SPLIT: tl.cons
 
 
 @triton.jit
+def row_operand(z, offs_t, T: tl.constexpr, G_SIDE: tl.constexpr, SPLIT: tl.constexpr):
+    """Rows ``[y, 0, 1, p]`` (F side) or ``[y, 1, 0, q]`` (G side) from a [BM, TP] tile of Z,
+    split for the 3xTF32 product (fp64: ``(r, r)``, the second unused)."""
+    return _operand(z, offs_t, 0.0, T + G_SIDE, T + 1 - G_SIDE, False, T, SPLIT)
+
+
+@triton.jit
 def symmetric_operand(z, offs_t, shift, T: tl.constexpr, G_SIDE: tl.constexpr, SPLIT: tl.constexpr):
     """The symmetric half-step's stationary points from a [BS, TP] tile of Z: ``[y, 0, 1, q + shift]``
     (F side: times ``Z_i`` gives ``<y_i, y_j> + q_i + q_j + shift``) or ``[y, 1, 0, p + shift]`` (G
-    side), split for the 3xTF32 product like :func:`row_operand`."""
-    lane = offs_t[None, :]
-    other = tl.sum(tl.where(lane == T + 1 - G_SIDE, z, 0.0), axis=1) + shift  # q (F side) or p (G side)
-    r = tl.where(lane < T, z, tl.where(lane == T + 1 - G_SIDE, 1.0, tl.where(lane == T + 2, other[:, None], 0.0)))
+    side), split like :func:`row_operand`."""
+    return _operand(z, offs_t, shift, T + 1 - G_SIDE, T + 1 - G_SIDE, True, T, SPLIT)
+
+
+@triton.jit
+def split_product(ab, a_small, bb, b_small, SPLIT: tl.constexpr):
+    """``a @ b`` from split operands: fp32 3xTF32 ``a_small bb + ab b_small + ab bb`` (the
+    small*small term, ~2^-22 relative, dropped); fp64 one IEEE product (the small parts unused)."""
     if SPLIT:
-        rb, rs = split_tf32(r)
+        x = tl.dot(a_small, bb, input_precision="tf32")
+        x = tl.dot(ab, b_small, x, input_precision="tf32")
+        x = tl.dot(ab, bb, x, input_precision="tf32")
     else:
-        rb = r
-        rs = r
-    return rb, rs
+        x = tl.dot(ab, bb, input_precision="ieee")
+    return x
 
 
 @triton.jit
@@ -97,12 +111,9 @@ def moving_logits(zb_ptr, zs_ptr, rbt, rst, i0, offs_t, BS: tl.constexpr, TP: tl
     zib = tl.load(zb_ptr + ptrs)
     if SPLIT:
         zis = tl.load(zs_ptr + ptrs)
-        x = tl.dot(zis, rbt, input_precision="tf32")
-        x = tl.dot(zib, rst, x, input_precision="tf32")
-        x = tl.dot(zib, rbt, x, input_precision="tf32")
     else:
-        x = tl.dot(zib, rbt, input_precision="ieee")
-    return x, rows
+        zis = zib
+    return split_product(zib, zis, rbt, rst, SPLIT), rows
 
 
 @triton.jit
@@ -116,12 +127,9 @@ def column_logits(zb_ptr, zs_ptr, rb, rs, j0, offs_t, BN: tl.constexpr, TP: tl.c
     zjb = tl.trans(tl.load(zb_ptr + ptrs))
     if SPLIT:
         zjs = tl.trans(tl.load(zs_ptr + ptrs))
-        x = tl.dot(rs, zjb, input_precision="tf32")
-        x = tl.dot(rb, zjs, x, input_precision="tf32")
-        x = tl.dot(rb, zjb, x, input_precision="tf32")
     else:
-        x = tl.dot(rb, zjb, input_precision="ieee")
-    return x, cols
+        zjs = zjb
+    return split_product(rb, rs, zjb, zjs, SPLIT), cols
 
 
 @triton.jit
