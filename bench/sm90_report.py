@@ -191,8 +191,9 @@ def kernel_specs():
     anderson_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "x_ptr": "*fp32",
                     "y_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol_ptr": "*fp32",
                     "hx_ptr": "*fp32", "hr_ptr": "*fp32", "count_ptr": "*i64", "best_ptr": "*fp32", "ridge_ptr": "*fp64",
-                    "K": "i32", "KP": "i32", "head": "i32", "last": "i32", "T": "constexpr", "TP": "constexpr", "SPLIT": "constexpr",
-                    "COMPUTE": "constexpr", "M": "constexpr", "MP": "constexpr", "BLOCK": "constexpr"}
+                    "rng_ptr": "*fp32", "K": "i32", "KP": "i32", "head": "i32", "last": "i32", "T": "constexpr", "TP": "constexpr", "SPLIT": "constexpr",
+                    "COMPUTE": "constexpr", "M": "constexpr", "MP": "constexpr", "BLOCK": "constexpr",
+                    "RECORD_RANGE": "constexpr"}
     mp = history_rows(ANDERSON_MEMORY)
     for fp64 in (False, True):
         suffix, compute = ("_fp64", f64) if fp64 else ("", f32)
@@ -203,7 +204,7 @@ def kernel_specs():
             specs.append((f"sinkhorn_relax_{side}{'' if step else '_observe'}{suffix}", sinkhorn_accel.sinkhorn_relax_kernel,
                           as64(relax_sig), consts, {"num_warps": 4}, None))
         consts = {"T": T_BENCH, "TP": TP, "SPLIT": not fp64, "COMPUTE": compute, "M": ANDERSON_MEMORY, "MP": mp,
-                  "BLOCK": BLOCK}
+                  "BLOCK": BLOCK, "RECORD_RANGE": True}
         specs.append((f"sinkhorn_anderson{suffix}", sinkhorn_accel.sinkhorn_anderson_kernel, as64(anderson_sig), consts,
                       {"num_warps": 4}, None))
     return specs

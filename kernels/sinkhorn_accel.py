@@ -112,13 +112,15 @@ def sinkhorn_anderson_kernel(
     count_ptr,  # [B] int64 usable history length
     best_ptr,  # [B] smallest residual norm so far
     ridge_ptr,  # [2] float64 Tikhonov weights relative to the trace and to |r|^2
+    rng_ptr,  # [B, 2] out (RECORD_RANGE): (max (F - G), max (G - F)) after this step, for the symmetric half-step
     K, KP, head,  # head: physical slot of the oldest entry after this step
     last,  # 1 on the budget's last half-step: every active sample ends on (F(x) - c, F(x) - c)
     T: tl.constexpr, TP: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr,
-    M: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr,
+    M: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr, RECORD_RANGE: tl.constexpr,
 ):
     """``Anderson.step`` for sample ``program_id(0)`` when it is active (``prev > tol``, K_b >= 2);
-    a frozen sample is left as it is."""
+    a frozen sample is left as it is. ``RECORD_RANGE``: also the range of ``F - G`` it leaves
+    (the shift of the next symmetric half-step, kernels/sinkhorn.py)."""
     b = tl.program_id(0).to(tl.int64)
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
     tol = tl.load(tol_ptr)
@@ -169,6 +171,9 @@ def sinkhorn_anderson_kernel(
                 tl.store(x_ptr + b * K + rows, y, mask=m)
                 store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, y, m, K, KP, T, TP, 0, SPLIT)
                 store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, y, m, K, KP, T, TP, 1, SPLIT)
+            if RECORD_RANGE:  # F = G
+                tl.store(rng_ptr + 2 * b, tl.zeros((), COMPUTE))
+                tl.store(rng_ptr + 2 * b + 1, tl.zeros((), COMPUTE))
         else:
             slots = tl.arange(0, MP)
             usable = (slots >= M + 1 - count) & (slots < M)
@@ -204,6 +209,8 @@ def sinkhorn_anderson_kernel(
                 rhs = tl.where(slots == k, b_k / pivot, rhs)
             gamma = tl.where(slots < M, rhs, 0.0).to(COMPUTE)
             # pass 3: x + r - sum_j gamma_j (dX_j + dR_j)
+            e_hi = tl.full([BLOCK], float("-inf"), COMPUTE)
+            e_lo = tl.full([BLOCK], float("inf"), COMPUTE)
             for i0 in range(0, kb, BLOCK):
                 rows = i0 + tl.arange(0, BLOCK)
                 m = rows < kb
@@ -214,6 +221,13 @@ def sinkhorn_anderson_kernel(
                 nxt = x + r - tl.sum(d * gamma[:, None], axis=0)
                 tl.store(x_ptr + b * K + rows, nxt, mask=m)
                 store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, nxt, m, K, KP, T, TP, 1, SPLIT)
+                if RECORD_RANGE:  # F - G with F = y = r + x + c (unchanged) and G = nxt
+                    e = (r + x + c) - nxt
+                    e_hi = tl.maximum(e_hi, tl.where(m, e, float("-inf")))
+                    e_lo = tl.minimum(e_lo, tl.where(m, e, float("inf")))
+            if RECORD_RANGE:
+                tl.store(rng_ptr + 2 * b, tl.max(e_hi, axis=0))
+                tl.store(rng_ptr + 2 * b + 1, -tl.min(e_lo, axis=0))
 
 
 @triton.jit

@@ -136,7 +136,15 @@ def test_anderson_steps_match_the_pytorch_mixer(dtype):
         G = x_fast.clone()
         nxt = torch.zeros(B, dtype=dtype, device=DEVICE)
         last = it == steps - 1
-        launcher.step(G, F, prev, nxt, last=last)
+        rng = torch.full((B, 2), -7.0, dtype=dtype, device=DEVICE)
+        launcher.step(G, F, prev, nxt, last=last, rng=rng)
+        # the range of F - G it leaves (the next symmetric half-step's shift); frozen: untouched
+        e = torch.where(p.valid, F - G, float("nan"))
+        expected_rng = torch.stack([torch.nan_to_num(e, nan=-float("inf")).amax(1),
+                                    torch.nan_to_num(-e, nan=-float("inf")).amax(1)], 1)
+        torch.testing.assert_close(rng[active], expected_rng[active], rtol=0, atol=1e-12 if dtype == torch.float64
+                                   else 1e-4)
+        assert (rng[~active] == -7.0).all()
 
         # the reference steps from the kernel's own iterate (no drift between the two runs)
         x_next, y_fixed, delta = ref.step(x_fast, half_step(x_fast), ok)

@@ -303,6 +303,32 @@ def test_symmetric_half_step_matches_cpu(override, lam, max_iter):
     assert torch.equal(iterations.cpu(), sol.iterations.cpu())
 
 
+def test_anderson_runs_the_symmetric_half_step(monkeypatch):
+    # Anderson (the default for a fixed lam) takes the symmetric half-step too: its mixer records
+    # the range of F - G it leaves, so the next half-step's shift is centred and the symmetric
+    # sums stay in range; the potentials are the shifted pass's (fp64) and the symmetric pass ran
+    _, mc, _ = make_inputs(2, 8, 90, dtype=torch.float64, seed=4)
+    made = []
+    init = PT.HalfStep.__init__
+
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(PT.HalfStep, "__init__", record)
+    runs = {}
+    for sym in (False, True):
+        cfg = replace(PT.default_config(DEVICE == "cpu", torch.float64), sym_block=32, sink_sym=sym)
+        p = PT.prepare_triton(mc, None, 2500, 0.3, None, cfg)
+        runs[sym] = PT.sinkhorn_potentials_triton(p, 40, 1e-7, cfg, scheme="anderson")
+    (f0, g0, n0, it0), (f1, g1, n1, it1) = runs[False], runs[True]
+    torch.testing.assert_close(f1, f0, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g1, g0, rtol=0, atol=1e-10)
+    assert n1 == n0 and torch.equal(it1, it0)
+    spread = made[-1].rng[1:n1].sum(-1)  # (max (F - G) + max (G - F)) after each step
+    assert torch.isfinite(spread).all() and (spread <= cfg.sym_spread).all(), spread
+
+
 def test_symmetric_half_step_with_more_than_32_tickets():
     # 69 blocks of 16 answers: a program covers 34 blocks plus its own, so its tickets take two
     # vector atomics (32 + 3) and it may complete blocks in either

@@ -166,7 +166,7 @@ class HalfStep:
     once), with its workspace: the partial row sums of several column shares and the tickets.
     ``spare`` [B, K] stands in for the partial sums with one share (never read then).
 
-    ``symmetric`` (the plain scheme with ``cfg.sink_sym``): :meth:`symmetric` launches
+    ``symmetric`` (the plain and Anderson schemes with ``cfg.sink_sym``): :meth:`symmetric` launches
     ``sinkhorn_symmetric_half_step_kernel`` instead, half-step ``h`` of at most ``half_steps``
     reading the range of ``F - G`` the previous one left in ``rng[h]``."""
 
@@ -238,7 +238,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     delta[0].fill_(float("inf"))
     tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
     has_partner = p.n_valid >= 2
-    symmetric = scheme == "plain" and cfg.sink_sym
+    symmetric = scheme in ("plain", "anderson") and cfg.sink_sym
     half_step = HalfStep(p, cfg, tol_t, F, symmetric=symmetric, half_steps=2 * steps)
 
     cap = coarse = None  # "scaling": each sample's iterations left after its own coarse phase
@@ -256,8 +256,12 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         if cap is not None:
             prev.masked_fill_(cap <= it, 0.0)  # out of budget: frozen like a converged sample
         if mixer is not None:  # F = F(x) from the iterate x in G, then the mixer's step
-            half_step(0, F, prev, nxt)
-            mixer.step(G, F, prev, nxt, last=it == steps - 1)
+            if symmetric:
+                half_step.symmetric(it, 0, F, G, prev, nxt)
+                mixer.step(G, F, prev, nxt, last=it == steps - 1, rng=half_step.rng[it + 1])
+            else:
+                half_step(0, F, prev, nxt)
+                mixer.step(G, F, prev, nxt, last=it == steps - 1)
         elif symmetric:
             half_step.symmetric(2 * it, 0, F, G, prev, nxt)
             half_step.symmetric(2 * it + 1, 1, G, F, prev, nxt)

@@ -7,6 +7,8 @@ potentials are its base-2 ``F``, ``G`` [B, K].
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..kernels import sinkhorn_accel
@@ -66,14 +68,16 @@ class AndersonLauncher:
         self.ridge = torch.tensor([RIDGE, RIDGE_RESIDUAL], dtype=torch.float64, device=device)
         self.steps = 0
 
-    def step(self, G: torch.Tensor, F: torch.Tensor, prev, nxt, last: bool = False) -> None:
+    def step(self, G: torch.Tensor, F: torch.Tensor, prev, nxt, last: bool = False,
+             rng: Optional[torch.Tensor] = None) -> None:
         """For every active sample (``prev > tol``): ``nxt`` = its residual's max (nats); G = the
-        extrapolated iterate, or, once converged or when ``last``, F = G = F(x) - c."""
+        extrapolated iterate, or, once converged or when ``last``, F = G = F(x) - c. ``rng`` [B, 2]:
+        also written with the range of F - G left (the next symmetric half-step's shift)."""
         p = self.p
         meta, B, K = _launch_common(p)
         head = (self.steps + 1) % (self.m + 1)  # the oldest slot once this step's entry is written
         sinkhorn_accel.sinkhorn_anderson_kernel[(B,)](
             p.zb, p.zs, p.hs, p.n_valid, G, F, prev, nxt, self.tol_t, self.X, self.R, self.count,
-            self.best, self.ridge, K, p.padded, head, int(last), M=self.m, MP=history_rows(self.m), num_warps=4,
-            **meta)
+            self.best, self.ridge, prev if rng is None else rng, K, p.padded, head, int(last), M=self.m,
+            MP=history_rows(self.m), RECORD_RANGE=rng is not None, num_warps=4, **meta)
         self.steps += 1
