@@ -16,7 +16,7 @@
 #   4. with --baseline=REV: bench/ab_timing.py for REV (git archive, installed into /tmp) and for
 #      this tree, on the same machine (different H100 hosts differ): per iteration, 20 fixed
 #      iterations, the defaults and the training step, side by side (~100 s);
-#   5. Nsight Compute on the Sinkhorn half-step kernel (when ncu is there and time is left).
+#   5. Nsight Compute on the symmetric Sinkhorn half-step and the loss kernel (when ncu is there and time is left).
 # To fit one 10-minute call with --baseline, skip the CUDA sampler build: RADI_FAST_NO_EXT=1.
 # Prints every target as PASS/FAIL. Results: JSON + logs in $OUT (when set; the logs also packed in
 # $OUT/gpu_check_logs.tgz, since a device call brings back at most 8 files) and bench/results/.
@@ -129,7 +129,7 @@ EOF
 fi
 
 
-echo "== 5. Nsight Compute, Sinkhorn half-step ($(elapsed) s)"
+echo "== 5. Nsight Compute, symmetric Sinkhorn half-step and loss kernel ($(elapsed) s)"
 if command -v ncu >/dev/null && [[ $(elapsed) -lt 330 ]]; then
   cat > /tmp/radi_ncu_case.py <<'EOF'
 import torch
@@ -144,7 +144,7 @@ for _ in range(2):
     PT.margin_loss_triton(PT.sorted_student(mc[:, 0], p), p, 1.0, "ot", 0, cfg)
 torch.cuda.synchronize()
 EOF
-  for kernel in sinkhorn_half_step margin_ranking; do
+  for kernel in sinkhorn_symmetric_half_step margin_ranking; do  # the default path's kernels
     timeout $(( 420 - $(elapsed) )) ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \
       --section ComputeWorkloadAnalysis -k regex:$kernel --launch-skip 1 --launch-count 1 \
       "$PY" /tmp/radi_ncu_case.py >> "$LOGS/gpu_check_ncu.log" 2>&1
