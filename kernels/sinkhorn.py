@@ -238,8 +238,7 @@ def sinkhorn_symmetric_half_step_kernel(
     operand and streams the blocks ``J + t mod n``, t = 0 (the diagonal block) .. D_J, of its
     share, in tiles of ``BMV`` rows: each tile's row sums go to block ``J + t``'s slot
     ``NSPLIT + t - 1``, its column sums accumulate per pair and go to block J's slot ``share`` at
-    the end. The program that lands a
-    block's last contribution (ticket) updates it. A sample whose range of ``F - G`` is wider
+    the end. The program that lands a block's last contribution (ticket) updates it. A sample whose range of ``F - G`` is wider
     than ``SYM_SPREAD`` (sums out of fp32's reach) runs the shifted pass of
     :func:`sinkhorn_half_step_kernel` in this half-step instead."""
     b = tl.program_id(0).to(tl.int64)
@@ -301,7 +300,7 @@ def sinkhorn_symmetric_half_step_kernel(
                 landed = tl.atomic_add(tickets_b + blk, 1, mask=k < n_items, sem="acq_rel") + 1
                 is_last = (k < n_items) & (landed == target)
                 # one reduction for the chunk: bit k-c0 set where this program completed the block
-                bits = tl.sum(tl.where(is_last, (1 << (k - c0)).to(tl.int64), 0), axis=0)
+                bits = tl.sum(tl.where(is_last, tl.full([32], 1, tl.int64) << (k - c0).to(tl.int64), 0), axis=0)
                 for kk in range(c0, tl.minimum(c0 + 32, n_items)):
                     if ((bits >> (kk - c0)) & 1) != 0:
                         R = tl.where(kk == 0, J, J + t_lo + kk - 1)
