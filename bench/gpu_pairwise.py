@@ -194,9 +194,12 @@ def launch_host_us(PT, p, cfg, timer, n=200):
     B, K = p.hs.shape
     pot = torch.zeros(B, K, dtype=p.dtype, device=p.hs.device)
     frozen = torch.zeros(2, B, dtype=p.dtype, device=p.hs.device)  # prev_delta 0 <= tol 0: exit
-    step = PT.HalfStep(p, cfg, torch.zeros(1, dtype=p.dtype, device=p.hs.device), pot)
+    tol = torch.zeros(1, dtype=p.dtype, device=p.hs.device)
+    step = PT.HalfStep(p, cfg, tol, pot)
+    sym = PT.HalfStep(p, cfg, tol, pot, symmetric=True, half_steps=1)  # the default path's launch
     out = {}
     for name, fn in (("triton_half_step", lambda: step(0, pot, frozen[0], frozen[1])),
+                     ("triton_symmetric_half_step", lambda: sym.symmetric(0, 0, pot, pot, frozen[0], frozen[1])),
                      ("torch_add_", lambda: pot.add_(0.0))):
         fn()
         timer.sync()
