@@ -503,19 +503,14 @@ def run(args):
                                   f"({a['iterations_mean']:.1f} vs {b['iterations_mean']:.1f})"] = \
                     a["iterations_mean"] <= ratio * b["iterations_mean"]
         shifted = next((r for r in result.get("sinkhorn_sweep", []) if r["config"] == "sink_sym=0"), {})
-        if shifted.get("per_iteration_us") and cfg_sym(sink) and it_us > 0:
+        if shifted.get("per_iteration_us") and cfg.sink_sym and it_us > 0:
             # not a target: what the symmetric half-step bought over the shifted pass on this GPU
             result["symmetric_speedup_per_iteration"] = shifted["per_iteration_us"] / it_us
-            print(f"  symmetric half-step: {it_us:.1f} us per iteration, shifted pass {shifted['per_iteration_us']:.1f} us "
-                  f"({shifted['per_iteration_us'] / it_us:.2f}x)", flush=True)
+            print(f"  symmetric half-step: {it_us:.1f} us per iteration, shifted pass "
+                  f"{shifted['per_iteration_us']:.1f} us ({shifted['per_iteration_us'] / it_us:.2f}x)", flush=True)
         result["fraction_of_exp_limit"] = frac
         result["best_dense_speedup"] = None if best_dense is None else best_dense / fast
     return result
-
-
-def cfg_sym(sink) -> bool:
-    """Whether the per-iteration time in ``sink`` was the symmetric half-step's."""
-    return bool(sink.get("config", {}).get("sink_sym"))
 
 
 def integration_calls(radi_fast, student, mc, iters):

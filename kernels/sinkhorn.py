@@ -88,13 +88,13 @@ def online_row_lse(zb_b, zs_b, rows, offs_t, kb, T: tl.constexpr, BM: tl.constex
 
 
 @triton.jit
-def finish_rows(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, next_delta_ptr, next_rng_ptr, b, rows, l_i, base, kb, K,
+def finish_rows(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, next_delta_ptr, next_rng_ptr, b, rows, l_i, shift, kb, K,
                 KP, T: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, TP: tl.constexpr, G_SIDE: tl.constexpr,
                 SPLIT: tl.constexpr, COMPUTE: tl.constexpr, WRITE_DELTA: tl.constexpr, SYM_BASE: tl.constexpr,
                 RECORD_RANGE: tl.constexpr, SHIFT_LO: tl.constexpr, SHIFT_HI: tl.constexpr):
     """The update of ``rows`` from their summed ``l_i``: the new potential is ``old - log2 l_i``
-    (shifted pass) or ``base - log2 l_i`` (``SYM_BASE``: the symmetric pass, ``base`` = the other
-    potential + the sample's shift), or, where a row's sum left ``[SHIFT_LO, SHIFT_HI]``, ``old``
+    (shifted pass) or ``other + shift - log2 l_i`` (``SYM_BASE``: the symmetric pass, ``other``
+    the other potential, ``shift`` the sample's), or, where a row's sum left ``[SHIFT_LO, SHIFT_HI]``, ``old``
     minus the online pass's log-sum (every row of the block). Writes the potential, its lane of Z,
     on the G side the stopping statistic and, with ``RECORD_RANGE``, the range of ``F - G`` (the
     symmetric kernel's shift in the next half-step)."""
@@ -104,12 +104,14 @@ def finish_rows(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, next_delta_ptr, next
     zs_b = zs_ptr + b * KP * TP
     l_i = tl.where(row_ok, l_i, 1.0)
     old = tl.load(pot_ptr + b * K + rows, mask=row_ok, other=0.0)
+    if SYM_BASE or RECORD_RANGE:
+        other = tl.load(other_ptr + b * K + rows, mask=row_ok, other=0.0)
     ok = ((l_i >= SHIFT_LO) & (l_i <= SHIFT_HI)) | (rows >= kb)
     if tl.min(ok.to(tl.int32), axis=0) == 0:  # the shift failed somewhere: online pass
         new = old - online_row_lse(zb_b, zs_b, rows, offs_t, kb, T, BM, BN, TP, G_SIDE, SPLIT, COMPUTE)
     else:
         if SYM_BASE:
-            new = base - tl.log2(l_i)
+            new = other + shift - tl.log2(l_i)
         else:
             new = old - tl.log2(l_i)
     tl.store(pot_ptr + b * K + rows, new, mask=row_ok)
@@ -118,7 +120,6 @@ def finish_rows(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, next_delta_ptr, next
         d = tl.where(row_ok, tl.abs(new - old), 0.0)
         tl.atomic_max(next_delta_ptr + b, tl.max(d, axis=0) * tl.full((), LN2, COMPUTE))
     if RECORD_RANGE:  # F - G of these rows: (max, max of the negation)
-        other = tl.load(other_ptr + b * K + rows, mask=row_ok, other=0.0)
         e = new - other if G_SIDE == 0 else other - new
         tl.atomic_max(next_rng_ptr + 2 * b, tl.max(tl.where(row_ok, e, float("-inf")), axis=0))
         tl.atomic_max(next_rng_ptr + 2 * b + 1, tl.max(tl.where(row_ok, -e, float("-inf")), axis=0))
@@ -155,7 +156,7 @@ def shifted_half_step(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, part_ptr, tick
                                cache_modifier=".cg")
             tl.store(ticket, 0)
     if last:
-        finish_rows(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, next_delta_ptr, next_rng_ptr, b, rows, l_i, l_i, kb,
+        finish_rows(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, next_delta_ptr, next_rng_ptr, b, rows, l_i, 0.0, kb,
                     K, KP, T, BM, BN, TP, G_SIDE, SPLIT, COMPUTE, WRITE_DELTA, False, RECORD_RANGE, SHIFT_LO, SHIFT_HI)
 
 
@@ -194,22 +195,20 @@ def symmetric_received(R, n):
 
 @triton.jit
 def symmetric_update(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, part_ptr, next_delta_ptr, next_rng_ptr, b, R, n,
-                     nsplit, kb, base_shift, K, KP, NSLOT, T: tl.constexpr, TP: tl.constexpr, BS: tl.constexpr,
+                     nsplit, kb, shift, K, KP, NSLOT, T: tl.constexpr, TP: tl.constexpr, BS: tl.constexpr,
                      G_SIDE: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr, WRITE_DELTA: tl.constexpr,
                      SHIFT_LO: tl.constexpr, SHIFT_HI: tl.constexpr):
     """Row block R's update once every sum of its rows is in memory: its own shares' slots, then
     the slots of the blocks at distance 1, 2, ... that covered it, in that order (deterministic)."""
     tl.debug_barrier()  # every thread after the ticket's acquire (it reached some threads by a shuffle)
     rows = R * BS + tl.arange(0, BS)
-    row_ok = rows < kb
     slots = part_ptr + ((b * tl.num_programs(1) + R) * NSLOT) * BS + tl.arange(0, BS)
     m_i = tl.zeros([BS], COMPUTE)
     for s in range(0, nsplit):  # .cg: from L2, never a stale L1 line
         m_i += tl.load(slots + s * BS, cache_modifier=".cg")
     for d in range(1, symmetric_received(R, n) + 1):
         m_i += tl.load(slots + (nsplit + d - 1) * BS, cache_modifier=".cg")
-    base = tl.load(other_ptr + b * K + rows, mask=row_ok, other=0.0) + base_shift
-    finish_rows(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, next_delta_ptr, next_rng_ptr, b, rows, m_i, base, kb, K,
+    finish_rows(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, next_delta_ptr, next_rng_ptr, b, rows, m_i, shift, kb, K,
                 KP, T, BS, BS, TP, G_SIDE, SPLIT, COMPUTE, WRITE_DELTA, True, True, SHIFT_LO, SHIFT_HI)
 
 
@@ -238,9 +237,9 @@ def sinkhorn_symmetric_half_step_kernel(
     operand and streams the blocks ``J + t mod n``, t = 0 (the diagonal block) .. D_J, of its
     share, in tiles of ``BMV`` rows: each tile's row sums go to block ``J + t``'s slot
     ``NSPLIT + t - 1``, its column sums accumulate per pair and go to block J's slot ``share`` at
-    the end. The program that lands a block's last contribution (ticket) updates it. A sample whose range of ``F - G`` is wider
-    than ``SYM_SPREAD`` (sums out of fp32's reach) runs the shifted pass of
-    :func:`sinkhorn_half_step_kernel` in this half-step instead."""
+    the end. The program that lands a block's last contribution (ticket) updates it. A sample
+    whose range of ``F - G`` is wider than ``SYM_SPREAD`` (sums out of fp32's reach) runs the
+    shifted pass of :func:`sinkhorn_half_step_kernel` in this half-step instead."""
     b = tl.program_id(0).to(tl.int64)
     J = tl.program_id(1)
     kb = tl.load(nvalid_ptr + b).to(tl.int32)

@@ -175,29 +175,26 @@ class HalfStep:
         B, K = p.hs.shape
         device = p.hs.device
         self.p, self.tol_t = p, tol_t
-        shift_window = dict(SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
+        common = dict(T=p.T, TP=p.zb.shape[2], SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
+                      SHIFT_LO=2.0 ** cfg.shift_lo_log2, SHIFT_HI=2.0 ** cfg.shift_hi_log2)
         if symmetric:
             bs = cfg.sym_block
             rb = triton_cdiv(K, bs)
             split = resolve_split(cfg, B * rb, device, cfg.sym_ctas_per_sm)
-            self.grid = (B, rb, split)
             self.n_slots = split + rb // 2  # own shares, then the blocks at distance 1 .. rb // 2
             self.part = torch.empty(B, rb, self.n_slots, bs, dtype=p.dtype, device=device)
             self.rng = torch.full((half_steps + 1, B, 2), float("-inf"), dtype=p.dtype, device=device)
             self.rng[0] = 0.0  # F = G = 0 before the first half-step
-            self.options = dict(T=p.T, TP=p.zb.shape[2], BS=bs, BMV=min(cfg.sym_rows, bs), SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
-                                num_warps=cfg.sym_warps, num_stages=cfg.sym_stages, SYM_SPREAD=float(cfg.sym_spread),
-                                maxnreg=symmetric_maxnreg(cfg, p.split),
-                                **shift_window)
+            self.options = dict(common, BS=bs, BMV=min(cfg.sym_rows, bs), SYM_SPREAD=float(cfg.sym_spread),
+                                num_warps=cfg.sym_warps, num_stages=cfg.sym_stages,
+                                maxnreg=symmetric_maxnreg(cfg, p.split))
         else:
             rb = triton_cdiv(K, cfg.sink_bm)
             split = resolve_split(cfg, B * rb, device)
-            self.grid = (B, rb, split)
             self.part = torch.empty(split, B, K, dtype=p.dtype, device=device) if split > 1 else spare
-            self.options = dict(T=p.T, TP=p.zb.shape[2], BM=cfg.sink_bm, BN=cfg.sink_bn, SPLIT=p.split,
-                                COMPUTE=compute_tl_dtype(p.dtype), num_warps=cfg.sink_warps,
-                                num_stages=cfg.sink_stages, maxnreg=half_step_maxnreg(cfg, p.split), ACC=cfg.sink_acc,
-                                **shift_window)
+            self.options = dict(common, BM=cfg.sink_bm, BN=cfg.sink_bn, ACC=cfg.sink_acc, num_warps=cfg.sink_warps,
+                                num_stages=cfg.sink_stages, maxnreg=half_step_maxnreg(cfg, p.split))
+        self.grid = (B, rb, split)
         self.tickets = torch.zeros(B, rb, dtype=torch.int32, device=device)  # the last one resets its counter
 
     def __call__(self, side: int, pot, prev, nxt) -> None:

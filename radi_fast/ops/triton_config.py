@@ -33,9 +33,10 @@ class TritonConfig:
     ``sink_sym``: the plain and Anderson schemes' half-steps exponentiate each unordered pair once
     (``sinkhorn_symmetric_half_step_kernel``, docs/triton.md "The symmetric half-step"; 0: every
     ordered pair, ``sinkhorn_half_step_kernel``) on blocks of ``sym_block`` answers, in tiles of
-    ``sym_rows`` x ``sym_block`` pairs with ``sym_warps`` warps, ``sym_ctas_per_sm`` programs per SM for the choice of shares; a sample
-    whose ``F - G`` (base 2) spans more than ``sym_spread`` (its sums would scale by up to
-    ``2^(sym_spread / 2)`` around 1) runs the shifted pass in that half-step.
+    ``sym_rows`` x ``sym_block`` pairs with ``sym_warps`` warps, ``sym_ctas_per_sm`` programs per
+    SM for the choice of shares; a sample whose ``F - G`` (base 2) spans more than ``sym_spread``
+    (its sums would scale by up to ``2^(sym_spread / 2)`` around 1) runs the shifted pass in that
+    half-step.
     Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=64,sink_warps=4"``.
     """
 
