@@ -30,7 +30,7 @@ REGISTERS_PER_SM = 65536
 SHARED_PER_SM = 233472  # 228 KB; each resident block also reserves 1 KB
 MAX_WARPS_PER_SM = 64
 COUNTED = ("MUFU", "FFMA", "FADD", "FMUL", "FMNMX", "FSEL", "FSETP", "HGMMA", "LDS", "LDSM", "STS", "LDG", "LDGSTS",
-           "SHFL", "BAR", "ATOM", "RED", "IMAD", "LOP3", "ISETP", "LDL", "STL")
+           "SHFL", "BAR", "ATOM", "RED", "ATOMG", "REDG", "IMAD", "LOP3", "ISETP", "LDL", "STL")
 
 
 def _tools():
@@ -171,6 +171,25 @@ def kernel_specs():
     for bm, bn, w in ((128, 64, 8), (128, 128, 8), (64, 64, 8)):
         loss(f"margin_ranking_ot_{bm}x{bn}w{w}", replace(cfg, loss_bm=bm, loss_bn=bn, loss_warps=w), 0)
     loss("margin_ranking_ot_fp64", fp64_cfg, 0, fp64=True)
+
+    sym_loss_order = ("zb_ptr", "zs_ptr", "nvalid_ptr", "tie_hi_ptr", "student_ptr", "ids_ptr", "rowhash_ptr",
+                      "order_ptr", "npairs_ptr", "loss_part_ptr", "work_ptr", "loss_ptr", "grad_ptr", "margin_ptr", "K",
+                      "KP", "NB", "N", "MODE", "T", "TP", "BS", "SPLIT", "COMPUTE")
+    sym_loss_sig = {k: dict(loss_sig, work_ptr="*i32", loss_ptr="*fp32", BS="constexpr")[k] for k in sym_loss_order}
+
+    def symmetric_loss(name, c, mode, fp64=False):
+        consts = {"MODE": mode, "T": T_BENCH, "TP": TP, "BS": c.loss_bm, "SPLIT": not fp64,
+                  "COMPUTE": f64 if fp64 else f32}
+        sig = dict(sym_loss_sig, **ptrs(("zb_ptr", "zs_ptr", "student_ptr", "loss_part_ptr", "loss_ptr", "grad_ptr",
+                                         "margin_ptr"), "*fp64")) if fp64 else sym_loss_sig
+        warps = c.loss_warps if mode == 0 else c.loss_warps_other
+        specs.append((name, margin_ranking.margin_ranking_symmetric_kernel, sig, consts,
+                      {"num_warps": warps, "num_stages": c.loss_stages}, c.loss_bm * c.loss_bm // (32 * warps)))
+
+    for mode, label in ((0, "ot"), (1, "uniform"), (2, "random")):
+        symmetric_loss(f"margin_ranking_symmetric_{label}", cfg, mode)
+    symmetric_loss("margin_ranking_symmetric_ot_128w8", replace(cfg, loss_bm=128, loss_warps=8), 0)
+    symmetric_loss("margin_ranking_symmetric_ot_fp64", fp64_cfg, 0, fp64=True)
 
     # the small tiles that the CUDA run of tests/test_triton_pairwise.py selects
     for bm, bn, acc in ((32, 16, False), (16, 64, True), (64, 32, False), (16, 16, False)):

@@ -67,9 +67,10 @@ def run_both(student, mc, teacher=None, lengths=None, seed=11, **kw):
     (g1,) = torch.autograd.grad((loss.double() * w.to(loss.device)).sum(), s1)
     loss, g1 = loss.cpu(), g1.cpu()
     s2 = student.detach().double().cpu().requires_grad_(True)
+    ref_kw = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}  # a mask
     ref = R.radi_pairwise_loss_literal(s2, mc.double().cpu(), None if teacher is None else teacher.double().cpu(),
                                        reduction="none", seed=draw_seed(torch.Generator().manual_seed(seed)),
-                                       lengths=lengths, **kw)
+                                       lengths=lengths, **ref_kw)
     (g2,) = torch.autograd.grad((ref * w).sum(), s2)
     return loss, g1, ref, g2
 
@@ -235,21 +236,68 @@ def test_online_fallback_of_the_shifted_pass(monkeypatch, symmetric):
         check(*run_both(student, mc, lam=0.3, tol=0, max_iter=5), torch.float64)
 
 
-@pytest.mark.parametrize("override", ["sink_sym=0,sink_bm=32,sink_bn=16,loss_bm=16,loss_bn=32",
-                                      "sink_sym=0,sink_bm=16,sink_bn=64,sink_acc=1,loss_bm=32,loss_bn=16,check_every=1",
+@pytest.mark.parametrize("override", ["sink_sym=0,sink_bm=32,sink_bn=16,loss_sym=0,loss_bm=16,loss_bn=32",
+                                      "sink_sym=0,sink_bm=16,sink_bn=64,sink_acc=1,loss_sym=0,loss_bm=32,loss_bn=16,"
+                                      "check_every=1",
                                       "sink_sym=0,sink_split=3,sink_bm=64,sink_bn=32,stats_bk=16",
                                       "sym_block=32,sym_rows=16,loss_bm=16,loss_bn=32",
-                                      "sym_block=16,sink_split=3,check_every=1",
+                                      "sym_block=16,sink_split=3,check_every=1,loss_bm=32",
                                       "sym_block=32,sym_rows=32,sink_split=2,stats_bk=16"])
 def test_tile_shapes_and_kernel_variants(override, monkeypatch):
     # the shifted pass (sink_sym=0): mismatched row/column tiles (several diagonal tiles per row
     # block, or one straddling several row blocks), per-pair accumulation, the column split
     # (shares of 5 column tiles: 2+2+1; of 4: 2+2+0; of 1: 1+0+0); the symmetric pass: moving
     # tiles smaller than a block, blocks shared by three programs (some with no tile), an even
-    # and an odd number of blocks per sample (130 / 101 / 2 answers in blocks of 16 and 32)
+    # and an odd number of blocks per sample (130 / 101 / 2 answers in blocks of 16 and 32);
+    # the loss over every ordered pair (loss_sym=0) on mismatched tiles, and over each unordered
+    # pair once in blocks of 16 and 32 (9 / 7 / 1 and 5 / 4 / 1 tickets per sample)
     monkeypatch.setenv("RADI_FAST_TRITON_CONFIG", override)
     student, mc, _ = make_inputs(3, 5, 130, seed=13)
     check(*run_both(student, mc, lengths=torch.tensor([130, 101, 2])), torch.float32)
+
+
+@pytest.mark.parametrize("mode", ["ot", "uniform", "random"])
+@pytest.mark.parametrize("loss_sym", [0, 1])
+def test_loss_kernels_over_ties_blocks_and_empty_rows(mode, loss_sym, monkeypatch):
+    # both eq. 4 kernels against the reference where the symmetric one has the most to get
+    # wrong: blocks of 16 (one program per stationary block; the last of a sample writes its
+    # loss and gradient), tie groups of the teacher that straddle blocks (moving tiles checked
+    # pair by pair past the diagonal one), ragged lengths ending mid-block, a sample of one
+    # answer and one with none (a mask row of False: loss 0, no program lands its ticket)
+    monkeypatch.setenv("RADI_FAST_TRITON_CONFIG", f"loss_sym={loss_sym},loss_bm=16,loss_bn=32")
+    assert PT.symmetric_loss(PT.default_config(DEVICE == "cpu", torch.float32), mode) == bool(loss_sym)
+    student, mc, teacher = make_inputs(5, 4, 90, seed=17, explicit_teacher=True)
+    teacher = torch.round(teacher)  # ties: about 9 values over 90 answers
+    mask = torch.ones(5, 90, dtype=torch.bool, device=DEVICE)
+    mask[1, 41:] = False
+    mask[2, 1:] = False
+    mask[3] = False
+    mask[4, ::3] = False
+    kw = dict(margin_mode=mode, margin=0.5, mask=mask, top_k=80)
+    loss, grad, ref, ref_grad = run_both(student, mc, teacher, **kw)
+    check(loss, grad, ref, ref_grad, torch.float32)
+    assert loss[2] == 0 and loss[3] == 0 and (grad[2:4] == 0).all()
+    assert (grad[:, ~mask.any(0).cpu()] == 0).all()
+    again = run_both(student, mc, teacher, **kw)  # integer counts, sums in a fixed order: the same bits
+    assert torch.equal(again[0], loss) and torch.equal(again[1], grad)
+
+
+@pytest.mark.parametrize("mode", ["ot", "uniform", "random"])
+def test_symmetric_loss_kernel_gives_the_ordered_kernels_gradient(mode, monkeypatch):
+    # each gradient entry is an integer count times 1 / |R_p|, so the two kernels agree bit for
+    # bit unless a hinge sits within rounding of 0 ("ot": W from a differently ordered product);
+    # the losses are the same hinges summed in another order
+    student, mc, _ = make_inputs(3, 5, 100, seed=29)
+    out = {}
+    for loss_sym in (0, 1):
+        monkeypatch.setenv("RADI_FAST_TRITON_CONFIG", f"loss_sym={loss_sym},loss_bm=32,loss_bn=16")
+        s = student.detach().clone().requires_grad_(True)
+        loss = radi_fast.radi_pairwise_loss(s, mc, reduction="none", margin_mode=mode, backend="triton",
+                                            generator=torch.Generator().manual_seed(3))
+        (g,) = torch.autograd.grad(loss.sum(), s)
+        out[loss_sym] = (loss.detach().cpu(), g.cpu())
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-6, atol=0)
+    assert torch.equal(out[1][1], out[0][1])
 
 
 # ----------------------------------------------------------------------------- Sinkhorn and the hash
@@ -429,9 +477,10 @@ def test_host_work_of_one_call(lam):
     assert torch.isfinite(loss).all() and (iterations > 0).all()
     half_steps = work.launches.count("sinkhorn_symmetric_half_step_kernel")
     assert work.launches == ["teacher_prepare_kernel"] + ["sinkhorn_symmetric_half_step_kernel"] * half_steps + \
-        ["margin_ranking_kernel"], work.launches
+        ["margin_ranking_symmetric_kernel"], work.launches
     polls = half_steps // 2 // cfg.check_every  # a flag read (on CUDA: a pinned copy and an event)
-    assert len(work.ops) <= 44 + 5 * polls, (len(work.ops), work.ops)  # 43 here, 2 polls (40 with sink_sym=0)
+    # 42 here at 2 polls (39 with sink_sym=0; 43 with loss_sym=0, whose per-sample sum is two ops)
+    assert len(work.ops) <= 43 + 5 * polls, (len(work.ops), work.ops)
 
 
 def test_symmetric_register_cap():

@@ -346,6 +346,13 @@ def sorted_student(student_logits: torch.Tensor, p: TritonProblem) -> torch.Tens
     return student
 
 
+def symmetric_loss(cfg, mode: str) -> bool:
+    """Whether eq. 4 runs ``margin_ranking_symmetric_kernel`` (each unordered pair once): with
+    ``cfg.loss_sym``, for every margin mode but "uncertainty" (whose lanes of y, hoisted for the
+    stationary block, spill there: 568 bytes on sm_90 against 256 in the ordered kernel)."""
+    return bool(cfg.loss_sym) and mode != "uncertainty"
+
+
 def margin_loss_triton(student_logits, p: TritonProblem, margin: float, mode: str, seed: int, cfg):
     """Per-sample eq. 4 losses [B] and their gradient w.r.t. ``student_logits`` [B, N] (compute
     dtype; zero outside the top-k). Mode "ot" reads the potentials that
@@ -355,7 +362,6 @@ def margin_loss_triton(student_logits, p: TritonProblem, margin: float, mode: st
     NB = triton_cdiv(K, cfg.loss_bm)
     device = p.hs.device
     loss_part = torch.empty(B, NB, dtype=p.dtype, device=device)
-    scale = torch.empty(B, dtype=p.dtype, device=device)
     grad = torch.zeros(B, N, dtype=p.dtype, device=device)
     ids = rowhash = p.order  # placeholders: only "random" reads them
     if mode == "random":  # computed on the device: a host-to-device copy would synchronise
@@ -363,15 +369,23 @@ def margin_loss_triton(student_logits, p: TritonProblem, margin: float, mode: st
         ids[:, :K] = p.order
         rowhash = row_hashes(seed, torch.arange(B, dtype=torch.int64, device=device))
     margin_t = torch.full((1,), margin, dtype=p.dtype, device=device)
+    options = dict(MODE=MODE_IDS[mode], T=p.T, TP=p.zb.shape[2], SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
+                   num_warps=cfg.loss_warps if mode == "ot" else cfg.loss_warps_other, num_stages=cfg.loss_stages)
+    student = sorted_student(student_logits, p)
+    if symmetric_loss(cfg, mode):
+        work = torch.zeros(B, p.padded + 1, dtype=torch.int32, device=device)  # counts, then the ticket
+        loss = torch.empty(B, dtype=p.dtype, device=device)
+        margin_ranking.margin_ranking_symmetric_kernel[(B, NB)](
+            p.zb, p.zs, p.n_valid, p.tie_hi, student, ids, rowhash, p.order, p.n_pairs, loss_part, work, loss, grad,
+            margin_t, K, p.padded, NB, N, BS=cfg.loss_bm, **options)
+        return loss, grad
     # MODE 3 turns ||y_i - y_j||^2 back into U with this lam: the caller's units (saturated)
     lam_u = (p.lam_k.double() * p.unit).clamp(max=torch.finfo(p.dtype).max).to(p.dtype) if mode == "uncertainty" \
         else p.lam_k
+    scale = torch.empty(B, dtype=p.dtype, device=device)
     margin_ranking.margin_ranking_kernel[(B, NB)](
-        p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, lam_u, p.tie_lo, p.tie_hi, sorted_student(student_logits, p),
-        ids, rowhash, p.order, p.n_pairs, loss_part, scale, grad, margin_t, K, p.padded, NB, N, MODE=MODE_IDS[mode],
-        T=p.T, TP=p.zb.shape[2], BM=cfg.loss_bm, BN=cfg.loss_bn, SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
-        EPS=UNCERTAINTY_EPS, num_warps=cfg.loss_warps if mode == "ot" else cfg.loss_warps_other,
-        num_stages=cfg.loss_stages)
+        p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, lam_u, p.tie_lo, p.tie_hi, student, ids, rowhash, p.order, p.n_pairs, loss_part,
+        scale, grad, margin_t, K, p.padded, NB, N, BM=cfg.loss_bm, BN=cfg.loss_bn, EPS=UNCERTAINTY_EPS, **options)
     return loss_part.sum(dim=1) * scale, grad
 
 

@@ -36,7 +36,9 @@ class TritonConfig:
     ``sym_rows`` x ``sym_block`` pairs with ``sym_warps`` warps, ``sym_ctas_per_sm`` programs per
     SM for the choice of shares; a sample whose ``F - G`` (base 2) spans more than ``sym_spread``
     (its sums would scale by up to ``2^(sym_spread / 2)`` around 1) runs the shifted pass in that
-    half-step.
+    half-step. ``loss_sym``: the eq. 4 kernel visits each unordered pair once
+    (``margin_ranking_symmetric_kernel`` on blocks of ``loss_bm`` answers, ``loss_bn`` unused;
+    0: every ordered pair, ``margin_ranking_kernel`` on ``loss_bm`` x ``loss_bn`` tiles).
     Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=64,sink_warps=4"``.
     """
 
@@ -64,6 +66,7 @@ class TritonConfig:
     sym_stages: int = 2
     sym_ctas_per_sm: int = 4
     sym_spread: int = 64
+    loss_sym: bool = True
 
 
 # the interpreter's cost is per tile op, not per element: large tiles (the tests cover small ones)
