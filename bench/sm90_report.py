@@ -196,6 +196,9 @@ def kernel_specs():
         c = replace(cfg, sink_bm=bm, sink_bn=bn, loss_bm=bn, loss_bn=bm)
         half_step(f"test_half_step_{bm}x{bn}", c, side=1, acc=acc, lo=-1, hi=1)
         loss(f"test_margin_ranking_ot_{bn}x{bm}", c, 0)
+    for bs in (16, 32):  # the symmetric loss kernel's blocks in those tests, every mode it serves
+        for mode, label in ((0, "ot"), (1, "uniform"), (2, "random")):
+            symmetric_loss(f"test_margin_ranking_symmetric_{label}_{bs}", replace(cfg, loss_bm=bs), mode)
     # the accelerated Sinkhorn schemes' per-sample kernels (kernels/sinkhorn_accel.py)
     from radi_fast.kernels import sinkhorn_accel
     from radi_fast.ops.sinkhorn_accel_triton import BLOCK, history_rows
