@@ -188,8 +188,9 @@ def _hinge_tile(zb_b, zs_b, rbt, rst, s_b, work_b, sj, hi_j, ids_b, h_cols, marg
     if MASKED:
         h = tl.where(rows[:, None] >= hi_j[None, :], h, float("-inf"))
     pos = (h > 0.0).to(tl.int32)
-    up = tl.sum(pos, axis=1)
-    tl.atomic_add(work_b + rows, up, mask=up != 0, sem="relaxed")
+    # unmasked (zeros included): a mask is one more layout conversion through shared memory, with
+    # a block barrier, per tile
+    tl.atomic_add(work_b + rows, tl.sum(pos, axis=1), sem="relaxed")
     return tl.sum(tl.maximum(h, 0.0), axis=1), pos
 
 

@@ -146,8 +146,11 @@ def test_symmetric_loss_hot_loop(report):
     pp = loop["per_pair"]
     assert pp["MUFU"] == 1.0 and loop["HGMMA"] > 0, pp
     assert pp["LDS"] + pp["LDSM"] <= 0.1 and pp["STS"] <= 0.1, pp
-    assert pp["instructions"] <= 13.5, pp  # 12.75 with Triton 3.9
+    assert pp["instructions"] <= 13.5, pp  # 12.47 with Triton 3.9, 11.94 with 3.6
     assert loop["REDG"] + loop["RED"] == 1 and loop["ATOMG"] == loop["ATOM"] == 0, loop  # one vector atomic per tile
+    # one barrier for the pipelined column loads, one for the counts' layout change before the
+    # atomic (a mask on it cost two more)
+    assert loop["BAR"] <= 2, loop
     assert not k["spills"] and k["occupancy"]["warps_per_sm"] >= 12, (k["registers"], k["occupancy"])
 
 
