@@ -205,11 +205,12 @@ def kernel_specs():
     from radi_fast.ops.sinkhorn_schemes import ANDERSON_MEMORY
 
     relax_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "before_ptr": "*fp32",
-                 "pot_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol_ptr": "*fp32",
-                 "omega_ptr": "*fp32", "previous_ptr": "*fp32", "last_ratio_ptr": "*fp32", "rho_ptr": "*fp32",
-                 "rejected_ptr": "*i32", "relaxed_ptr": "*i32", "omega_max_ptr": "*fp32", "K": "i32", "KP": "i32",
-                 "T": "constexpr", "TP": "constexpr", "SIDE": "constexpr", "SPLIT": "constexpr",
-                 "COMPUTE": "constexpr", "STEP": "constexpr", "OBSERVE": "constexpr", "BLOCK": "constexpr"}
+                 "pot_ptr": "*fp32", "other_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32",
+                 "tol_ptr": "*fp32", "omega_ptr": "*fp32", "previous_ptr": "*fp32", "last_ratio_ptr": "*fp32",
+                 "rho_ptr": "*fp32", "rejected_ptr": "*i32", "relaxed_ptr": "*i32", "omega_max_ptr": "*fp32",
+                 "rng_ptr": "*fp32", "K": "i32", "KP": "i32", "T": "constexpr", "TP": "constexpr", "SIDE": "constexpr",
+                 "SPLIT": "constexpr", "COMPUTE": "constexpr", "STEP": "constexpr", "OBSERVE": "constexpr",
+                 "BLOCK": "constexpr", "RECORD_RANGE": "constexpr"}
     anderson_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "x_ptr": "*fp32",
                     "y_ptr": "*fp32", "prev_delta_ptr": "*fp32", "next_delta_ptr": "*fp32", "tol_ptr": "*fp32",
                     "hx_ptr": "*fp32", "hr_ptr": "*fp32", "count_ptr": "*i64", "best_ptr": "*fp32", "ridge_ptr": "*fp64",
@@ -222,7 +223,7 @@ def kernel_specs():
         as64 = lambda sig: {k: ("*fp64" if v == "*fp32" else v) for k, v in sig.items()} if fp64 else sig  # noqa: E731
         for side, step in ((0, True), (1, True), (1, False)):
             consts = {"T": T_BENCH, "TP": TP, "SIDE": side, "SPLIT": not fp64, "COMPUTE": compute, "STEP": step,
-                      "OBSERVE": side == 1, "BLOCK": BLOCK}
+                      "OBSERVE": side == 1, "BLOCK": BLOCK, "RECORD_RANGE": True}
             specs.append((f"sinkhorn_relax_{side}{'' if step else '_observe'}{suffix}", sinkhorn_accel.sinkhorn_relax_kernel,
                           as64(relax_sig), consts, {"num_warps": 4}, None))
         consts = {"T": T_BENCH, "TP": TP, "SPLIT": not fp64, "COMPUTE": compute, "M": ANDERSON_MEMORY, "MP": mp,

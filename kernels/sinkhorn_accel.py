@@ -20,16 +20,20 @@ def sinkhorn_relax_kernel(
     nvalid_ptr,  # [B] int64 K_b
     before_ptr,  # [B, K] the potential before the plain half-step
     pot_ptr,  # [B, K] in: the plain half-step's result; out: the relaxed one where accepted
+    other_ptr,  # [B, K] the other potential (RECORD_RANGE)
     prev_delta_ptr, next_delta_ptr, tol_ptr,  # [B], [B], [1]: active = prev > tol; this iteration's step
     omega_ptr, previous_ptr, last_ratio_ptr, rho_ptr,  # [B] Relaxation state (compute dtype)
     rejected_ptr, relaxed_ptr,  # [B] int32 flags
     omega_max_ptr,  # [1] the largest omega, in the compute dtype
+    rng_ptr,  # [B, 2] (RECORD_RANGE) the symmetric half-step's record of (max (F - G), max (G - F))
     K, KP,
     T: tl.constexpr, TP: tl.constexpr, SIDE: tl.constexpr, SPLIT: tl.constexpr, COMPUTE: tl.constexpr,
-    STEP: tl.constexpr, OBSERVE: tl.constexpr, BLOCK: tl.constexpr,
+    STEP: tl.constexpr, OBSERVE: tl.constexpr, BLOCK: tl.constexpr, RECORD_RANGE: tl.constexpr,
 ):
     """``Relaxation.step`` (when STEP) and, after the G half-step, ``Relaxation.observe`` (when
-    OBSERVE) for sample ``program_id(0)``."""
+    OBSERVE) for sample ``program_id(0)``. ``RECORD_RANGE``: where the step moves the potential,
+    it rewrites the range of ``F - G`` that the symmetric half-step just recorded (the shift of
+    the next one, kernels/sinkhorn.py)."""
     b = tl.program_id(0).to(tl.int64)
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
     active = (tl.load(prev_delta_ptr + b) > tl.load(tol_ptr)) & (kb >= 2)
@@ -50,6 +54,8 @@ def sinkhorn_relax_kernel(
             accepted = (omega <= 1) | (g >= 0)  # NaN (an overflow) is rejected
             rejected = rejected | (accepted == 0)
             if (omega > 1) & accepted:
+                e_hi = tl.full([BLOCK], float("-inf"), COMPUTE)
+                e_lo = tl.full([BLOCK], float("inf"), COMPUTE)
                 for i0 in range(0, kb, BLOCK):
                     rows = i0 + tl.arange(0, BLOCK)
                     m = rows < kb
@@ -58,6 +64,14 @@ def sinkhorn_relax_kernel(
                     new = x + omega * (xp - x)
                     tl.store(pot_ptr + b * K + rows, new, mask=m)
                     store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, new, m, K, KP, T, TP, SIDE, SPLIT)
+                    if RECORD_RANGE:  # F - G
+                        other = tl.load(other_ptr + b * K + rows, mask=m, other=0.0)
+                        e = new - other if SIDE == 0 else other - new
+                        e_hi = tl.maximum(e_hi, tl.where(m, e, float("-inf")))
+                        e_lo = tl.minimum(e_lo, tl.where(m, e, float("inf")))
+                if RECORD_RANGE:
+                    tl.store(rng_ptr + 2 * b, tl.max(e_hi, axis=0))
+                    tl.store(rng_ptr + 2 * b + 1, -tl.min(e_lo, axis=0))
     if OBSERVE:
         if active & (omega > 1):
             tl.store(relaxed_ptr + b, 1)

@@ -60,7 +60,10 @@ def test_relaxed_half_step_matches_the_pytorch_step(dtype, omega):
     launcher.save(before)
     pot = plain.clone()
     nxt = torch.zeros(B, dtype=dtype, device=DEVICE)
-    launcher.after_half_step(0, pot, prev, nxt, step=True)
+    # the symmetric half-step's record of the range of F - G: rewritten where the step moves F
+    other = (torch.randn(B, K, generator=g, dtype=torch.float64) * 2).to(dtype=dtype, device=DEVICE)
+    rng = torch.full((B, 2), -123.0, dtype=dtype, device=DEVICE)
+    launcher.after_half_step(0, pot, prev, nxt, step=True, other=other, rng=rng)
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(pot[p.valid], expected[p.valid], **tol)
     assert torch.equal(launcher.rejected.bool() & active, ref.rejected & active)
@@ -68,6 +71,12 @@ def test_relaxed_half_step_matches_the_pytorch_step(dtype, omega):
         assert bool(ref.rejected[1]) and not bool(ref.rejected[0])  # both branches are exercised
     moved = active[:, None] & p.valid & (pot != plain)
     torch.testing.assert_close(lanes(p, 0)[moved], (pot - p.hs).double()[moved], rtol=0, atol=1e-6)
+    moved_samples = moved.any(dim=1)
+    assert bool(moved_samples.any()) == (omega > 1)
+    e = torch.where(p.valid, pot - other, float("nan"))
+    expected_rng = torch.stack([e.nan_to_num(float("-inf")).amax(dim=1), (-e).nan_to_num(float("-inf")).amax(dim=1)], 1)
+    expected_rng = torch.where(moved_samples[:, None], expected_rng, torch.full_like(expected_rng, -123.0))
+    assert torch.equal(rng, expected_rng), (rng, expected_rng)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

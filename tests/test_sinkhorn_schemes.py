@@ -172,9 +172,12 @@ def test_triton_interpreter_agrees_with_the_cpu_path(scheme):
     logw1 = f1[:, :, None] + g1[:, None, :]
     torch.testing.assert_close(logw1, logw0, rtol=0, atol=1e-8)  # W = exp(f_i + g_j - U_ij / lam)
     # over-relaxation adapts omega to observed ratios, and a different summation order (tiles,
-    # shares; a GPU's) flips some of its decisions: 116 CPU iterations came out as 116-118 under
-    # the interpreter's tilings (the potentials still agree to 7e-11). Its slack is 3%.
-    slack = torch.clamp((0.03 * it0).ceil(), min=2) if scheme == "overrelaxed" else 2
+    # shares, the symmetric half-step's; a GPU's) flips some of its decisions near tol = 1e-10:
+    # 116 CPU iterations came out as 116-118 under the shifted pass's tilings and 118-121 under
+    # the symmetric pass's (potentials within 3e-11); over four other inputs the two passes were
+    # 1-3% and 0-5.5% off the CPU count, the CPU itself 115-117 with inputs moved by 1e-15. Its
+    # slack is 6%.
+    slack = torch.clamp((0.06 * it0).ceil(), min=2) if scheme == "overrelaxed" else 2
     assert bool(((it1 - it0).abs() <= slack).all()), (it0, it1)
 
 

@@ -351,11 +351,12 @@ def test_symmetric_half_step_matches_cpu(override, lam, max_iter):
     assert torch.equal(iterations.cpu(), sol.iterations.cpu())
 
 
-def test_anderson_runs_the_symmetric_half_step(monkeypatch):
-    # Anderson (the default for a fixed lam) takes the symmetric half-step too: its mixer records
-    # the range of F - G it leaves, so the next half-step's shift is centred and the symmetric
-    # sums stay in range; the potentials are the shifted pass's (fp64) and the symmetric pass ran
-    _, mc, _ = make_inputs(2, 8, 90, dtype=torch.float64, seed=4)
+SYM_SPREAD = PT.default_config(DEVICE == "cpu", torch.float64).sym_spread
+
+
+def shifted_and_symmetric(monkeypatch, mc, lam, max_iter, tol, scheme):
+    """The scheme's (F, G, launched, iterations) with the shifted and with the symmetric pass
+    (fp64, blocks of 32), and the symmetric run's HalfStep (its record of the ranges)."""
     made = []
     init = PT.HalfStep.__init__
 
@@ -364,17 +365,44 @@ def test_anderson_runs_the_symmetric_half_step(monkeypatch):
         made.append(self)
 
     monkeypatch.setattr(PT.HalfStep, "__init__", record)
-    runs = {}
+    runs = []
     for sym in (False, True):
         cfg = replace(PT.default_config(DEVICE == "cpu", torch.float64), sym_block=32, sink_sym=sym)
-        p = PT.prepare_triton(mc, None, 2500, 0.3, None, cfg)
-        runs[sym] = PT.sinkhorn_potentials_triton(p, 40, 1e-7, cfg, scheme="anderson")
-    (f0, g0, n0, it0), (f1, g1, n1, it1) = runs[False], runs[True]
+        p = PT.prepare_triton(mc, None, 2500, lam, None, cfg)
+        runs.append(PT.sinkhorn_potentials_triton(p, max_iter, tol, cfg, scheme=scheme))
+    return runs[0], runs[1], made[-1]
+
+
+def test_anderson_runs_the_symmetric_half_step(monkeypatch):
+    # Anderson (the default for a fixed lam) takes the symmetric half-step too: its mixer records
+    # the range of F - G it leaves, so the next half-step's shift is centred and the symmetric
+    # sums stay in range; the potentials are the shifted pass's (fp64) and the symmetric pass ran
+    _, mc, _ = make_inputs(2, 8, 90, dtype=torch.float64, seed=4)
+    (f0, g0, n0, it0), (f1, g1, n1, it1), step = shifted_and_symmetric(monkeypatch, mc, 0.3, 40, 1e-7, "anderson")
     torch.testing.assert_close(f1, f0, rtol=0, atol=1e-10)
     torch.testing.assert_close(g1, g0, rtol=0, atol=1e-10)
     assert n1 == n0 and torch.equal(it1, it0)
-    spread = made[-1].rng[1:n1].sum(-1)  # (max (F - G) + max (G - F)) after each step
-    assert torch.isfinite(spread).all() and (spread <= cfg.sym_spread).all(), spread
+    spread = step.rng[1:n1].sum(-1)  # (max (F - G) + max (G - F)) after each step
+    assert torch.isfinite(spread).all() and (spread <= SYM_SPREAD).all(), spread
+
+
+def test_overrelaxed_runs_the_symmetric_half_step(monkeypatch):
+    # over-relaxation takes the symmetric half-step too: its relaxation kernel rewrites the range
+    # of F - G where it moves a potential, and the polish after a relaxed stop starts from a
+    # range of +inf (the kernel's shifted pass: samples froze at different half-steps). fp64, run
+    # to convergence: the shifted and the symmetric pass reach the same potentials (their omega
+    # decisions may differ in rounding, so not their counts)
+    _, mc, _ = make_inputs(3, 8, 90, dtype=torch.float64, seed=4)
+    (f0, g0, _, it0), (f1, g1, _, it1), step = shifted_and_symmetric(monkeypatch, mc, 0.05, 400, 1e-12,
+                                                                     "overrelaxed")
+    assert (it1 < 400).all() and (it0 < 400).all()  # converged
+    torch.testing.assert_close(f1, f0, rtol=0, atol=1e-9)
+    torch.testing.assert_close(g1, g0, rtol=0, atol=1e-9)
+    for b in range(3):  # each sample's half-steps until it froze (the polish counts one iteration more)
+        spread = step.rng[1:2 * (int(it1[b]) - 1), b].sum(-1)
+        assert torch.isfinite(spread).all() and (spread <= SYM_SPREAD).all(), (b, spread)
+    assert (step.rng[step.polish_row] == float("inf")).all()
+    assert torch.isfinite(step.rng[step.polish_row + 1]).any()  # the polish ran (for some sample)
 
 
 def test_symmetric_half_step_with_more_than_32_tickets():

@@ -166,12 +166,14 @@ class HalfStep:
     once), with its workspace: the partial row sums of several column shares and the tickets.
     ``spare`` [B, K] stands in for the partial sums with one share (never read then).
 
-    ``symmetric`` (the plain and Anderson schemes with ``cfg.sink_sym``): :meth:`symmetric` launches
-    ``sinkhorn_symmetric_half_step_kernel`` instead, half-step ``h`` of at most ``half_steps``
-    reading the range of ``F - G`` the previous one left in ``rng[h]``."""
+    ``symmetric`` (the plain, Anderson and over-relaxed schemes with ``cfg.sink_sym``): :meth:`symmetric`
+    launches ``sinkhorn_symmetric_half_step_kernel`` instead, half-step ``h`` of at most ``half_steps``
+    reading the range of ``F - G`` the previous one left in ``rng[h]``. ``polish``: two more rows,
+    ``rng[polish_row]`` = +inf (a range no sample fits: the kernel's shifted pass, for half-steps
+    after samples froze at different points) and one it writes."""
 
     def __init__(self, p: TritonProblem, cfg, tol_t: torch.Tensor, spare: torch.Tensor, symmetric: bool = False,
-                 half_steps: int = 0):
+                 half_steps: int = 0, polish: bool = False):
         B, K = p.hs.shape
         device = p.hs.device
         self.p, self.tol_t = p, tol_t
@@ -183,8 +185,12 @@ class HalfStep:
             split = resolve_split(cfg, B * rb, device, cfg.sym_ctas_per_sm)
             self.n_slots = split + rb // 2  # own shares, then the blocks at distance 1 .. rb // 2
             self.part = torch.empty(B, rb, self.n_slots, bs, dtype=p.dtype, device=device)
-            self.rng = torch.full((half_steps + 1, B, 2), float("-inf"), dtype=p.dtype, device=device)
+            self.rng = torch.full((half_steps + (3 if polish else 1), B, 2), float("-inf"), dtype=p.dtype,
+                                  device=device)
             self.rng[0] = 0.0  # F = G = 0 before the first half-step
+            self.polish_row = half_steps + 1
+            if polish:
+                self.rng[self.polish_row] = float("inf")
             self.options = dict(common, BS=bs, BMV=min(cfg.sym_rows, bs), SYM_SPREAD=float(cfg.sym_spread),
                                 num_warps=cfg.sym_warps, num_stages=cfg.sym_stages,
                                 maxnreg=symmetric_maxnreg(cfg, p.split))
@@ -235,8 +241,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     delta[0].fill_(float("inf"))
     tol_t = torch.full((1,), tol, dtype=p.dtype, device=device)
     has_partner = p.n_valid >= 2
-    symmetric = scheme in ("plain", "anderson") and cfg.sink_sym
-    half_step = HalfStep(p, cfg, tol_t, F, symmetric=symmetric, half_steps=2 * steps)
+    symmetric = scheme in ("plain", "anderson", "overrelaxed") and cfg.sink_sym
+    half_step = HalfStep(p, cfg, tol_t, F, symmetric=symmetric, half_steps=2 * steps, polish=scheme == "overrelaxed")
 
     cap = coarse = None  # "scaling": each sample's iterations left after its own coarse phase
     if scheme == "scaling":
@@ -259,16 +265,17 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
             else:
                 half_step(0, F, prev, nxt)
                 mixer.step(G, F, prev, nxt, last=it == steps - 1)
-        elif symmetric:
-            half_step.symmetric(2 * it, 0, F, G, prev, nxt)
-            half_step.symmetric(2 * it + 1, 1, G, F, prev, nxt)
         else:
-            for side, pot in ((0, F), (1, G)):
+            for side, (pot, other) in enumerate(((F, G), (G, F))):
                 if relax is not None:
                     relax.save(pot)
-                half_step(side, pot, prev, nxt)
-                if relax is not None:  # the last half-step stays plain
-                    relax.after_half_step(side, pot, prev, nxt, step=not (side == 1 and it == max_iter - 1))
+                if symmetric:
+                    half_step.symmetric(2 * it + side, side, pot, other, prev, nxt)
+                else:
+                    half_step(side, pot, prev, nxt)
+                if relax is not None:  # the last half-step stays plain; a relaxed one rewrites the range
+                    relax.after_half_step(side, pot, prev, nxt, step=not (side == 1 and it == max_iter - 1),
+                                          other=other, rng=half_step.rng[2 * it + side + 1] if symmetric else None)
         launched = it + 1
         if launched >= steps:
             break
@@ -295,8 +302,12 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         polish = relax.relaxed.bool() & (iterations < max_iter)
         gate = torch.zeros(2, B, dtype=p.dtype, device=device)
         gate[0] = torch.where(polish, float("inf"), 0.0)
-        half_step(0, F, gate[0], gate[1])
-        half_step(1, G, gate[0], gate[1])
+        if symmetric:  # the samples froze at different half-steps: the shifted pass (rng = +inf)
+            half_step.symmetric(half_step.polish_row, 0, F, G, gate[0], gate[1])
+            half_step.symmetric(half_step.polish_row, 1, G, F, gate[0], gate[1])
+        else:
+            half_step(0, F, gate[0], gate[1])
+            half_step(1, G, gate[0], gate[1])
         iterations += polish.to(torch.int64)
     return F, G, iterations_of_half_steps(launched) if mixer is not None else launched, iterations
 

@@ -45,14 +45,18 @@ class RelaxationLauncher:
         """Keep the potential before its plain half-step."""
         self.before.copy_(pot)
 
-    def after_half_step(self, side: int, pot, prev, nxt, step: bool) -> None:
-        """Relax the half-step just taken (when ``step``); after the G side, adapt omega."""
+    def after_half_step(self, side: int, pot, prev, nxt, step: bool, other: Optional[torch.Tensor] = None,
+                        rng: Optional[torch.Tensor] = None) -> None:
+        """Relax the half-step just taken (when ``step``); after the G side, adapt omega. ``rng``
+        [B, 2] (with ``other``, the other potential): the symmetric half-step's record of the
+        range of F - G, rewritten where the step moves ``pot``."""
         p = self.p
         meta, B, K = _launch_common(p)
         sinkhorn_accel.sinkhorn_relax_kernel[(B,)](
-            p.zb, p.zs, p.hs, p.n_valid, self.before, pot, prev, nxt, self.tol_t, self.omega, self.previous,
-            self.last_ratio, self.rho, self.rejected, self.relaxed, self.omega_max, K, p.padded,
-            SIDE=side, STEP=step, OBSERVE=side == 1, num_warps=4, **meta)
+            p.zb, p.zs, p.hs, p.n_valid, self.before, pot, pot if other is None else other, prev, nxt, self.tol_t,
+            self.omega, self.previous, self.last_ratio, self.rho, self.rejected, self.relaxed, self.omega_max,
+            self.omega_max if rng is None else rng, K, p.padded, SIDE=side, STEP=step, OBSERVE=side == 1,
+            RECORD_RANGE=rng is not None, num_warps=4, **meta)
 
 
 class AndersonLauncher:

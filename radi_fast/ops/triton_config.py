@@ -30,9 +30,9 @@ class TritonConfig:
     accepts (a narrow one forces the online fallback: tests). ``check_every``: host look at the
     Sinkhorn stopping flags every this many iterations. ``sink_maxnreg``: register cap of the
     Sinkhorn half-step kernel (0: the compiler's choice; -1: :func:`half_step_maxnreg` decides).
-    ``sink_sym``: the plain and Anderson schemes' half-steps exponentiate each unordered pair once
-    (``sinkhorn_symmetric_half_step_kernel``, docs/triton.md "The symmetric half-step"; 0: every
-    ordered pair, ``sinkhorn_half_step_kernel``) on blocks of ``sym_block`` answers, in tiles of
+    ``sink_sym``: the plain, Anderson and over-relaxed schemes' half-steps exponentiate each
+    unordered pair once (``sinkhorn_symmetric_half_step_kernel``, docs/triton.md "The symmetric
+    half-step"; 0: every ordered pair, ``sinkhorn_half_step_kernel``) on blocks of ``sym_block`` answers, in tiles of
     ``sym_rows`` x ``sym_block`` pairs with ``sym_warps`` warps, ``sym_ctas_per_sm`` programs per
     SM for the choice of shares; a sample whose ``F - G`` (base 2) spans more than ``sym_spread``
     (its sums would scale by up to ``2^(sym_spread / 2)`` around 1) runs the shifted pass in that
