@@ -1,15 +1,15 @@
 """Eq. 4 and its gradient w.r.t. the student in one pass (docs/triton.md, "Loss kernel").
 
 :func:`margin_ranking_symmetric_kernel` (the default for "ot", "uniform", "random") visits each
-unordered pair once; :func:`margin_ranking_kernel` (``loss_sym=0``, and "uncertainty") every
-ordered pair, as follows. A program owns ``BM`` rows of one sample (answers in teacher order)
-and visits every column tile: upper pairs (``j >= tie_hi_i``) add ``max(0, m W_ij - (s_i - s_j))`` to the loss and count -1 when
-active; lower pairs (``j < tie_lo_i``) count +1 when ``m W_ji - (s_j - s_i) > 0``. Outputs per
-(sample, row block) hinge sums and, per row, the gradient: its count times ``1 / |R_p|``
-written at the answer's column of the student's [B, N] (no atomics: each answer is one row of
-one program). W by ``MODE``: 0 "ot"
-``2^(<y_i, y_j> + p_i + q_j)`` from Z, 1 "uniform", 2 "random" (the hash of radi_fast._random),
-3 "uncertainty" ``1 / (U + EPS)`` from the direct difference of lane-major points.
+unordered pair once; :func:`margin_ranking_kernel` (``loss_sym=0``, and "uncertainty") every ordered
+pair, as follows. A program owns ``BM`` rows of one sample (answers in teacher order) and visits
+every column tile: upper pairs (``j >= tie_hi_i``) add ``max(0, m W_ij - (s_i - s_j))`` to the loss
+and count -1 when active; lower pairs (``j < tie_lo_i``) count +1 when ``m W_ji - (s_j - s_i) > 0``.
+Outputs per (sample, row block) hinge sums and, per row, the gradient: its count times ``1 / |R_p|``
+written at the answer's column of the student's [B, N] (no atomics: each answer is one row of one
+program). W by ``MODE``: 0 "ot" ``2^(<y_i, y_j> + p_i + q_j)`` from Z, 1 "uniform", 2 "random" (the
+hash of radi_fast._random), 3 "uncertainty" ``1 / (U + EPS)`` from the direct difference of
+lane-major points.
 """
 import triton
 import triton.language as tl

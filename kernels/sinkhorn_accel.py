@@ -15,6 +15,20 @@ from .common import LN2, store_lane
 
 
 @triton.jit
+def _widen_range(e_hi, e_lo, e, m):
+    """Per-lane running max and min of ``e = F - G`` over the rows ``m`` (the range the symmetric
+    half-step centres its shift on, kernels/sinkhorn.py)."""
+    return tl.maximum(e_hi, tl.where(m, e, float("-inf"))), tl.minimum(e_lo, tl.where(m, e, float("inf")))
+
+
+@triton.jit
+def _store_range(rng_ptr, b, e_hi, e_lo):
+    """Sample b's range record ``(max (F - G), max (G - F))`` from the running lanes."""
+    tl.store(rng_ptr + 2 * b, tl.max(e_hi, axis=0))
+    tl.store(rng_ptr + 2 * b + 1, -tl.min(e_lo, axis=0))
+
+
+@triton.jit
 def sinkhorn_relax_kernel(
     zb_ptr, zs_ptr, hs_ptr,  # Z [B, KP, TP] (the lane of SIDE is rewritten), hs [B, K]
     nvalid_ptr,  # [B] int64 K_b
@@ -67,11 +81,9 @@ def sinkhorn_relax_kernel(
                     if RECORD_RANGE:  # F - G
                         other = tl.load(other_ptr + b * K + rows, mask=m, other=0.0)
                         e = new - other if SIDE == 0 else other - new
-                        e_hi = tl.maximum(e_hi, tl.where(m, e, float("-inf")))
-                        e_lo = tl.minimum(e_lo, tl.where(m, e, float("inf")))
+                        e_hi, e_lo = _widen_range(e_hi, e_lo, e, m)
                 if RECORD_RANGE:
-                    tl.store(rng_ptr + 2 * b, tl.max(e_hi, axis=0))
-                    tl.store(rng_ptr + 2 * b + 1, -tl.min(e_lo, axis=0))
+                    _store_range(rng_ptr, b, e_hi, e_lo)
     if OBSERVE:
         if active & (omega > 1):
             tl.store(relaxed_ptr + b, 1)
@@ -237,11 +249,9 @@ def sinkhorn_anderson_kernel(
                 store_lane(zb_ptr, zs_ptr, hs_ptr, b, rows, nxt, m, K, KP, T, TP, 1, SPLIT)
                 if RECORD_RANGE:  # F - G with F = y = r + x + c (unchanged) and G = nxt
                     e = (r + x + c) - nxt
-                    e_hi = tl.maximum(e_hi, tl.where(m, e, float("-inf")))
-                    e_lo = tl.minimum(e_lo, tl.where(m, e, float("inf")))
+                    e_hi, e_lo = _widen_range(e_hi, e_lo, e, m)
             if RECORD_RANGE:
-                tl.store(rng_ptr + 2 * b, tl.max(e_hi, axis=0))
-                tl.store(rng_ptr + 2 * b + 1, -tl.min(e_lo, axis=0))
+                _store_range(rng_ptr, b, e_hi, e_lo)
 
 
 @triton.jit

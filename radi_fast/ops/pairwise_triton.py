@@ -166,11 +166,11 @@ class HalfStep:
     once), with its workspace: the partial row sums of several column shares and the tickets.
     ``spare`` [B, K] stands in for the partial sums with one share (never read then).
 
-    ``symmetric`` (the plain, Anderson and over-relaxed schemes with ``cfg.sink_sym``): :meth:`symmetric`
-    launches ``sinkhorn_symmetric_half_step_kernel`` instead, half-step ``h`` of at most ``half_steps``
-    reading the range of ``F - G`` the previous one left in ``rng[h]``. ``polish``: two more rows,
-    ``rng[polish_row]`` = +inf (a range no sample fits: the kernel's shifted pass, for half-steps
-    after samples froze at different points) and one it writes."""
+    ``symmetric`` (the plain, Anderson and over-relaxed schemes with ``cfg.sink_sym``):
+    :meth:`symmetric` launches ``sinkhorn_symmetric_half_step_kernel`` instead, half-step ``h`` of
+    at most ``half_steps`` reading the range of ``F - G`` the previous one left in ``rng[h]``.
+    ``polish``: two more rows, ``rng[polish_row]`` = +inf (a range no sample fits: the kernel's
+    shifted pass, for half-steps after samples froze at different points) and one it writes."""
 
     def __init__(self, p: TritonProblem, cfg, tol_t: torch.Tensor, spare: torch.Tensor, symmetric: bool = False,
                  half_steps: int = 0, polish: bool = False):
@@ -395,8 +395,9 @@ def margin_loss_triton(student_logits, p: TritonProblem, margin: float, mode: st
         else p.lam_k
     scale = torch.empty(B, dtype=p.dtype, device=device)
     margin_ranking.margin_ranking_kernel[(B, NB)](
-        p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, lam_u, p.tie_lo, p.tie_hi, student, ids, rowhash, p.order, p.n_pairs, loss_part,
-        scale, grad, margin_t, K, p.padded, NB, N, BM=cfg.loss_bm, BN=cfg.loss_bn, EPS=UNCERTAINTY_EPS, **options)
+        p.zb, p.zs, p.zb if p.yt is None else p.yt, p.n_valid, lam_u, p.tie_lo, p.tie_hi, student, ids, rowhash,
+        p.order, p.n_pairs, loss_part, scale, grad, margin_t, K, p.padded, NB, N, BM=cfg.loss_bm, BN=cfg.loss_bn,
+        EPS=UNCERTAINTY_EPS, **options)
     return loss_part.sum(dim=1) * scale, grad
 
 

@@ -32,13 +32,13 @@ class TritonConfig:
     Sinkhorn half-step kernel (0: the compiler's choice; -1: :func:`half_step_maxnreg` decides).
     ``sink_sym``: the plain, Anderson and over-relaxed schemes' half-steps exponentiate each
     unordered pair once (``sinkhorn_symmetric_half_step_kernel``, docs/triton.md "The symmetric
-    half-step"; 0: every ordered pair, ``sinkhorn_half_step_kernel``) on blocks of ``sym_block`` answers, in tiles of
-    ``sym_rows`` x ``sym_block`` pairs with ``sym_warps`` warps, ``sym_ctas_per_sm`` programs per
-    SM for the choice of shares; a sample whose ``F - G`` (base 2) spans more than ``sym_spread``
-    (its sums would scale by up to ``2^(sym_spread / 2)`` around 1) runs the shifted pass in that
-    half-step. ``loss_sym``: the eq. 4 kernel visits each unordered pair once
-    (``margin_ranking_symmetric_kernel`` on blocks of ``loss_bm`` answers, ``loss_bn`` unused;
-    0: every ordered pair, ``margin_ranking_kernel`` on ``loss_bm`` x ``loss_bn`` tiles).
+    half-step"; 0: every ordered pair, ``sinkhorn_half_step_kernel``) on blocks of ``sym_block``
+    answers, in tiles of ``sym_rows`` x ``sym_block`` pairs with ``sym_warps`` warps,
+    ``sym_ctas_per_sm`` programs per SM for the choice of shares; a sample whose ``F - G`` (base 2)
+    spans more than ``sym_spread`` (its sums would scale by up to ``2^(sym_spread / 2)`` around 1)
+    runs the shifted pass in that half-step. ``loss_sym``: the eq. 4 kernel visits each unordered
+    pair once (``margin_ranking_symmetric_kernel`` on blocks of ``loss_bm`` answers, ``loss_bn``
+    unused; 0: every ordered pair, ``margin_ranking_kernel`` on ``loss_bm`` x ``loss_bn`` tiles).
     Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=64,sink_warps=4"``.
     """
 
