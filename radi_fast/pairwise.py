@@ -194,9 +194,9 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
     if resolve_backend(backend, student_logits.device) == "triton":
         from .ops import pairwise_triton
 
-        op = pairwise_triton.pairwise_loss_op
+        op = pairwise_triton.pairwise_loss_call
     else:
-        op = pairwise_cpu.pairwise_loss_op
+        op = pairwise_cpu.pairwise_loss_call
     scheme = resolve_sinkhorn(sinkhorn, lam_value, tol)
     per_sample, _, iterations = op(student_logits, teacher_mc_logits, teacher_logits, valid, margin, margin_mode,
                                    lam_value, top_k, max_iter, float(tol), seed, scheme)

@@ -18,6 +18,7 @@ import sys
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import radi_fast
 from radi_fast._backend import triton_available
@@ -94,6 +95,64 @@ def test_compile_fullgraph_triton_op():
 # ----------------------------------------------------------------------------- dtypes
 PAIRWISE_BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not triton_available(),
                                                                                reason="no triton"))]
+
+
+# ----------------------------------------------------------------------------- eager path
+def pairwise_module(backend):
+    if backend == "triton":
+        from radi_fast.ops import pairwise_triton as module
+    else:
+        from radi_fast.ops import pairwise_cpu as module
+    return module
+
+
+class OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("pairwise_backend", PAIRWISE_BACKENDS)
+@pytest.mark.parametrize("mode,dtype,masked", [("ot", torch.float32, False), ("ot", torch.bfloat16, True),
+                                               ("uniform", torch.float64, True), ("random", torch.float32, False),
+                                               ("uncertainty", torch.float32, True)])
+def test_eager_path_equals_the_custom_op(pairwise_backend, mode, dtype, masked):
+    """Plain eager calls skip the custom op's dispatch (an autograd.Function around the same
+    body): losses, iterations and gradients (through a non-uniform upstream gradient) bit for bit."""
+    module = pairwise_module(pairwise_backend)
+    student, mc, _, mask = inputs(dtype, seed=4)
+    args = (mc, None, mask if masked else None, 2.0, mode, None, 30, 50, 1e-6, 17, "plain")
+    upstream = torch.linspace(0.5, 2.0, B, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    results = []
+    for call in (module.pairwise_loss_call, module.pairwise_loss_op):
+        s = student.detach().clone().requires_grad_(True)
+        loss, grad, iterations = call(s, *args)
+        (loss * upstream).sum().backward()
+        results.append((loss.detach(), grad, iterations, s.grad))
+    eager, op = results
+    for a, b in zip(eager, op):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert eager[3].dtype == dtype and eager[3].abs().sum() > 0
+
+
+@pytest.mark.parametrize("pairwise_backend", PAIRWISE_BACKENDS)
+def test_eager_path_only_in_plain_eager(pairwise_backend):
+    """The autograd.Function in plain eager mode; the custom op, one opaque node, wherever a
+    dispatch mode or a tensor subclass would look inside (here a recording mode)."""
+    module = pairwise_module(pairwise_backend)
+    student, mc, _, _ = inputs(seed=5)
+    s = student.clone().requires_grad_(True)
+    loss = radi_fast.radi_pairwise_loss(s, mc, backend=pairwise_backend)
+    assert type(loss.grad_fn.next_functions[0][0]).__name__ == module.pairwise_loss_call.function.__name__ + "Backward"
+    with OpRecorder() as recorder:
+        traced = radi_fast.radi_pairwise_loss(s, mc, backend=pairwise_backend)
+    assert str(module.pairwise_loss_op._opoverload) in recorder.ops
+    assert not any(op.startswith("aten.sort") for op in recorder.ops)  # the body ran inside the op
+    assert torch.equal(traced.detach(), loss.detach())
 
 
 @pytest.mark.parametrize("pairwise_backend", PAIRWISE_BACKENDS)

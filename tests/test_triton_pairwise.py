@@ -567,13 +567,13 @@ def test_gradient_only_to_student_and_reductions():
 
 def test_env_var_selects_triton(monkeypatch):
     calls = []
-    real = PT.pairwise_loss_op
+    real = PT.pairwise_loss_call
 
     def spy(*args):
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(PT, "pairwise_loss_op", spy)
+    monkeypatch.setattr(PT, "pairwise_loss_call", spy)
     student, mc, _ = make_inputs(2, 5, 37, seed=1)
     monkeypatch.setenv("RADI_FAST_BACKEND", "triton")
     a = radi_fast.radi_pairwise_loss(student, mc, margin_mode="uniform")

@@ -15,7 +15,7 @@ import torch
 
 from .._constants import UNCERTAINTY_EPS
 from .._random import pair_uniform
-from .autograd import fake_outputs, no_autocast, register_precomputed_gradient
+from .autograd import fake_outputs, no_autocast, precomputed_gradient_call
 from .sinkhorn_cpu import CPU_ROW_BLOCK_ELEMENTS, SinkhornSolution, chunks, mean_offdiagonal_uncertainty, solve_chunk
 from .teacher import (compute_dtype, kernel_lam, negligible_uncertainty, real_units, teacher_top_k, tie_groups,
                       unit_scale)
@@ -252,11 +252,10 @@ def pairwise_forward_cpu(student_logits, teacher_mc_logits, teacher_logits, vali
     return loss, grad, iterations
 
 
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def pairwise_loss_op(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
-                     teacher_logits: Optional[torch.Tensor], valid: Optional[torch.Tensor], margin: float,
-                     margin_mode: str, lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
-                     sinkhorn: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Tensor,
+                  teacher_logits: Optional[torch.Tensor], valid: Optional[torch.Tensor], margin: float,
+                  margin_mode: str, lam: Optional[float], top_k: int, max_iter: int, tol: float, seed: int,
+                  sinkhorn: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RADI-P per-sample losses [B], their gradient w.r.t. ``student_logits`` [B, N] and the
     Sinkhorn iterations [B] (int64; 0 for the margin modes without Sinkhorn).
 
@@ -266,10 +265,14 @@ def pairwise_loss_op(student_logits: torch.Tensor, teacher_mc_logits: torch.Tens
                                     lam, top_k, max_iter, tol, seed, sinkhorn)
 
 
+pairwise_loss_op = torch.library.custom_op(OP_NAME, pairwise_loss, mutates_args=())
+
+
 @pairwise_loss_op.register_fake
 def _pairwise_loss_fake(student_logits, teacher_mc_logits, teacher_logits, valid, margin, margin_mode, lam, top_k,
                         max_iter, tol, seed, sinkhorn):
     return fake_outputs(student_logits, teacher_mc_logits, teacher_logits)
 
 
-register_precomputed_gradient(pairwise_loss_op)
+# what radi_pairwise_loss calls: the op, or its body as an autograd.Function in plain eager mode
+pairwise_loss_call = precomputed_gradient_call(pairwise_loss_op, pairwise_loss, "PairwiseLossCpu")
