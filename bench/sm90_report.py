@@ -65,21 +65,26 @@ def kernel_specs():
                "stride_ob": "i32", "nvalid_ptr": "*i64", "out_ptr": "*fp32", "unit_ptr": "*fp32",
                "lam_ptr": "*fp32", "lamk_ptr": "*fp32", "fixed_lam_ptr": "*fp64", "teacher_ptr": "*fp32",
                "stride_tb": "i32", "stride_tn": "i32", "tie_lo_ptr": "*i32", "tie_hi_ptr": "*i32", "npairs_ptr": "*i64",
-               "zb_ptr": "*fp32", "zs_ptr": "*fp32", "yt_ptr": "*fp32", "hs_ptr": "*fp32", "noise": "fp32", "K": "i32",
+               "zb_ptr": "*fp32", "zs_ptr": "*fp32", "yt_ptr": "*fp32", "hs_ptr": "*fp32", "student_ptr": "*fp32",
+               "stride_sb": "i32", "stride_sn": "i32", "sorted_ptr": "*fp32", "noise": "fp32", "K": "i32",
                "KP": "i32", "T": "i32", "TP": "constexpr", "BK": "constexpr", "COMPUTE": "constexpr",
-               "FIXED_LAM": "constexpr", "SPLIT": "constexpr", "LANE_MAJOR": "constexpr", "INV_MAX_COST": "constexpr",
-               "BIG": "constexpr", "TINY": "constexpr"}
+               "FIXED_LAM": "constexpr", "SPLIT": "constexpr", "LANE_MAJOR": "constexpr", "STUDENT": "constexpr",
+               "INV_MAX_COST": "constexpr", "BIG": "constexpr", "TINY": "constexpr"}
     raw64 = dict(raw_sig, **ptrs(("mc_ptr", "out_ptr", "unit_ptr", "lam_ptr", "lamk_ptr", "teacher_ptr", "zb_ptr",
-                                  "zs_ptr", "yt_ptr", "hs_ptr"), "*fp64"))
-    for name, sig, fixed, fp64, lane_major in (("teacher_prepare", raw_sig, False, False, False),
-                                               ("teacher_prepare_bf16_fixed_lam", dict(raw_sig, mc_ptr="*bf16"), True,
-                                                False, False),
-                                               ("teacher_prepare_lane_major", raw_sig, False, False, True),
-                                               ("teacher_prepare_fp64", raw64, False, True, False)):
+                                  "zs_ptr", "yt_ptr", "hs_ptr", "student_ptr", "sorted_ptr"), "*fp64"))
+    # (the op's calls gather the student's scores too; sinkhorn_log_potentials_triton does not)
+    for name, sig, fixed, fp64, lane_major, student in (
+            ("teacher_prepare", raw_sig, False, False, False, True),
+            ("teacher_prepare_bf16_fixed_lam", dict(raw_sig, mc_ptr="*bf16", student_ptr="*bf16"), True, False, False,
+             True),
+            ("teacher_prepare_lane_major", raw_sig, False, False, True, True),
+            ("teacher_prepare_fp64", raw64, False, True, False, True),
+            ("teacher_prepare_no_student", raw_sig, False, False, False, False)):
         dt = torch.float64 if fp64 else torch.float32
         specs.append((name, pairwise_stats.teacher_prepare_kernel, sig,
                       {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": f64 if fp64 else f32, "FIXED_LAM": fixed,
-                       "SPLIT": not fp64, "LANE_MAJOR": lane_major, "INV_MAX_COST": 1.0 / MAX_COST[dt],
+                       "SPLIT": not fp64, "LANE_MAJOR": lane_major, "STUDENT": student,
+                       "INV_MAX_COST": 1.0 / MAX_COST[dt],
                        "BIG": torch.finfo(dt).max, "TINY": torch.finfo(dt).tiny}, {"num_warps": 8}, None))
     stats_sig = {"mc_ptr": "*fp32", "stride_mb": "i32", "stride_mt": "i32", "stride_mn": "i32", "nvalid_ptr": "*i64",
                  "lam_ptr": "*fp32"}

@@ -124,10 +124,12 @@ def teacher_prepare_kernel(
     tie_lo_ptr, tie_hi_ptr,  # out [B, KP] int32 teacher tie groups: [lo_i, hi_i), K_b past K_b
     npairs_ptr,  # out [B] int64 |R_p|
     zb_ptr, zs_ptr, yt_ptr, hs_ptr,  # out: the points at lam_k (pairwise_points_kernel's outputs)
+    student_ptr, stride_sb, stride_sn,  # [B, N] student scores, any float dtype (STUDENT only)
+    sorted_ptr,  # out [B, KP] compute dtype: the student's scores in teacher order, -inf past K_b (STUDENT)
     noise,  # NEGLIGIBLE_FACTOR eps^2 of the compute dtype (ops/teacher.py negligible_noise)
     K, KP, T,
     TP: tl.constexpr, BK: tl.constexpr, COMPUTE: tl.constexpr, FIXED_LAM: tl.constexpr,
-    SPLIT: tl.constexpr, LANE_MAJOR: tl.constexpr,
+    SPLIT: tl.constexpr, LANE_MAJOR: tl.constexpr, STUDENT: tl.constexpr,
     INV_MAX_COST: tl.constexpr,  # 1 / MAX_COST of the compute dtype (ops/teacher.py; a power of two)
     BIG: tl.constexpr, TINY: tl.constexpr,  # the compute dtype's largest and smallest normal numbers
 ):
@@ -204,6 +206,11 @@ def teacher_prepare_kernel(
                           COMPUTE, True)
         _write_points(x * scale, mask, lam_k, b, k0, kb, K, KP, T, zb_ptr, zs_ptr, yt_ptr, hs_ptr, TP, BK, SPLIT,
                       COMPUTE, LANE_MAJOR)
+        if STUDENT:  # the loss kernel's rows (ops/pairwise_triton.py sorted_student, one launch fewer)
+            answer = offs_k < kb
+            ids = tl.load(order_ptr + b * stride_ob + offs_k, mask=answer, other=0)
+            score = tl.load(student_ptr + b * stride_sb + ids * stride_sn, mask=answer, other=float("-inf"))
+            tl.store(sorted_ptr + b * KP + offs_k, score.to(COMPUTE), mask=offs_k < KP)
     tl.store(npairs_ptr + b, n_pairs)
 
 

@@ -46,7 +46,8 @@ DEFAULT_KERNELS = ("teacher_prepare", "sinkhorn_symmetric", "sinkhorn_symmetric_
 
 def test_every_kernel_compiles_for_sm90(report):
     expected = set(DEFAULT_KERNELS) | {"teacher_prepare_bf16_fixed_lam", "teacher_prepare_fp64",
-                                       "teacher_prepare_lane_major", "pairwise_lam", "pairwise_lam_fp64",
+                                       "teacher_prepare_lane_major", "teacher_prepare_no_student", "pairwise_lam",
+                                       "pairwise_lam_fp64",
                                        "pairwise_points",
                                        "pairwise_points_lane_major", "pairwise_points_fp64",
                                        "sinkhorn_half_step_acc", "sinkhorn_half_step_fp64", "margin_ranking_ot_fp64",

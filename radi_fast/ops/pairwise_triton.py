@@ -55,7 +55,9 @@ class TritonProblem:
     [B, T, K] the MC logits of the top-k answers in teacher order, scaled per sample by a power
     of two so the largest |logit| is in [0.5, 1) (exact; 0 on padding), read by the statistics
     kernels to rebuild Z at another lam; yt: [B, TP, KP] the
-    points y lane-major (only for the "uncertainty" margins, else None).
+    points y lane-major (only for the "uncertainty" margins, else None); student: [B, KP] the
+    student's scores in teacher order, -inf past each K_b (when :func:`prepare_triton` was given
+    them, else None: :func:`sorted_student`).
     """
 
     order: torch.Tensor
@@ -74,6 +76,7 @@ class TritonProblem:
     dtype: torch.dtype
     mc: torch.Tensor
     yt: Optional[torch.Tensor] = None
+    student: Optional[torch.Tensor] = None
 
     @property
     def split(self) -> bool:
@@ -85,10 +88,11 @@ class TritonProblem:
 
 
 def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[float], valid, cfg,
-                   lane_major: bool = False) -> TritonProblem:
+                   lane_major: bool = False, student_logits: Optional[torch.Tensor] = None) -> TritonProblem:
     """Top-k, tie groups, lam and the augmented points (``lane_major``: also y lane-major, for
-    the "uncertainty" margins). ``valid``: None, [B] lengths or a [B, N] bool mask; padding sorts
-    past each K_b, where the kernels never read it (it may hold NaN/inf)."""
+    the "uncertainty" margins; ``student_logits`` [B, N]: also their scores in teacher order for
+    the loss kernel). ``valid``: None, [B] lengths or a [B, N] bool mask; padding sorts past each
+    K_b, where the kernels never read it (it may hold NaN/inf)."""
     dtype = compute_dtype(teacher_mc_logits, teacher_logits)
     mc = teacher_mc_logits.detach()
     B, T, N = mc.shape
@@ -110,18 +114,21 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     scalars = torch.empty(3, B, dtype=dtype, device=device)  # unit, lam, lam_k
     ties = torch.empty(2, B, KP, dtype=torch.int32, device=device)  # tie_lo, tie_hi
     n_pairs = torch.empty(B, dtype=torch.int64, device=device)
+    student = None if student_logits is None else torch.empty(B, KP, dtype=dtype, device=device)
+    s_in = hs if student_logits is None else student_logits.detach()
     fixed = torch.full((1,), 0.0 if lam is None else lam, dtype=torch.float64, device=device)  # read if lam is set
     if B:
         pairwise_stats.teacher_prepare_kernel[(B,)](
             mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, gathered, scalars[0],
             scalars[1], scalars[2], fixed, teacher, teacher.stride(0), teacher.stride(1), ties[0], ties[1],
-            n_pairs, zb, zs, zb if yt is None else yt, hs, negligible_noise(dtype), K, KP, T, TP=TP, BK=cfg.stats_bk,
+            n_pairs, zb, zs, zb if yt is None else yt, hs, s_in, s_in.stride(0), s_in.stride(1),
+            hs if student is None else student, negligible_noise(dtype), K, KP, T, TP=TP, BK=cfg.stats_bk,
             COMPUTE=compute_tl_dtype(dtype), FIXED_LAM=lam is not None, SPLIT=dtype != torch.float64,
-            LANE_MAJOR=yt is not None, INV_MAX_COST=1.0 / MAX_COST[dtype], BIG=torch.finfo(dtype).max,
+            LANE_MAJOR=yt is not None, STUDENT=student is not None, INV_MAX_COST=1.0 / MAX_COST[dtype], BIG=torch.finfo(dtype).max,
             TINY=torch.finfo(dtype).tiny, num_warps=8)
     p = TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=scalars[1],
                       lam_k=scalars[2], unit=scalars[0], tie_lo=ties[0], tie_hi=ties[1], n_pairs=n_pairs, T=T,
-                      dtype=dtype, mc=gathered, yt=yt)
+                      dtype=dtype, mc=gathered, yt=yt, student=student)
     return p
 
 
@@ -382,7 +389,7 @@ def margin_loss_triton(student_logits, p: TritonProblem, margin: float, mode: st
     margin_t = torch.full((1,), margin, dtype=p.dtype, device=device)
     options = dict(MODE=MODE_IDS[mode], T=p.T, TP=p.zb.shape[2], SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype),
                    num_warps=cfg.loss_warps if mode == "ot" else cfg.loss_warps_other, num_stages=cfg.loss_stages)
-    student = sorted_student(student_logits, p)
+    student = sorted_student(student_logits, p) if p.student is None else p.student
     if symmetric_loss(cfg, mode):
         work = torch.zeros(B, p.padded + 1, dtype=torch.int32, device=device)  # counts, then the ticket
         loss = torch.empty(B, dtype=p.dtype, device=device)
@@ -412,7 +419,7 @@ def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, v
     B, N = student_logits.shape
     p = prepare_triton(teacher_mc_logits.to(dtype) if dtype == torch.float64 else teacher_mc_logits,
                        None if teacher_logits is None else teacher_logits.to(dtype), top_k, lam, valid, cfg,
-                       lane_major=mode == "uncertainty")
+                       lane_major=mode == "uncertainty", student_logits=student_logits)
     K = p.order.shape[1]
     iterations = torch.zeros(B, dtype=torch.int64, device=student_logits.device)
     if not (B and K):
