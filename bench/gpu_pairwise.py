@@ -442,6 +442,12 @@ def run(args):
             entry.update(B=b, N=n, top_k=top, dtype=str(dt).replace("torch.", ""),
                          host_median_ms=host_ms(fn, s_d, timer, args.rounds),
                          peak_extra_mb=timer.peak_extra_mb(lambda: fwd_bwd(fn, s_d)))
+            # iterations the host launched against those the samples ran: the stopping flag is read
+            # asynchronously, so a host that runs ahead of the device launches iterations past the
+            # stop (their programs exit at once; each still costs a launch on both sides)
+            timer.sync()
+            _, _, _, launched, ran = PT.sinkhorn_log_potentials_triton(mc_d, top_k=top)
+            entry.update(sinkhorn_launched=int(launched), sinkhorn_iterations_max=int(ran.max()))
         except Exception as exc:
             entry = {"B": b, "N": n, "error": repr(exc)[:300]}
         defaults.append(entry)

@@ -81,6 +81,8 @@ def kernel_specs():
             ("teacher_prepare_fp64", raw64, False, True, False, True),
             ("teacher_prepare_no_student", raw_sig, False, False, False, False)):
         dt = torch.float64 if fp64 else torch.float32
+        if not fixed:  # the launcher passes n_pairs (int64) as the unread placeholder
+            sig = dict(sig, fixed_lam_ptr="*i64")
         specs.append((name, pairwise_stats.teacher_prepare_kernel, sig,
                       {"TP": TP, "BK": cfg.stats_bk, "COMPUTE": f64 if fp64 else f32, "FIXED_LAM": fixed,
                        "SPLIT": not fp64, "LANE_MAJOR": lane_major, "STUDENT": student,

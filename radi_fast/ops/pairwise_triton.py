@@ -61,7 +61,6 @@ class TritonProblem:
     """
 
     order: torch.Tensor
-    valid: torch.Tensor
     n_valid: torch.Tensor
     zb: torch.Tensor
     zs: torch.Tensor
@@ -77,6 +76,14 @@ class TritonProblem:
     mc: torch.Tensor
     yt: Optional[torch.Tensor] = None
     student: Optional[torch.Tensor] = None
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[B, K] bool: the valid answers (a prefix of each row), built on first use: the kernels
+        read ``n_valid``, and the defaults call never needs the mask (two PyTorch ops)."""
+        if getattr(self, "_valid", None) is None:
+            self._valid = torch.arange(self.order.shape[1], device=self.order.device)[None, :] < self.n_valid[:, None]
+        return self._valid
 
     @property
     def split(self) -> bool:
@@ -98,7 +105,7 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     B, T, N = mc.shape
     device = mc.device
     teacher = mc.mean(dim=1, dtype=dtype) if teacher_logits is None else teacher_logits.detach().to(dtype)
-    order, valid, n_valid = teacher_top_k(teacher, top_k, valid, pad_to_top_k=True)
+    order, _, n_valid = teacher_top_k(teacher, top_k, valid, pad_to_top_k=True, with_valid=False)
     K = order.shape[1]
     KP, TP = padded_answers(K, cfg), point_lanes(T)
     n_valid = n_valid.to(torch.int64).contiguous()
@@ -116,7 +123,8 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
     n_pairs = torch.empty(B, dtype=torch.int64, device=device)
     student = None if student_logits is None else torch.empty(B, KP, dtype=dtype, device=device)
     s_in = hs if student_logits is None else student_logits.detach()
-    fixed = torch.full((1,), 0.0 if lam is None else lam, dtype=torch.float64, device=device)  # read if lam is set
+    # the caller's lam, read only if set (else any pointer: n_pairs)
+    fixed = n_pairs if lam is None else torch.full((1,), lam, dtype=torch.float64, device=device)
     if B:
         pairwise_stats.teacher_prepare_kernel[(B,)](
             mc, mc.stride(0), mc.stride(1), mc.stride(2), order, order.stride(0), n_valid, gathered, scalars[0],
@@ -126,7 +134,7 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
             COMPUTE=compute_tl_dtype(dtype), FIXED_LAM=lam is not None, SPLIT=dtype != torch.float64,
             LANE_MAJOR=yt is not None, STUDENT=student is not None, INV_MAX_COST=1.0 / MAX_COST[dtype], BIG=torch.finfo(dtype).max,
             TINY=torch.finfo(dtype).tiny, num_warps=8)
-    p = TritonProblem(order=order, valid=valid, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=scalars[1],
+    p = TritonProblem(order=order, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=scalars[1],
                       lam_k=scalars[2], unit=scalars[0], tie_lo=ties[0], tie_hi=ties[1], n_pairs=n_pairs, T=T,
                       dtype=dtype, mc=gathered, yt=yt, student=student)
     return p
@@ -421,11 +429,13 @@ def pairwise_forward_triton(student_logits, teacher_mc_logits, teacher_logits, v
                        None if teacher_logits is None else teacher_logits.to(dtype), top_k, lam, valid, cfg,
                        lane_major=mode == "uncertainty", student_logits=student_logits)
     K = p.order.shape[1]
-    iterations = torch.zeros(B, dtype=torch.int64, device=student_logits.device)
     if not (B and K):
-        return student_logits.new_zeros(B, dtype=dtype), student_logits.new_zeros(B, N, dtype=dtype), iterations
+        return (student_logits.new_zeros(B, dtype=dtype), student_logits.new_zeros(B, N, dtype=dtype),
+                student_logits.new_zeros(B, dtype=torch.int64))
     if mode == "ot":
         _, _, _, iterations = sinkhorn_potentials_triton(p, max_iter, tol, cfg, scheme)
+    else:
+        iterations = torch.zeros(B, dtype=torch.int64, device=student_logits.device)
     loss, grad = margin_loss_triton(student_logits, p, margin, mode, seed, cfg)
     return loss, grad, iterations
 

@@ -15,7 +15,7 @@ def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
 
 
 def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, valid: Optional[torch.Tensor], *,
-                  pad_to_top_k: bool = False):
+                  pad_to_top_k: bool = False, with_valid: bool = True):
     """Each row's top ``top_k`` valid answers in teacher order: ``(ids [B, K], valid [B, K], K_b [B])``.
 
     ``valid``: None (every answer), [B] ``lengths`` (columns ``>= lengths[b]`` are padding) or a
@@ -23,6 +23,8 @@ def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, valid: Optional[torc
     index), padding last (it may hold anything, NaN included: it is never compared).
     ``K = max_b K_b``, which needs a host read; ``pad_to_top_k``: ``K = min(top_k, N)``
     instead (no host sync; the extra columns are padding), the same ids on every valid position.
+    ``with_valid=False``: None in place of the [B, K] mask (the valid answers are each row's
+    first ``K_b``).
     """
     B, N = teacher_logits.shape
     keys = teacher_logits.float() if teacher_logits.dtype in (torch.float16, torch.bfloat16) else teacher_logits
@@ -37,6 +39,8 @@ def teacher_top_k(teacher_logits: torch.Tensor, top_k: int, valid: Optional[torc
     else:
         K = min(top_k, N) if mask is None else (min(top_k, int(k_b.max())) if B else 0)
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :K]
+    if not with_valid:
+        return order, None, k_b
     valid = torch.arange(K, device=keys.device)[None, :] < k_b[:, None]
     return order, valid, k_b
 
