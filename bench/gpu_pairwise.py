@@ -460,22 +460,24 @@ def run(args):
     s_d, mc_d = make_inputs(B, T, K, device, seed=1)
     fn = lambda s: radi_fast.radi_pairwise_loss(s, mc_d, backend="triton", top_k=K)  # noqa: E731
     saved = os.environ.get("RADI_FAST_TRITON_CONFIG")
-    for every in (1, 2, 4, 8):
-        os.environ["RADI_FAST_TRITON_CONFIG"] = ",".join(filter(None, [saved, f"check_every={every}"]))
+    # (poll_ahead=0: the host never waits for a flag in flight, the behaviour before StopPoll)
+    for every, ahead in ((1, 4), (2, 4), (4, 4), (8, 4), (4, 0), (4, 8)):
+        os.environ["RADI_FAST_TRITON_CONFIG"] = ",".join(filter(None, [saved, f"check_every={every}",
+                                                                       f"poll_ahead={ahead}"]))
         try:
             fwd_bwd(fn, s_d)
             entry = timer.measure(lambda: fwd_bwd(fn, s_d), args.warmup, args.rounds)
-            entry.update(check_every=every, host_median_ms=host_ms(fn, s_d, timer, args.rounds))
+            entry.update(check_every=every, poll_ahead=ahead, host_median_ms=host_ms(fn, s_d, timer, args.rounds))
         except Exception as exc:
-            entry = {"check_every": every, "error": repr(exc)[:300]}
+            entry = {"check_every": every, "poll_ahead": ahead, "error": repr(exc)[:300]}
         finally:
             if saved is None:
                 os.environ.pop("RADI_FAST_TRITON_CONFIG", None)
             else:
                 os.environ["RADI_FAST_TRITON_CONFIG"] = saved
         polls.append(entry)
-        print(f"  defaults by check_every {json.dumps({k: v for k, v in entry.items() if k != 'rounds_ms'})}",
-              flush=True)
+        shown = {k: v for k, v in entry.items() if k != "rounds_ms"}
+        print(f"  defaults by check_every, poll_ahead {json.dumps(shown)}", flush=True)
     result["defaults_by_check_every"] = polls
 
     prov = result["providers"]

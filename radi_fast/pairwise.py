@@ -152,8 +152,9 @@ def radi_pairwise_loss(student_logits: torch.Tensor, teacher_mc_logits: torch.Te
             runs exactly ``max_iter`` iterations: on CUDA (Triton) a whole forward + backward is
             then free of host synchronisation and capturable in a CUDA graph. With ``tol > 0``
             the Triton path looks at the stopping flags through an asynchronous copy every few
-            iterations (no blocking synchronisation; at most one flag read per look, and not
-            capturable in a CUDA graph). The torch backend reads on the host (meant for CPUs).
+            iterations (no synchronisation per iteration: the host waits for a flag only once it
+            has launched a few iterations past it, so the device stays busy; not capturable in
+            a CUDA graph). The torch backend reads on the host (meant for CPUs).
         reduction: "mean" (default), "sum" or "none" ([B]). An empty batch (B = 0) gives 0 for
             "mean" and "sum" (not NaN); rows without answers (N = 0) contribute 0, like fully
             masked rows (the README's rule for empty batches).

@@ -517,6 +517,47 @@ def test_plain_sinkhorn_is_one_launch_per_half_step(symmetric):
         assert work.launches == [kernel] * 6, work.launches
 
 
+class FlagEvent:
+    """A stand-in for the CUDA event of a flag copy: lands after ``lag`` queries (None: only when
+    waited for, a device far behind the host); counts the waits."""
+
+    def __init__(self, lag, log):
+        self.lag, self.log = lag, log
+
+    def query(self):
+        if self.lag is None:
+            return False
+        self.lag -= 1
+        return self.lag < 0
+
+    def synchronize(self):
+        self.log.append("wait")
+
+
+@pytest.mark.parametrize("every,ahead,lag,stop,waits", [
+    (4, 4, None, 12, 2),  # flags at 4 (active) and 8 (frozen), each waited for 4 iterations later
+    (2, 3, None, 13, 3),
+    (1, 1, None, 8, 7),
+    (4, 0, None, None, 0),  # never waits: a device that never catches up is never heard from
+    (4, 4, 0, 9, 0),  # lands by the next iteration: no wait
+    (4, 4, 2, 11, 0),
+    (4, 2, 5, 10, 2),
+])
+def test_stop_poll_bounds_the_launches_past_the_stop(every, ahead, lag, stop, waits):
+    # the samples are active through iteration 6 (delta[p] > tol for p <= 6): the first flag that
+    # says "stop" is the first poll at p >= 7; an asynchronous host stops once it has read it
+    steps = 40
+    delta = torch.zeros(steps + 1, 3)
+    delta[:7, 1] = 1.0
+    log = []
+    poll = PT.StopPoll(delta, 0.5, every, ahead, asynchronous=True)
+    poll._copy = lambda flag: (flag.clone(), FlagEvent(lag, log))
+    stopped = next((n for n in range(1, steps + 1) if poll.stop_after(n)), None)
+    assert (stopped, len(log)) == (stop, waits)
+    synchronous = PT.StopPoll(delta, 0.5, every, ahead, asynchronous=False)
+    assert next(n for n in range(1, steps + 1) if synchronous.stop_after(n)) == -(-7 // every) * every
+
+
 @pytest.mark.parametrize("lam", [None, 0.5])
 def test_host_work_of_one_call(lam):
     # a call with the defaults is host-bound on a GPU (docs/triton.md): the preparation is one

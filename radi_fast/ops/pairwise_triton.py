@@ -231,6 +231,50 @@ class HalfStep:
             self.tol_t, p.hs.shape[1], p.padded, self.n_slots, G_SIDE=side, WRITE_DELTA=side == 1, **self.options)
 
 
+class StopPoll:
+    """The host's look at the device's stopping flags: ``stop_after(launched)`` after each launched
+    iteration says whether to stop launching. Every ``check_every`` iterations "any sample still
+    active" (``delta[launched] > tol``) is copied to the host; on CUDA asynchronously (pinned
+    memory and an event), read once the copy has landed, one copy in flight at a time.
+
+    A host ahead of the device would launch iterations past the stop until the flag lands (their
+    programs exit at once, but each is still a launch on both sides): once it has launched
+    ``ahead`` iterations past the pending flag's, it waits for that flag (``ahead`` = 0: never
+    waits). A host-bound call never waits (the flag has landed); a device-bound one keeps
+    ``ahead`` iterations queued while it waits, so the device never idles for it."""
+
+    def __init__(self, delta: torch.Tensor, tol: float, check_every: int, ahead: int, asynchronous: bool):
+        self.delta, self.tol, self.every, self.ahead = delta, tol, check_every, ahead
+        self.asynchronous = asynchronous
+        self.pending = None  # (host flag, event, iteration)
+
+    def _copy(self, flag: torch.Tensor):
+        """The flag on the host and an event that completes when it has landed."""
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    def stop_after(self, launched: int) -> bool:
+        if self.pending is not None:
+            host, event, at = self.pending
+            landed = event.query()
+            if not landed and 0 < self.ahead <= launched - at:
+                event.synchronize()  # bounded look-ahead (class docstring)
+                landed = True
+            if landed:
+                if not bool(host):
+                    return True  # every sample froze at or before iteration `at`
+                self.pending = None
+        if self.pending is None and launched % self.every == 0:
+            flag = (self.delta[launched] > self.tol).any()
+            if not self.asynchronous:
+                return not bool(flag)
+            self.pending = self._copy(flag) + (launched,)
+        return False
+
+
 def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg, scheme: str = "plain"):
     """Log-domain Sinkhorn: base-2 potentials ``F = log2 u``, ``G = log2 v`` [B, K], the number of
     iterations launched and each sample's iterations [B] (int64). Leaves ``p = F - hs`` and
@@ -242,8 +286,9 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
 
     No host sync per iteration: every ``check_every`` iterations the "any sample still active"
     flag is copied to the host asynchronously and read a few iterations later, once the copy has
-    landed (on CUDA; the interpreter reads it at once). Stopping late is harmless: launches for
-    frozen samples exit at once. "scaling" syncs once, for its number of levels.
+    landed (on CUDA; the interpreter reads it at once), waiting for it only once the host has
+    launched ``cfg.poll_ahead`` iterations past it (:class:`StopPoll`). Stopping late is harmless:
+    launches for frozen samples exit at once. "scaling" syncs once, for its number of levels.
     """
     B, K = p.hs.shape
     device = p.hs.device
@@ -265,9 +310,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         cap = max_iter - coarse
     relax = RelaxationLauncher(p, tol_t) if scheme == "overrelaxed" else None
     mixer = AndersonLauncher(p, tol_t) if scheme == "anderson" else None
-    asynchronous = device.type == "cuda"
-    poll = tol > 0  # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
-    pending = None
+    # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
+    poll = StopPoll(delta, tol, cfg.check_every, cfg.poll_ahead, device.type == "cuda") if tol > 0 else None
     launched = 0
     for it in range(steps):
         prev, nxt = delta[it], delta[it + 1]
@@ -294,21 +338,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         launched = it + 1
         if launched >= steps:
             break
-        if pending is not None and (not asynchronous or pending[1].query()):
-            if not bool(pending[0]):
-                break  # every sample froze at or before the checked iteration
-            pending = None
-        if poll and pending is None and launched % cfg.check_every == 0:
-            flag = (delta[launched] > tol).any()
-            if asynchronous:
-                host = torch.empty((), dtype=torch.bool, pin_memory=True)
-                host.copy_(flag, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-                pending = (host, event)
-            else:
-                if not bool(flag):
-                    break
+        if poll is not None and poll.stop_after(launched):
+            break
     ran = ((delta[:launched] > tol).sum(dim=0) * has_partner).to(torch.int64)
     iterations = iterations_of_half_steps(ran) if mixer is not None else ran
     if coarse is not None:

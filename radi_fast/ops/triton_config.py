@@ -28,7 +28,9 @@ class TritonConfig:
     from the SM count and ``split_ctas_per_sm``, the row-sum programs one SM holds at once, to fill
     the last wave). ``shift_lo_log2``, ``shift_hi_log2``: the window of row sums the shifted pass
     accepts (a narrow one forces the online fallback: tests). ``check_every``: host look at the
-    Sinkhorn stopping flags every this many iterations. ``sink_maxnreg``: register cap of the
+    Sinkhorn stopping flags every this many iterations; ``poll_ahead``: on CUDA the host waits for
+    a flag in flight once it has launched this many iterations past it (0: never waits; ops/
+    pairwise_triton.py ``StopPoll``). ``sink_maxnreg``: register cap of the
     Sinkhorn half-step kernel (0: the compiler's choice; -1: :func:`half_step_maxnreg` decides).
     ``sink_sym``: the plain, Anderson and over-relaxed schemes' half-steps exponentiate each
     unordered pair once (``sinkhorn_symmetric_half_step_kernel``, docs/triton.md "The symmetric
@@ -59,6 +61,7 @@ class TritonConfig:
     loss_stages: int = 2
     stats_bk: int = 256
     check_every: int = 4
+    poll_ahead: int = 4
     sink_sym: bool = True
     sym_block: int = 64
     sym_rows: int = 64
