@@ -29,6 +29,7 @@ CASE_TITLES = OrderedDict([
     ("sinkhorn", "Sinkhorn (Algorithm 1) alone"),
     ("uncertainty", "Pairwise uncertainty (eq. 5) alone"),
     ("radi_l", "RADI-L forward + backward, per listwise loss"),
+    ("radi_p_dispatch", "RADI-P host dispatch: the eager path against the custom op, a small shape"),
     ("sampler", "Partial-list sampler (test_bench_sampler.py)"),
     ("train_step", "Training step of the built-in model (Table 4 analogue)"),
 ])
@@ -46,6 +47,7 @@ PROVIDER_NOTES = {
     "geomloss": "geomloss Sinkhorn loop, dense (tensorized) softmin",
     "geomloss_keops": "geomloss Sinkhorn loop, online KeOps softmin",
     "op": "the compiled sampler op torch.ops.radi_fast.partial_list",
+    "custom_op": "RADI-P through its torch.library custom op (what radi_pairwise_loss skips in plain eager mode)",
 }
 REFERENCE = {"sampler": "op", "train_step": "kd"}
 
