@@ -208,7 +208,7 @@ def kernel_specs():
             symmetric_loss(f"test_margin_ranking_symmetric_{label}_{bs}", replace(cfg, loss_bm=bs), mode)
     # the accelerated Sinkhorn schemes' per-sample kernels (kernels/sinkhorn_accel.py)
     from radi_fast.kernels import sinkhorn_accel
-    from radi_fast.ops.sinkhorn_accel_triton import BLOCK, history_rows
+    from radi_fast.ops.sinkhorn_accel_triton import ANDERSON_BLOCK, ANDERSON_WARPS, BLOCK, history_rows
     from radi_fast.ops.sinkhorn_schemes import ANDERSON_MEMORY
 
     relax_sig = {"zb_ptr": "*fp32", "zs_ptr": "*fp32", "hs_ptr": "*fp32", "nvalid_ptr": "*i64", "before_ptr": "*fp32",
@@ -234,9 +234,9 @@ def kernel_specs():
             specs.append((f"sinkhorn_relax_{side}{'' if step else '_observe'}{suffix}", sinkhorn_accel.sinkhorn_relax_kernel,
                           as64(relax_sig), consts, {"num_warps": 4}, None))
         consts = {"T": T_BENCH, "TP": TP, "SPLIT": not fp64, "COMPUTE": compute, "M": ANDERSON_MEMORY, "MP": mp,
-                  "BLOCK": BLOCK, "RECORD_RANGE": True}
+                  "BLOCK": ANDERSON_BLOCK, "RECORD_RANGE": True}
         specs.append((f"sinkhorn_anderson{suffix}", sinkhorn_accel.sinkhorn_anderson_kernel, as64(anderson_sig), consts,
-                      {"num_warps": 4}, None))
+                      {"num_warps": ANDERSON_WARPS}, None))
     return specs
 
 

@@ -583,6 +583,28 @@ def test_host_work_of_one_call(lam):
         work.ops
 
 
+@pytest.mark.parametrize("scheme", ["plain", "anderson", "overrelaxed", "scaling"])
+def test_no_tensor_from_host_data(scheme):
+    # torch.tensor(python values, device=cuda) is a synchronous copy from pageable memory (the
+    # Anderson launcher made its ridge weights that way: one host sync per call on the scheme
+    # that "auto" picks for a fixed lam with tol > 0); under a dispatch mode it shows as lift_fresh
+    student, mc, _ = make_inputs(3, 5, 70, seed=2)
+    cfg = replace(PT.default_config(DEVICE == "cpu", torch.float32), sink_bm=32, sink_bn=32, stats_bk=32, loss_bm=32,
+                  loss_bn=32)
+    seen, lifted = [], []
+
+    class Every(TorchDispatchMode):  # views included: lift_fresh is one
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            if "lift_fresh" in str(func) and args[0].dim() > 0:  # (0-d: a Python scalar, e.g. x[0] = 0.0)
+                lifted.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Every():
+        PT.pairwise_forward_triton(student, mc, None, None, 1.0, "ot", 0.05, 2500, 30, 1e-5, 0, scheme, cfg)
+    assert "aten.sort.stable" in seen and not lifted, lifted
+
+
 def test_symmetric_register_cap():
     # 128 only where ptxas would take 129-130 and leave 3 programs of 4 warps per SM (fp32, 64 x 64)
     from radi_fast.ops.triton_config import TritonConfig, parse_config_override, symmetric_maxnreg

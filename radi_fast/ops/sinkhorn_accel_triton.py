@@ -16,6 +16,10 @@ from .sinkhorn_schemes import ANDERSON_MEMORY, LN2, OMEGA_MAX, RIDGE, RIDGE_RESI
 from .triton_config import compute_tl_dtype
 
 BLOCK = 256  # answers per step of the per-sample loops
+# the Anderson kernel's loops hold [history, block] tiles in fp64 (its normal equations): 128
+# answers on 8 warps compile without spills on sm_90 (Triton 3.9: 174 registers; 3.6: 255), 256 on
+# 4 warps spilled 1904 bytes (tests/test_triton_compile.py)
+ANDERSON_BLOCK, ANDERSON_WARPS = 128, 8
 
 
 def history_rows(memory: int) -> int:
@@ -69,7 +73,9 @@ class AndersonLauncher:
         self.p, self.tol_t, self.m = p, tol_t, memory
         start = Anderson(B, K, dtype, device, memory, unit=LN2)  # the initial state has one definition
         self.X, self.R, self.count, self.best = start.X, start.R, start.count, start.best
-        self.ridge = torch.tensor([RIDGE, RIDGE_RESIDUAL], dtype=torch.float64, device=device)
+        # (torch.tensor from host data would be a synchronous copy on CUDA)
+        self.ridge = torch.full((2,), RIDGE, dtype=torch.float64, device=device)
+        self.ridge[1] = RIDGE_RESIDUAL
         self.steps = 0
 
     def step(self, G: torch.Tensor, F: torch.Tensor, prev, nxt, last: bool = False,
@@ -83,5 +89,6 @@ class AndersonLauncher:
         sinkhorn_accel.sinkhorn_anderson_kernel[(B,)](
             p.zb, p.zs, p.hs, p.n_valid, G, F, prev, nxt, self.tol_t, self.X, self.R, self.count,
             self.best, self.ridge, prev if rng is None else rng, K, p.padded, head, int(last), M=self.m,
-            MP=history_rows(self.m), RECORD_RANGE=rng is not None, num_warps=4, **meta)
+            MP=history_rows(self.m), RECORD_RANGE=rng is not None, num_warps=ANDERSON_WARPS,
+            **dict(meta, BLOCK=ANDERSON_BLOCK))
         self.steps += 1
