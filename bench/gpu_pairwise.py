@@ -669,6 +669,10 @@ def integration_checks(radi_fast, student, mc, iters, dry_run=False):
     if cuda:
         out["radi_p_default_tol_sync_free"] = check_sync_free(
             lambda s: radi_fast.radi_pairwise_loss(s, mc), student)
+        # a fixed lam with tol > 0: sinkhorn="auto" takes Anderson (whose launcher once built a
+        # tensor from Python values: a synchronous copy)
+        out["radi_p_anderson_tol_sync_free"] = check_sync_free(
+            lambda s: radi_fast.radi_pairwise_loss(s, mc, lam=0.5), student)
         for name in calls:
             targets[f"{name}: fwd+bwd without host sync"] = out[f"{name}_sync_free"] is True
             graph = out[f"{name}_cuda_graph"]
