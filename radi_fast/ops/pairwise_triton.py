@@ -132,8 +132,8 @@ def prepare_triton(teacher_mc_logits, teacher_logits, top_k: int, lam: Optional[
             n_pairs, zb, zs, zb if yt is None else yt, hs, s_in, s_in.stride(0), s_in.stride(1),
             hs if student is None else student, negligible_noise(dtype), K, KP, T, TP=TP, BK=cfg.stats_bk,
             COMPUTE=compute_tl_dtype(dtype), FIXED_LAM=lam is not None, SPLIT=dtype != torch.float64,
-            LANE_MAJOR=yt is not None, STUDENT=student is not None, INV_MAX_COST=1.0 / MAX_COST[dtype], BIG=torch.finfo(dtype).max,
-            TINY=torch.finfo(dtype).tiny, num_warps=8)
+            LANE_MAJOR=yt is not None, STUDENT=student is not None, INV_MAX_COST=1.0 / MAX_COST[dtype],
+            BIG=torch.finfo(dtype).max, TINY=torch.finfo(dtype).tiny, num_warps=8)
     p = TritonProblem(order=order, n_valid=n_valid, zb=zb, zs=zs, hs=hs, lam=scalars[1],
                       lam_k=scalars[2], unit=scalars[0], tie_lo=ties[0], tie_hi=ties[1], n_pairs=n_pairs, T=T,
                       dtype=dtype, mc=gathered, yt=yt, student=student)
