@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -190,7 +191,9 @@ def fwd_bwd(loss_fn, student):
 def launch_host_us(PT, p, cfg, timer, n=200):
     """Host microseconds to issue one Sinkhorn half-step launch (every sample frozen, so the
     device exits at once and never holds the host back) and one small PyTorch op (an in-place
-    add on [B, K]): what a host-bound call pays per launch."""
+    add on [B, K]): what a host-bound call pays per launch. The symmetric half-step (the default
+    path's) both as the Sinkhorn loop relaunches it (its compiled kernel's launcher) and through
+    Triton's JIT dispatch (``direct_launch=0``)."""
     import torch
 
     B, K = p.hs.shape
@@ -199,9 +202,11 @@ def launch_host_us(PT, p, cfg, timer, n=200):
     tol = torch.zeros(1, dtype=p.dtype, device=p.hs.device)
     step = PT.HalfStep(p, cfg, tol, pot)
     sym = PT.HalfStep(p, cfg, tol, pot, symmetric=True, half_steps=1)  # the default path's launch
+    jit = PT.HalfStep(p, replace(cfg, direct_launch=False), tol, pot, symmetric=True, half_steps=1)
     out = {}
     for name, fn in (("triton_half_step", lambda: step(0, pot, frozen[0], frozen[1])),
-                     ("triton_symmetric_half_step", lambda: sym.symmetric(0, 0, pot, pot, frozen[0], frozen[1])),
+                     ("triton_symmetric_half_step", lambda: sym.symmetric(0, 0, pot, pot, frozen, 0)),
+                     ("triton_symmetric_half_step_jit", lambda: jit.symmetric(0, 0, pot, pot, frozen, 0)),
                      ("torch_add_", lambda: pot.add_(0.0))):
         fn()
         timer.sync()

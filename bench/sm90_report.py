@@ -134,11 +134,13 @@ def kernel_specs():
               acc=True)
     half_step("sinkhorn_half_step_fp64", fp64_cfg, side=1, fp64=True)
 
-    sym_sig = dict(step_sig, other_ptr="*fp32", prev_rng_ptr="*fp32", next_rng_ptr="*fp32", NSLOT="i32",
-                   BS="constexpr", BMV="constexpr", SYM_SPREAD="constexpr")
+    # the gate and range buffers by base pointer and row (i32, unspecialised: every launch of a call
+    # relaunches one compiled kernel, ops/direct_launch.py)
+    sym_sig = dict(step_sig, other_ptr="*fp32", gate_ptr="*fp32", gate_row="i32", rng_ptr="*fp32", rng_row="i32",
+                   NSLOT="i32", BS="constexpr", BMV="constexpr", SYM_SPREAD="constexpr")
     sym_sig = {k: v for k, v in sym_sig.items() if k not in ("BM", "BN", "ACC")}
     sym_order = ("zb_ptr", "zs_ptr", "hs_ptr", "nvalid_ptr", "pot_ptr", "other_ptr", "part_ptr", "ticket_ptr",
-                 "prev_delta_ptr", "next_delta_ptr", "prev_rng_ptr", "next_rng_ptr", "tol_ptr", "K", "KP", "NSLOT",
+                 "gate_ptr", "gate_row", "rng_ptr", "rng_row", "tol_ptr", "K", "KP", "NSLOT",
                  "T", "TP", "BS", "BMV", "G_SIDE", "SPLIT", "COMPUTE", "WRITE_DELTA", "SHIFT_LO", "SHIFT_HI", "SYM_SPREAD")
     sym_sig = {k: sym_sig[k] for k in sym_order}
 
@@ -146,7 +148,8 @@ def kernel_specs():
         consts = {"T": T_BENCH, "TP": TP, "BS": c.sym_block, "BMV": c.sym_rows, "G_SIDE": side, "SPLIT": not fp64,
                   "COMPUTE": f64 if fp64 else f32, "WRITE_DELTA": side == 1, "SHIFT_LO": 2.0 ** c.shift_lo_log2,
                   "SHIFT_HI": 2.0 ** c.shift_hi_log2, "SYM_SPREAD": float(c.sym_spread)}
-        sig = dict(sym_sig, **ptrs(f64_ptrs + ("other_ptr", "prev_rng_ptr", "next_rng_ptr"), "*fp64")) if fp64 else sym_sig
+        sig = dict(sym_sig, **ptrs(f64_ptrs[:5] + ("tol_ptr", "other_ptr", "gate_ptr", "rng_ptr"), "*fp64")) \
+            if fp64 else sym_sig
         options = launch_options(c.sym_warps, c.sym_stages, symmetric_maxnreg(c, not fp64))
         specs.append((name, sinkhorn.sinkhorn_symmetric_half_step_kernel, sig, consts, options,
                       c.sym_rows * c.sym_block // (32 * c.sym_warps)))

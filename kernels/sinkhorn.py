@@ -212,7 +212,7 @@ def symmetric_update(zb_ptr, zs_ptr, hs_ptr, pot_ptr, other_ptr, part_ptr, next_
                 KP, T, BS, BS, TP, G_SIDE, SPLIT, COMPUTE, WRITE_DELTA, True, True, SHIFT_LO, SHIFT_HI)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["gate_row", "rng_row"])
 def sinkhorn_symmetric_half_step_kernel(
     zb_ptr, zs_ptr,  # [B, KP, TP] augmented points, as sinkhorn_half_step_kernel
     hs_ptr,  # [B, K]
@@ -221,9 +221,10 @@ def sinkhorn_symmetric_half_step_kernel(
     other_ptr,  # [B, K] the other potential (G or F): read only
     part_ptr,  # [B, row blocks, NSLOT, BS] partial sums (the shifted fallback reads it as [NSPLIT, B, K])
     ticket_ptr,  # [B, row blocks] int32 zeros: contributions landed per row block (the last one resets it)
-    prev_delta_ptr, next_delta_ptr,  # [B] stopping statistics, as sinkhorn_half_step_kernel
-    prev_rng_ptr,  # [B, 2] (max (F - G), max (G - F)) after the previous half-step
-    next_rng_ptr,  # [B, 2] the same after this one (atomic max from -inf)
+    gate_ptr, gate_row,  # [rows, B] stopping statistics: row gate_row the previous iteration's (as
+    # sinkhorn_half_step_kernel's prev_delta), the next row this one's (atomic max, when WRITE_DELTA)
+    rng_ptr, rng_row,  # [rows, B, 2] (max (F - G), max (G - F)): row rng_row after the previous
+    # half-step, the next row the same after this one (atomic max from -inf)
     tol_ptr,  # [1]
     K, KP, NSLOT,
     T: tl.constexpr, TP: tl.constexpr, BS: tl.constexpr, BMV: tl.constexpr,
@@ -242,6 +243,13 @@ def sinkhorn_symmetric_half_step_kernel(
     shifted pass of :func:`sinkhorn_half_step_kernel` in this half-step instead."""
     b = tl.program_id(0).to(tl.int64)
     J = tl.program_id(1)
+    # rows of the gate and range buffers as offsets (not views): every launch of a call then has
+    # the same arguments but these two integers, so the host relaunches the compiled kernel directly
+    B = tl.num_programs(0).to(tl.int64)
+    prev_delta_ptr = gate_ptr + gate_row.to(tl.int64) * B
+    next_delta_ptr = prev_delta_ptr + B
+    prev_rng_ptr = rng_ptr + rng_row.to(tl.int64) * (2 * B)
+    next_rng_ptr = prev_rng_ptr + 2 * B
     kb = tl.load(nvalid_ptr + b).to(tl.int32)
     if (J * BS < kb) & (kb >= 2) & (tl.load(prev_delta_ptr + b) > tl.load(tol_ptr)):
         hi = tl.load(prev_rng_ptr + 2 * b)

@@ -12,6 +12,7 @@ Interpreter shapes are small but awkward: K = 2, 37, 130, 257 (partial tiles, se
 diagonal tiles), T = 2, 5, 16 (T = 16 needs the 32-lane padding), B = 1, 3, ragged lengths
 with a K_b = 1 sample, N > top_k.
 """
+import inspect
 import os
 from dataclasses import replace
 
@@ -31,6 +32,7 @@ import radi_fast  # noqa: E402
 from radi_fast import reference as R  # noqa: E402
 from radi_fast._random import draw_seed, pair_uniform  # noqa: E402
 from radi_fast.ops import pairwise_triton as PT  # noqa: E402
+from radi_fast.ops.direct_launch import DirectLaunch  # noqa: E402
 from radi_fast.ops.pairwise_cpu import prepare_pairwise, sinkhorn_log_potentials_cpu  # noqa: E402
 from radi_fast.ops.triton_config import choose_split  # noqa: E402
 
@@ -487,10 +489,18 @@ class HostWork(TorchDispatchMode):
             return wrapped
         self._launch = launch
         self.launcher_cls.__getitem__ = counting
+        # the Sinkhorn loop's relaunches through the compiled kernel's launcher (on a GPU)
+        direct, self._direct = DirectLaunch.run_compiled, DirectLaunch.run_compiled
+
+        def counting_direct(launcher, *args):
+            host.launches.append(launcher.kernel.fn.__name__)
+            return direct(launcher, *args)
+        DirectLaunch.run_compiled = counting_direct
         return super().__enter__()
 
     def __exit__(self, *exc):
         self.launcher_cls.__getitem__ = self._launch
+        DirectLaunch.run_compiled = self._direct
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -515,6 +525,91 @@ def test_plain_sinkhorn_is_one_launch_per_half_step(symmetric):
         with HostWork(type(PT.sinkhorn.sinkhorn_half_step_kernel)) as work:
             PT.sinkhorn_potentials_triton(p, 3, 0.0, cfg)
         assert work.launches == [kernel] * 6, work.launches
+
+
+class CompiledStandIn:
+    """A stand-in for the CompiledKernel a JIT launch returns: its launcher records the call."""
+
+    def __init__(self, log):
+        self.log, self.function, self.packed_metadata = log, object(), object()
+
+    def run(self, *launch):
+        self.log.append(("direct", launch[:3], launch[9:], (launch[4], launch[5]) == (self.function,
+                                                                                   self.packed_metadata)))
+
+
+class KernelStandIn:
+    """Binds a launch as Triton's ``JITFunction.run`` does (every parameter in signature order,
+    constexprs included, defaults applied) and returns a :class:`CompiledStandIn`."""
+
+    def __init__(self, real, log):
+        self.real, self.log, self.arg_names, self.params = real, log, real.arg_names, getattr(real, "params", ())
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
+            bound = inspect.signature(self.real.fn).bind(*args, **kwargs)
+            bound.apply_defaults()
+            self.log.append(("jit", tuple(grid), tuple(bound.arguments.values()), options))
+            return CompiledStandIn(self.log)
+        return launch
+
+
+def test_direct_launch_passes_what_the_jit_binds(monkeypatch):
+    # the Sinkhorn loop relaunches the symmetric half-step through the compiled kernel's launcher
+    # (ops/direct_launch.py): every launch must pass what Triton's JIT would have bound for it, and
+    # only launches whose tensors are those of a kept compilation may skip the JIT
+    from radi_fast.ops import direct_launch
+
+    _, mc, _ = make_inputs(3, 4, 40, seed=3)
+    base = replace(PT.default_config(DEVICE == "cpu", torch.float32), sym_block=16)
+    p = PT.prepare_triton(mc, None, 40, 0.5, None, base)
+    F, G = torch.zeros(2, 3, 40).unbind(0)
+    delta, gate = torch.zeros(7, 3), torch.zeros(2, 3)
+    tol = torch.zeros(1)
+    monkeypatch.setattr(PT, "triton_interpret", lambda: False)
+    monkeypatch.setattr(direct_launch, "_current_stream", lambda: (0, "stream"))
+    real, log = PT.sinkhorn.sinkhorn_symmetric_half_step_kernel, []
+    names = real.arg_names
+    monkeypatch.setattr(PT.sinkhorn, "sinkhorn_symmetric_half_step_kernel", KernelStandIn(real, log))
+    assert not PT.HalfStep(p, replace(base, direct_launch=False), tol, F, symmetric=True,
+                           half_steps=6).launch_symmetric.enabled
+    step = PT.HalfStep(p, base, tol, F, symmetric=True, half_steps=6, polish=True)
+    runs = {}
+    for direct in (False, True):  # the same launches through the JIT alone, then with direct launches
+        step.launch_symmetric.enabled = direct
+        log.clear()
+        for h in range(6):
+            side = h % 2
+            step.symmetric(h, side, (F, G)[side], (G, F)[side], delta, h // 2)
+        step.symmetric(step.polish_row, 0, F, G, gate, 0)  # another gate tensor: a new compilation key
+        step.symmetric(step.polish_row, 1, G, F, gate, 0)
+        runs[direct] = list(log)
+    kinds = [entry[0] for entry in runs[True]]
+    assert kinds == ["jit", "jit", "direct", "direct", "direct", "direct", "jit", "jit"], kinds
+    assert all(entry[0] == "jit" for entry in runs[False])
+    assert all(entry[3] for entry in runs[True] if entry[0] == "direct")  # its own function and metadata
+    for a, b in zip(runs[True], runs[False], strict=True):
+        assert a[1] == b[1]  # grid
+        assert len(a[2]) == len(b[2]) == len(names)
+        assert all(x is y or (not isinstance(x, torch.Tensor) and x == y) for x, y in zip(a[2], b[2])), (a, b)
+    assert [entry[2][names.index("rng_row")] for entry in runs[True]] == [0, 1, 2, 3, 4, 5, 7, 7]
+    assert [entry[2][names.index("gate_row")] for entry in runs[True]] == [0, 0, 1, 1, 2, 2, 0, 0]
+    # a launch hook (a profiler) sees every launch: the JIT path then
+    from triton import knobs
+
+    def hook(metadata):
+        return None
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        log = []
+        monkeypatch.setattr(PT.sinkhorn, "sinkhorn_symmetric_half_step_kernel", KernelStandIn(real, log))
+        step = PT.HalfStep(p, base, tol, F, symmetric=True, half_steps=6)
+        for h in range(3):
+            step.symmetric(h, 0, F, G, delta, h)
+        assert [entry[0] for entry in log] == ["jit"] * 3
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
 
 
 class FlagEvent:

@@ -20,6 +20,7 @@ from .._constants import UNCERTAINTY_EPS
 from .._random import row_hashes
 from ..kernels import margin_ranking, pairwise_stats, sinkhorn
 from .autograd import fake_outputs, no_autocast, precomputed_gradient_call
+from .direct_launch import DirectLaunch
 from .sinkhorn_cpu import SCALING_ITERS_PER_LEVEL, SCALING_LEVEL_TOL, coarse_factors
 from .sinkhorn_accel_triton import AndersonLauncher, RelaxationLauncher
 from .sinkhorn_schemes import LN2, iterations_of_half_steps
@@ -206,9 +207,11 @@ class HalfStep:
             self.polish_row = half_steps + 1
             if polish:
                 self.rng[self.polish_row] = float("inf")
-            self.options = dict(common, BS=bs, BMV=min(cfg.sym_rows, bs), SYM_SPREAD=float(cfg.sym_spread),
-                                num_warps=cfg.sym_warps, num_stages=cfg.sym_stages,
-                                maxnreg=symmetric_maxnreg(cfg, p.split))
+            self.launch_symmetric = DirectLaunch(
+                sinkhorn.sinkhorn_symmetric_half_step_kernel, (B, rb, split),
+                dict(common, BS=bs, BMV=min(cfg.sym_rows, bs), SYM_SPREAD=float(cfg.sym_spread),
+                     num_warps=cfg.sym_warps, num_stages=cfg.sym_stages, maxnreg=symmetric_maxnreg(cfg, p.split)),
+                enabled=bool(cfg.direct_launch) and not triton_interpret())
         else:
             rb = triton_cdiv(K, cfg.sink_bm)
             split = resolve_split(cfg, B * rb, device)
@@ -224,11 +227,14 @@ class HalfStep:
             p.zb, p.zs, p.hs, p.n_valid, pot, self.part, self.tickets, prev, nxt, self.tol_t, p.hs.shape[1], p.padded,
             G_SIDE=side, WRITE_DELTA=side == 1, **self.options)
 
-    def symmetric(self, h: int, side: int, pot, other, prev, nxt) -> None:
+    def symmetric(self, h: int, side: int, pot, other, gate, row: int) -> None:
+        """Rows ``row`` (the previous iteration's statistics) and ``row + 1`` (this one's) of
+        ``gate`` [rows, B]; rows ``h`` and ``h + 1`` of the range buffer. Every launch of a call
+        passes the same tensors, so all but the first per side skip Triton's JIT dispatch."""
         p = self.p
-        sinkhorn.sinkhorn_symmetric_half_step_kernel[self.grid](
-            p.zb, p.zs, p.hs, p.n_valid, pot, other, self.part, self.tickets, prev, nxt, self.rng[h], self.rng[h + 1],
-            self.tol_t, p.hs.shape[1], p.padded, self.n_slots, G_SIDE=side, WRITE_DELTA=side == 1, **self.options)
+        self.launch_symmetric((side, id(pot), id(other), id(gate)), (pot, other, gate), (
+            p.zb, p.zs, p.hs, p.n_valid, pot, other, self.part, self.tickets, gate, row, self.rng, h, self.tol_t,
+            p.hs.shape[1], p.padded, self.n_slots), dict(G_SIDE=side, WRITE_DELTA=side == 1))
 
 
 class StopPoll:
@@ -319,7 +325,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
             prev.masked_fill_(cap <= it, 0.0)  # out of budget: frozen like a converged sample
         if mixer is not None:  # F = F(x) from the iterate x in G, then the mixer's step
             if symmetric:
-                half_step.symmetric(it, 0, F, G, prev, nxt)
+                half_step.symmetric(it, 0, F, G, delta, it)
                 mixer.step(G, F, prev, nxt, last=it == steps - 1, rng=half_step.rng[it + 1])
             else:
                 half_step(0, F, prev, nxt)
@@ -329,7 +335,7 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
                 if relax is not None:
                     relax.save(pot)
                 if symmetric:
-                    half_step.symmetric(2 * it + side, side, pot, other, prev, nxt)
+                    half_step.symmetric(2 * it + side, side, pot, other, delta, it)
                 else:
                     half_step(side, pot, prev, nxt)
                 if relax is not None:  # the last half-step stays plain; a relaxed one rewrites the range
@@ -349,8 +355,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
         gate = torch.zeros(2, B, dtype=p.dtype, device=device)
         gate[0] = torch.where(polish, float("inf"), 0.0)
         if symmetric:  # the samples froze at different half-steps: the shifted pass (rng = +inf)
-            half_step.symmetric(half_step.polish_row, 0, F, G, gate[0], gate[1])
-            half_step.symmetric(half_step.polish_row, 1, G, F, gate[0], gate[1])
+            half_step.symmetric(half_step.polish_row, 0, F, G, gate, 0)
+            half_step.symmetric(half_step.polish_row, 1, G, F, gate, 0)
         else:
             half_step(0, F, gate[0], gate[1])
             half_step(1, G, gate[0], gate[1])
