@@ -15,7 +15,9 @@ memory allocated before the call (inputs excluded, outputs and gradients include
 The host's cost of one Triton launch and of one small PyTorch op is measured
 (``host_us_per_launch``); with the package defaults (lam auto, tol 1e-5) the same forward +
 backward is also timed at B = 32 and 128 (K = 2500, fp32) and B = 256, N = 4096 (bf16, top 2500),
-and at the benchmark shape with the stopping flag looked at every 1, 2, 4 (the default), 8 iterations.
+and at the benchmark shape with the stopping flag looked at every 1, 2, 4 (the default), 8 iterations,
+with ``poll_ahead`` 0, 4 (the default), 8, and once with ``direct_launch=0`` (every Sinkhorn launch
+through Triton's JIT dispatch).
 
 Sinkhorn: the time of one iteration (two half-step kernels) is ``(t(20 it) - t(2 it)) / 18`` of
 the Sinkhorn stage alone; one iteration evaluates ``2 sum_b K_b (K_b - 1)`` exponentials (4e8 at
@@ -465,16 +467,19 @@ def run(args):
     s_d, mc_d = make_inputs(B, T, K, device, seed=1)
     fn = lambda s: radi_fast.radi_pairwise_loss(s, mc_d, backend="triton", top_k=K)  # noqa: E731
     saved = os.environ.get("RADI_FAST_TRITON_CONFIG")
-    # (poll_ahead=0: the host never waits for a flag in flight, the behaviour before StopPoll)
-    for every, ahead in ((1, 4), (2, 4), (4, 4), (8, 4), (4, 0), (4, 8)):
+    # (poll_ahead=0: the host never waits for a flag in flight, the behaviour before StopPoll;
+    # direct=0: every Sinkhorn launch through Triton's JIT dispatch, the behaviour before DirectLaunch)
+    for every, ahead, direct in ((1, 4, 1), (2, 4, 1), (4, 4, 1), (8, 4, 1), (4, 0, 1), (4, 8, 1), (4, 4, 0)):
         os.environ["RADI_FAST_TRITON_CONFIG"] = ",".join(filter(None, [saved, f"check_every={every}",
-                                                                       f"poll_ahead={ahead}"]))
+                                                                       f"poll_ahead={ahead}",
+                                                                       f"direct_launch={direct}"]))
         try:
             fwd_bwd(fn, s_d)
             entry = timer.measure(lambda: fwd_bwd(fn, s_d), args.warmup, args.rounds)
-            entry.update(check_every=every, poll_ahead=ahead, host_median_ms=host_ms(fn, s_d, timer, args.rounds))
+            entry.update(check_every=every, poll_ahead=ahead, direct_launch=direct,
+                         host_median_ms=host_ms(fn, s_d, timer, args.rounds))
         except Exception as exc:
-            entry = {"check_every": every, "poll_ahead": ahead, "error": repr(exc)[:300]}
+            entry = {"check_every": every, "poll_ahead": ahead, "direct_launch": direct, "error": repr(exc)[:300]}
         finally:
             if saved is None:
                 os.environ.pop("RADI_FAST_TRITON_CONFIG", None)
@@ -482,7 +487,7 @@ def run(args):
                 os.environ["RADI_FAST_TRITON_CONFIG"] = saved
         polls.append(entry)
         shown = {k: v for k, v in entry.items() if k != "rounds_ms"}
-        print(f"  defaults by check_every, poll_ahead {json.dumps(shown)}", flush=True)
+        print(f"  defaults by check_every, poll_ahead, direct_launch {json.dumps(shown)}", flush=True)
     result["defaults_by_check_every"] = polls
 
     prov = result["providers"]
