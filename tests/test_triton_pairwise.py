@@ -555,12 +555,39 @@ class KernelStandIn:
         return launch
 
 
+def direct_and_jit_runs(monkeypatch, module, name, make, run):
+    """The launches of ``run(launcher_owner)`` through the JIT alone, then with direct launches,
+    on one owner (``make()``, whose ``.launch`` / ``.launch_symmetric`` is the DirectLaunch):
+    asserts that every launch passes the same arguments both ways (each direct one what the JIT
+    bound for it) and returns the kinds of the second run."""
+    from radi_fast.ops import direct_launch
+
+    monkeypatch.setattr(direct_launch, "_current_stream", lambda: (0, "stream"))
+    real, log = getattr(module, name), []
+    monkeypatch.setattr(module, name, KernelStandIn(real, log))
+    owner = make()
+    launcher = getattr(owner, "launch_symmetric", None) or owner.launch
+    runs = {}
+    for direct in (False, True):
+        launcher.enabled = direct
+        log.clear()
+        run(owner)
+        runs[direct] = list(log)
+    assert all(entry[0] == "jit" for entry in runs[False])
+    assert all(entry[3] for entry in runs[True] if entry[0] == "direct")  # its own function and metadata
+    for a, b in zip(runs[True], runs[False], strict=True):
+        assert a[1] == b[1]  # grid
+        assert len(a[2]) == len(b[2]) == len(real.arg_names)
+        assert all(x is y or (not isinstance(x, torch.Tensor) and x == y) or
+                   (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.data_ptr() == y.data_ptr()
+                    and x.dtype == y.dtype) for x, y in zip(a[2], b[2])), (a, b)
+    return [entry[0] for entry in runs[True]], runs[True]
+
+
 def test_direct_launch_passes_what_the_jit_binds(monkeypatch):
     # the Sinkhorn loop relaunches the symmetric half-step through the compiled kernel's launcher
     # (ops/direct_launch.py): every launch must pass what Triton's JIT would have bound for it, and
     # only launches whose tensors are those of a kept compilation may skip the JIT
-    from radi_fast.ops import direct_launch
-
     _, mc, _ = make_inputs(3, 4, 40, seed=3)
     base = replace(PT.default_config(DEVICE == "cpu", torch.float32), sym_block=16)
     p = PT.prepare_triton(mc, None, 40, 0.5, None, base)
@@ -568,33 +595,23 @@ def test_direct_launch_passes_what_the_jit_binds(monkeypatch):
     delta, gate = torch.zeros(7, 3), torch.zeros(2, 3)
     tol = torch.zeros(1)
     monkeypatch.setattr(PT, "triton_interpret", lambda: False)
-    monkeypatch.setattr(direct_launch, "_current_stream", lambda: (0, "stream"))
-    real, log = PT.sinkhorn.sinkhorn_symmetric_half_step_kernel, []
-    names = real.arg_names
-    monkeypatch.setattr(PT.sinkhorn, "sinkhorn_symmetric_half_step_kernel", KernelStandIn(real, log))
+    names = PT.sinkhorn.sinkhorn_symmetric_half_step_kernel.arg_names
     assert not PT.HalfStep(p, replace(base, direct_launch=False), tol, F, symmetric=True,
                            half_steps=6).launch_symmetric.enabled
-    step = PT.HalfStep(p, base, tol, F, symmetric=True, half_steps=6, polish=True)
-    runs = {}
-    for direct in (False, True):  # the same launches through the JIT alone, then with direct launches
-        step.launch_symmetric.enabled = direct
-        log.clear()
+
+    def run(step):
         for h in range(6):
             side = h % 2
             step.symmetric(h, side, (F, G)[side], (G, F)[side], delta, h // 2)
         step.symmetric(step.polish_row, 0, F, G, gate, 0)  # another gate tensor: a new compilation key
         step.symmetric(step.polish_row, 1, G, F, gate, 0)
-        runs[direct] = list(log)
-    kinds = [entry[0] for entry in runs[True]]
+
+    kinds, launches = direct_and_jit_runs(
+        monkeypatch, PT.sinkhorn, "sinkhorn_symmetric_half_step_kernel",
+        lambda: PT.HalfStep(p, base, tol, F, symmetric=True, half_steps=6, polish=True), run)
     assert kinds == ["jit", "jit", "direct", "direct", "direct", "direct", "jit", "jit"], kinds
-    assert all(entry[0] == "jit" for entry in runs[False])
-    assert all(entry[3] for entry in runs[True] if entry[0] == "direct")  # its own function and metadata
-    for a, b in zip(runs[True], runs[False], strict=True):
-        assert a[1] == b[1]  # grid
-        assert len(a[2]) == len(b[2]) == len(names)
-        assert all(x is y or (not isinstance(x, torch.Tensor) and x == y) for x, y in zip(a[2], b[2])), (a, b)
-    assert [entry[2][names.index("rng_row")] for entry in runs[True]] == [0, 1, 2, 3, 4, 5, 7, 7]
-    assert [entry[2][names.index("gate_row")] for entry in runs[True]] == [0, 0, 1, 1, 2, 2, 0, 0]
+    assert [entry[2][names.index("rng_row")] for entry in launches] == [0, 1, 2, 3, 4, 5, 7, 7]
+    assert [entry[2][names.index("gate_row")] for entry in launches] == [0, 0, 1, 1, 2, 2, 0, 0]
     # a launch hook (a profiler) sees every launch: the JIT path then
     from triton import knobs
 
@@ -603,13 +620,58 @@ def test_direct_launch_passes_what_the_jit_binds(monkeypatch):
     knobs.runtime.launch_enter_hook.add(hook)
     try:
         log = []
-        monkeypatch.setattr(PT.sinkhorn, "sinkhorn_symmetric_half_step_kernel", KernelStandIn(real, log))
+        monkeypatch.setattr(PT.sinkhorn, "sinkhorn_symmetric_half_step_kernel",
+                            KernelStandIn(PT.sinkhorn.sinkhorn_symmetric_half_step_kernel.real, log))
         step = PT.HalfStep(p, base, tol, F, symmetric=True, half_steps=6)
         for h in range(3):
             step.symmetric(h, 0, F, G, delta, h)
         assert [entry[0] for entry in log] == ["jit"] * 3
     finally:
         knobs.runtime.launch_enter_hook.remove(hook)
+
+
+@pytest.mark.parametrize("scheme", ["anderson", "overrelaxed"])
+def test_direct_launch_of_the_scheme_kernels(monkeypatch, scheme):
+    # the accelerated schemes' per-half-step kernels take rows of the loop's buffers as views
+    # (prev, nxt, the range record): a direct relaunch only where Triton would specialise them as
+    # a kept compilation (dtype, 16-byte alignment: with B = 3 fp32 rows, every other row is not)
+    from radi_fast.ops import sinkhorn_accel_triton as A
+
+    _, mc, _ = make_inputs(3, 4, 40, seed=3)
+    cfg = PT.default_config(DEVICE == "cpu", torch.float32)
+    p = PT.prepare_triton(mc, None, 40, 0.5, None, cfg)
+    F, G = torch.zeros(2, 3, 40).unbind(0)
+    delta, rng = torch.zeros(10, 3), torch.zeros(18, 3, 2)
+    tol = torch.zeros(1)
+    if scheme == "anderson":
+        def make():
+            return A.AndersonLauncher(p, tol, direct=True)
+
+        def run(mixer):
+            mixer.steps = 0  # the same ring positions in both runs
+            for it in range(6):
+                mixer.step(G, F, delta[it], delta[it + 1], last=it == 5, rng=rng[it + 1] if it % 3 else None)
+        name = "sinkhorn_anderson_kernel"
+    else:
+        def make():
+            return A.RelaxationLauncher(p, tol, direct=True)
+
+        def run(relax):
+            for it in range(8):  # row alignments repeat every 4 iterations
+                for side, (pot, other) in enumerate(((F, G), (G, F))):
+                    relax.after_half_step(side, pot, delta[it], delta[it + 1], step=it < 7, other=other,
+                                          rng=rng[2 * it + side + 1])
+            relax.after_half_step(0, F, delta[0], delta[1], step=True)  # the shifted pass: no range
+        name = "sinkhorn_relax_kernel"
+    kinds, launches = direct_and_jit_runs(monkeypatch, A.sinkhorn_accel, name, make, run)
+    assert "direct" in kinds and kinds[0] == "jit", kinds
+    names = getattr(A.sinkhorn_accel, name).arg_names
+    keys = set()  # a JIT launch exactly where a launch's specialisation is new
+    for kind, _, values, _ in launches:
+        spec = tuple((v.dtype, v.data_ptr() % 16 == 0) if isinstance(v, torch.Tensor) else
+                     v if names[i] not in ("head", "last") else None for i, v in enumerate(values))
+        assert (kind == "jit") == (spec not in keys), (kind, spec)
+        keys.add(spec)
 
 
 class FlagEvent:

@@ -7,10 +7,11 @@ tritonbench #1005). The Sinkhorn loop launches one kernel with the same tensors 
 so it keeps what the first launch compiled and calls its launcher directly.
 
 Correct only where the caller guarantees that Triton would specialise a later launch exactly as
-the first: same tensor objects (dtype and 16-byte alignment), the same integers except those
-declared ``do_not_specialize`` (whose Triton type, i32, stays), the same constexprs, grid,
-device and options. The caller states that by the ``key`` it passes (and ``pinned`` keeps the
-keyed objects alive, so an ``id`` is never reused). Falls back to the JIT launch under the
+the first: tensors of the same dtype and 16-byte alignment (the same objects, or
+:func:`pointer_key` in the key), the same integers except those declared ``do_not_specialize``
+(whose Triton type, i32, stays), the same constexprs, grid, device and options. The caller
+states that by the ``key`` it passes (and ``pinned`` keeps the keyed objects alive, so an
+``id`` is never reused). Falls back to the JIT launch under the
 interpreter, with a launch hook installed (profilers), or with ``enabled=False``.
 """
 from __future__ import annotations
@@ -35,6 +36,12 @@ def _current_stream() -> Tuple[int, Any]:
 
     device = driver.active.get_current_device()
     return device, driver.active.get_current_stream(device)
+
+
+def pointer_key(*tensors) -> Tuple[Tuple[Any, bool], ...]:
+    """What Triton specialises a tensor argument on: its dtype and whether its address is a
+    multiple of 16 bytes (views of rows of a buffer differ in the second)."""
+    return tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors)
 
 
 class DirectLaunch:
@@ -82,4 +89,4 @@ class DirectLaunch:
                      None, None, None, *values)
 
 
-__all__ = ["DirectLaunch"]
+__all__ = ["DirectLaunch", "pointer_key"]

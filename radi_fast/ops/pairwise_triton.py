@@ -314,8 +314,9 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     if scheme == "scaling":
         coarse = _coarse_levels(p, F, G, half_step, cfg, max_iter)
         cap = max_iter - coarse
-    relax = RelaxationLauncher(p, tol_t) if scheme == "overrelaxed" else None
-    mixer = AndersonLauncher(p, tol_t) if scheme == "anderson" else None
+    direct = bool(cfg.direct_launch) and not triton_interpret()
+    relax = RelaxationLauncher(p, tol_t, direct=direct) if scheme == "overrelaxed" else None
+    mixer = AndersonLauncher(p, tol_t, direct=direct) if scheme == "anderson" else None
     # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
     poll = StopPoll(delta, tol, cfg.check_every, cfg.poll_ahead, device.type == "cuda") if tol > 0 else None
     launched = 0

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from ..kernels import sinkhorn_accel
+from .direct_launch import DirectLaunch, pointer_key
 from .sinkhorn_schemes import ANDERSON_MEMORY, LN2, OMEGA_MAX, RIDGE, RIDGE_RESIDUAL, Anderson, Relaxation
 from .triton_config import compute_tl_dtype
 
@@ -27,17 +28,20 @@ def history_rows(memory: int) -> int:
     return 1 << max(memory, 1).bit_length()
 
 
-def _launch_common(p):
-    B, K = p.hs.shape
-    return dict(T=p.T, TP=p.zb.shape[2], SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype), BLOCK=BLOCK), B, K
+def _launch_meta(p) -> dict:
+    """The constexprs every launch of both kernels shares."""
+    return dict(T=p.T, TP=p.zb.shape[2], SPLIT=p.split, COMPUTE=compute_tl_dtype(p.dtype), BLOCK=BLOCK)
 
 
 class RelaxationLauncher:
     """Over-relaxation with the Lyapunov safeguard and the adaptive omega, on the device."""
 
-    def __init__(self, p, tol_t: torch.Tensor):
+    def __init__(self, p, tol_t: torch.Tensor, direct: bool = False):
         B, device, dtype = p.hs.shape[0], p.hs.device, p.dtype
         self.p, self.tol_t = p, tol_t
+        meta = _launch_meta(p)
+        # direct: relaunch the compiled kernel without Triton's JIT dispatch (ops/direct_launch.py)
+        self.launch = DirectLaunch(sinkhorn_accel.sinkhorn_relax_kernel, (B,), dict(meta, num_warps=4), enabled=direct)
         start = Relaxation(B, dtype, device)  # one definition of the initial state; updated in place
         self.omega, self.previous, self.last_ratio, self.rho = start.omega, start.previous, start.last_ratio, start.rho
         self.rejected = start.rejected.to(torch.int32)
@@ -55,22 +59,27 @@ class RelaxationLauncher:
         [B, 2] (with ``other``, the other potential): the symmetric half-step's record of the
         range of F - G, rewritten where the step moves ``pot``."""
         p = self.p
-        meta, B, K = _launch_common(p)
-        sinkhorn_accel.sinkhorn_relax_kernel[(B,)](
-            p.zb, p.zs, p.hs, p.n_valid, self.before, pot, pot if other is None else other, prev, nxt, self.tol_t,
-            self.omega, self.previous, self.last_ratio, self.rho, self.rejected, self.relaxed, self.omega_max,
-            self.omega_max if rng is None else rng, K, p.padded, SIDE=side, STEP=step, OBSERVE=side == 1,
-            RECORD_RANGE=rng is not None, num_warps=4, **meta)
+        other = pot if other is None else other
+        rng_arg = self.omega_max if rng is None else rng
+        views = (prev, nxt, rng_arg)  # rows of buffers: their alignment varies with the row
+        self.launch((side, step, rng is None, id(pot), id(other)) + pointer_key(*views), (pot, other), (
+            p.zb, p.zs, p.hs, p.n_valid, self.before, pot, other, prev, nxt, self.tol_t, self.omega, self.previous,
+            self.last_ratio, self.rho, self.rejected, self.relaxed, self.omega_max, rng_arg, p.hs.shape[1], p.padded),
+            dict(SIDE=side, STEP=step, OBSERVE=side == 1, RECORD_RANGE=rng is not None))
 
 
 class AndersonLauncher:
     """Anderson acceleration (memory ``ANDERSON_MEMORY``) of the symmetric half-step map
     ``x -> F(x)`` on the device: the iterate lives in G (the q lane), its half-step in F."""
 
-    def __init__(self, p, tol_t: torch.Tensor, memory: int = ANDERSON_MEMORY):
+    def __init__(self, p, tol_t: torch.Tensor, memory: int = ANDERSON_MEMORY, direct: bool = False):
         B, K = p.hs.shape
         device, dtype = p.hs.device, p.dtype
         self.p, self.tol_t, self.m = p, tol_t, memory
+        meta = _launch_meta(p)
+        self.launch = DirectLaunch(sinkhorn_accel.sinkhorn_anderson_kernel, (B,),
+                                   dict(meta, BLOCK=ANDERSON_BLOCK, M=memory, MP=history_rows(memory),
+                                        num_warps=ANDERSON_WARPS), enabled=direct)
         start = Anderson(B, K, dtype, device, memory, unit=LN2)  # the initial state has one definition
         self.X, self.R, self.count, self.best = start.X, start.R, start.count, start.best
         # (torch.tensor from host data would be a synchronous copy on CUDA)
@@ -84,11 +93,10 @@ class AndersonLauncher:
         extrapolated iterate, or, once converged or when ``last``, F = G = F(x) - c. ``rng`` [B, 2]:
         also written with the range of F - G left (the next symmetric half-step's shift)."""
         p = self.p
-        meta, B, K = _launch_common(p)
         head = (self.steps + 1) % (self.m + 1)  # the oldest slot once this step's entry is written
-        sinkhorn_accel.sinkhorn_anderson_kernel[(B,)](
-            p.zb, p.zs, p.hs, p.n_valid, G, F, prev, nxt, self.tol_t, self.X, self.R, self.count,
-            self.best, self.ridge, prev if rng is None else rng, K, p.padded, head, int(last), M=self.m,
-            MP=history_rows(self.m), RECORD_RANGE=rng is not None, num_warps=ANDERSON_WARPS,
-            **dict(meta, BLOCK=ANDERSON_BLOCK))
+        rng_arg = prev if rng is None else rng
+        views = (prev, nxt, rng_arg)  # rows of buffers: their alignment varies with the row
+        self.launch((rng is None, id(G), id(F)) + pointer_key(*views), (G, F), (
+            p.zb, p.zs, p.hs, p.n_valid, G, F, prev, nxt, self.tol_t, self.X, self.R, self.count, self.best,
+            self.ridge, rng_arg, p.hs.shape[1], p.padded, head, int(last)), dict(RECORD_RANGE=rng is not None))
         self.steps += 1
