@@ -74,14 +74,14 @@ class DirectLaunch:
             return
         device, stream = self.stream()
         entry = self.compiled.get((device, key))
-        if entry is not None:
-            self.run_compiled(entry[0], stream, self._values(args, constexprs))
+        if entry is not None:  # (the key fixes the constexprs: their values are kept with it)
+            self.run_compiled(entry[0], stream, args + entry[1])
             return
         compiled = self.kernel[self.grid](*args, **constexprs, **self.options)
         if hasattr(compiled, "result"):  # a compile future (Triton's asynchronous mode)
             compiled = compiled.result()
         if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):  # not the interpreter
-            self.compiled[(device, key)] = (compiled, pinned)
+            self.compiled[(device, key)] = (compiled, self._values(args, constexprs)[len(args):], pinned)
 
     def run_compiled(self, compiled, stream, values: Tuple[Any, ...]) -> None:
         """The launch Triton's ``JITFunction.run`` ends with (no launch metadata: no hook is set)."""
