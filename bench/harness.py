@@ -7,7 +7,8 @@ Every benchmark goes through :func:`run_benchmark` (the ``bench_run`` fixture of
 * timing: pytest-benchmark in pedantic mode, one call per round; compiled providers (Triton,
   ``torch.compile``, KeOps) are called once first so compilation and autotuning are excluded;
   the memory-measuring call(s) (two when a call takes under 1 s, or on CUDA under 30 s, where
-  a slow first call is Triton compiling: the second is measured) are the warm-up (``RADI_BENCH_WARMUP`` adds rounds); ``rounds`` is sized from the first call
+  a slow first call is Triton compiling: the second is measured) are the warm-up
+  (``RADI_BENCH_WARMUP`` adds rounds); ``rounds`` is sized from the faster of them
   (``RADI_BENCH_SECONDS`` per benchmark, at least ``RADI_BENCH_MIN_ROUNDS`` = 3, or 5 for calls
   under 1 s, at most ``RADI_BENCH_MAX_ROUNDS`` = 15); the median wall-clock time is reported,
   and on CPU also the median process CPU time of the same rounds (``median_cpu_s``: what other

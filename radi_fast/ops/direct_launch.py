@@ -11,8 +11,8 @@ the first: tensors of the same dtype and 16-byte alignment (the same objects, or
 :func:`pointer_key` in the key), the same integers except those declared ``do_not_specialize``
 (whose Triton type, i32, stays), the same constexprs, grid, device and options. The caller
 states that by the ``key`` it passes (and ``pinned`` keeps the keyed objects alive, so an
-``id`` is never reused). Falls back to the JIT launch under the
-interpreter, with a launch hook installed (profilers), or with ``enabled=False``.
+``id`` is never reused). Falls back to the JIT launch under the interpreter (nothing compiled to
+keep), with a launch hook installed (profilers), or with ``enabled=False``.
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ class DirectLaunch:
         self.kernel, self.grid, self.options = kernel, tuple(grid) + (1,) * (3 - len(grid)), options
         self.enabled = enabled and _knobs is not None
         self.stream = stream or _current_stream
-        self.compiled: Dict[Hashable, Tuple[Any, Tuple[Any, ...]]] = {}
+        # (device, key) -> (compiled kernel, its constexpr values in signature order, pinned objects)
+        self.compiled: Dict[Hashable, Tuple[Any, Tuple[Any, ...], Tuple[Any, ...]]] = {}
         names = list(kernel.arg_names)
         defaults = {p.name: p.default for p in getattr(kernel, "params", ()) if p.has_default}
         self._names, self._defaults = names, defaults

@@ -43,7 +43,8 @@ class TritonConfig:
     unused; 0: every ordered pair, ``margin_ranking_kernel`` on ``loss_bm`` x ``loss_bn`` tiles).
     ``direct_launch``: the Sinkhorn loop relaunches the symmetric half-step and the schemes'
     kernels it compiled through the compiled kernel's own launcher, skipping Triton's JIT dispatch
-    (ops/direct_launch.py; 0: every launch through ``kernel[grid]``). Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=64,sink_warps=4"``.
+    (ops/direct_launch.py; 0: every launch through ``kernel[grid]``).
+    Overridable with ``RADI_FAST_TRITON_CONFIG="sink_bm=64,sink_bn=64,sink_warps=4"``.
     """
 
     sink_bm: int = 128
