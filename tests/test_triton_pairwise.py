@@ -674,6 +674,32 @@ def test_direct_launch_of_the_scheme_kernels(monkeypatch, scheme):
         keys.add(spec)
 
 
+@pytest.mark.skipif(DEVICE == "cpu", reason="the interpreter compiles nothing to relaunch (the stand-in tests "
+                                             "above check the arguments on the CPU)")
+@pytest.mark.parametrize("scheme,lam,dtype", [("plain", None, torch.float32), ("plain", 0.05, torch.float64),
+                                              ("anderson", 0.05, torch.float32), ("overrelaxed", 0.05, torch.float32)])
+def test_direct_launch_equals_the_jit_path(monkeypatch, scheme, lam, dtype):
+    # on a GPU: the compiled kernels relaunched directly give the JIT path's potentials bit for bit
+    # (the kernels are deterministic), over B = 5 (rows of delta at every alignment) and ragged rows
+    _, mc, _ = make_inputs(5, 6, 150, dtype=dtype, seed=4)
+    lengths = torch.tensor([150, 97, 2, 1, 120], device=DEVICE)
+    relaunched = []
+    run_compiled = DirectLaunch.run_compiled
+
+    def counting(launcher, *args):
+        relaunched.append(launcher.kernel.fn.__name__)
+        return run_compiled(launcher, *args)
+    monkeypatch.setattr(DirectLaunch, "run_compiled", counting)
+    out = {}
+    for direct in (False, True):
+        relaunched.clear()
+        cfg = replace(PT.default_config(False, dtype), direct_launch=direct, sym_block=32)
+        out[direct] = PT.sinkhorn_log_potentials_triton(mc, None, lam, 2500, 40, 1e-6, lengths, cfg, scheme)
+        assert bool(relaunched) == direct, relaunched
+    for a, b in zip(out[True], out[False], strict=True):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+
+
 class FlagEvent:
     """A stand-in for the CUDA event of a flag copy: lands after ``lag`` queries (None: only when
     waited for, a device far behind the host); counts the waits."""
