@@ -594,10 +594,15 @@ def test_direct_launch_passes_what_the_jit_binds(monkeypatch):
     F, G = torch.zeros(2, 3, 40).unbind(0)
     delta, gate = torch.zeros(7, 3), torch.zeros(2, 3)
     tol = torch.zeros(1)
-    monkeypatch.setattr(PT, "triton_interpret", lambda: False)
     names = PT.sinkhorn.sinkhorn_symmetric_half_step_kernel.arg_names
-    assert not PT.HalfStep(p, replace(base, direct_launch=False), tol, F, symmetric=True,
-                           half_steps=6).launch_symmetric.enabled
+    from radi_fast.ops import direct_launch
+
+    with monkeypatch.context() as m:  # the knob decides where something is compiled
+        m.setattr(direct_launch, "triton_interpret", lambda: False)
+        assert [PT.HalfStep(p, replace(base, direct_launch=d), tol, F, symmetric=True,
+                            half_steps=6).launch_symmetric.enabled for d in (False, True)] == [False, True]
+    # the interpreter compiles nothing to keep
+    assert PT.HalfStep(p, base, tol, F, symmetric=True, half_steps=6).launch_symmetric.enabled == (DEVICE != "cpu")
 
     def run(step):
         for h in range(6):
@@ -623,6 +628,7 @@ def test_direct_launch_passes_what_the_jit_binds(monkeypatch):
         monkeypatch.setattr(PT.sinkhorn, "sinkhorn_symmetric_half_step_kernel",
                             KernelStandIn(PT.sinkhorn.sinkhorn_symmetric_half_step_kernel.real, log))
         step = PT.HalfStep(p, base, tol, F, symmetric=True, half_steps=6)
+        step.launch_symmetric.enabled = True  # (off under the interpreter)
         for h in range(3):
             step.symmetric(h, 0, F, G, delta, h)
         assert [entry[0] for entry in log] == ["jit"] * 3

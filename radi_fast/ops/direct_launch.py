@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Hashable, Sequence, Tuple
 
+from .._backend import triton_interpret
+
 try:  # the launch hooks the JIT path honours (Triton >= 3.4); without them: always the JIT
     from triton import knobs as _knobs
 except ImportError:  # pragma: no cover - older Triton
@@ -54,7 +56,7 @@ class DirectLaunch:
     def __init__(self, kernel, grid: Sequence[int], options: Dict[str, Any], enabled: bool = True,
                  stream: Callable[[], Tuple[int, Any]] = None):
         self.kernel, self.grid, self.options = kernel, tuple(grid) + (1,) * (3 - len(grid)), options
-        self.enabled = enabled and _knobs is not None
+        self.enabled = enabled and _knobs is not None and not triton_interpret()
         self.stream = stream or _current_stream
         # (device, key) -> (compiled kernel, its constexpr values in signature order, pinned objects)
         self.compiled: Dict[Hashable, Tuple[Any, Tuple[Any, ...], Tuple[Any, ...]]] = {}

@@ -211,7 +211,7 @@ class HalfStep:
                 sinkhorn.sinkhorn_symmetric_half_step_kernel, (B, rb, split),
                 dict(common, BS=bs, BMV=min(cfg.sym_rows, bs), SYM_SPREAD=float(cfg.sym_spread),
                      num_warps=cfg.sym_warps, num_stages=cfg.sym_stages, maxnreg=symmetric_maxnreg(cfg, p.split)),
-                enabled=bool(cfg.direct_launch) and not triton_interpret())
+                enabled=bool(cfg.direct_launch))
         else:
             rb = triton_cdiv(K, cfg.sink_bm)
             split = resolve_split(cfg, B * rb, device)
@@ -314,9 +314,8 @@ def sinkhorn_potentials_triton(p: TritonProblem, max_iter: int, tol: float, cfg,
     if scheme == "scaling":
         coarse = _coarse_levels(p, F, G, half_step, cfg, max_iter)
         cap = max_iter - coarse
-    direct = bool(cfg.direct_launch) and not triton_interpret()
-    relax = RelaxationLauncher(p, tol_t, direct=direct) if scheme == "overrelaxed" else None
-    mixer = AndersonLauncher(p, tol_t, direct=direct) if scheme == "anderson" else None
+    relax = RelaxationLauncher(p, tol_t, direct=bool(cfg.direct_launch)) if scheme == "overrelaxed" else None
+    mixer = AndersonLauncher(p, tol_t, direct=bool(cfg.direct_launch)) if scheme == "anderson" else None
     # tol = 0 runs max_iter: nothing to poll (and nothing that breaks a CUDA graph)
     poll = StopPoll(delta, tol, cfg.check_every, cfg.poll_ahead, device.type == "cuda") if tol > 0 else None
     launched = 0
